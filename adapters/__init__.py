@@ -1,0 +1,1 @@
+"""Q-adapters: on-disk format, policy math, store, training and evaluation (no server code)."""

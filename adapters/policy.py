@@ -1,0 +1,121 @@
+"""The Q-Adapter math (DESIGN.md §1, arXiv 2407.03856) as pure tensor functions.
+
+Shapes: logits are `[..., vocab]` (usually `[rows, vocab]` when decoding, `[batch, seq, vocab]` when
+training). `alpha`/`omega` are a float or one value per leading row (`[rows]` / `[batch]`).
+Everything is computed in float32, whatever dtype the model runs in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+PerRow = float | torch.Tensor
+
+DEFAULT_ALPHA = 1.0
+DEFAULT_OMEGA = 0.01
+DEFAULT_GAMMA = 1.0
+DEFAULT_BETA = 0.1
+
+# Where V is read in the per-token reward: "next" is the derivation, r = Q(s_t,a_t) - γ·V(s_{t+1});
+# "same" is the paper's public code, which reads V(s_t) at the position of Q.
+ValuePosition = Literal["next", "same"]
+# How a sequence's summed reward is normalised: by its own response length (ours), or by the
+# padded length of the batch (the paper's public code).
+RewardNorm = Literal["length", "padded"]
+
+
+def _broadcast(x: PerRow, like: torch.Tensor) -> PerRow:
+    """A per-row tensor reshaped to broadcast over `like`'s trailing dims; floats pass through."""
+    if isinstance(x, torch.Tensor):
+        x = x.to(device=like.device, dtype=torch.float32)
+        return x.reshape(x.shape + (1,) * (like.dim() - x.dim()))
+    return x
+
+
+def customised_logits(
+    q_logits: torch.Tensor,
+    base_logits: torch.Tensor,
+    alpha: PerRow = DEFAULT_ALPHA,
+    omega: PerRow = DEFAULT_OMEGA,
+) -> torch.Tensor:
+    """logits_custom = (Q + ω·log_softmax(base_logits)) / α, in float32."""
+    q = q_logits.float()
+    base_logprobs = torch.log_softmax(base_logits.float(), dim=-1)
+    return (q + _broadcast(omega, q) * base_logprobs) / _broadcast(alpha, q)
+
+
+def value(custom_logits: torch.Tensor, alpha: PerRow = DEFAULT_ALPHA) -> torch.Tensor:
+    """V(s) = α·logsumexp(logits_custom(s)); shape `[...]` (vocab reduced)."""
+    logits = custom_logits.float()
+    return _broadcast(alpha, logits[..., 0]) * torch.logsumexp(logits, dim=-1)
+
+
+def token_rewards(
+    q_logits: torch.Tensor,
+    base_logits: torch.Tensor,
+    actions: torch.Tensor,
+    action_mask: torch.Tensor,
+    alpha: PerRow = DEFAULT_ALPHA,
+    omega: PerRow = DEFAULT_OMEGA,
+    gamma: float = DEFAULT_GAMMA,
+    value_position: ValuePosition = "next",
+) -> torch.Tensor:
+    """Per-token rewards r(s_t, a_t) = Q(s_t, a_t) − γ·V(s_{t+1}), zero outside the mask.
+
+    `q_logits[:, t]` and `base_logits[:, t]` are `[batch, seq, vocab]` scores of state s_t;
+    `actions[:, t]` (`[batch, seq]`) is the token taken there; `action_mask` marks response actions.
+    The state after the last masked action is terminal, so its value is 0.
+    """
+    mask = action_mask.float()
+    q_taken = q_logits.float().gather(-1, actions.unsqueeze(-1)).squeeze(-1)  # [batch, seq]
+    values = value(customised_logits(q_logits, base_logits, alpha, omega), alpha)  # [batch, seq]
+    if value_position == "same":
+        subtracted = values
+    else:
+        subtracted = torch.zeros_like(values)
+        subtracted[:, :-1] = values[:, 1:] * mask[:, 1:]
+    return (q_taken - gamma * subtracted) * mask
+
+
+def sequence_rewards(
+    rewards: torch.Tensor, action_mask: torch.Tensor, norm: RewardNorm = "length"
+) -> torch.Tensor:
+    """R(y) per sequence (`[batch]`): summed token rewards over the response, normalised."""
+    mask = action_mask.float()
+    total = (rewards * mask).sum(dim=-1)
+    if norm == "padded":
+        return total / mask.shape[-1]
+    return total / mask.sum(dim=-1).clamp(min=1.0)
+
+
+@dataclass(frozen=True)
+class PreferenceLoss:
+    """The training loss and the figures the trainer reports."""
+
+    loss: torch.Tensor  # scalar, differentiable
+    accuracy: torch.Tensor  # share of pairs with R(chosen) > R(rejected)
+    margin: torch.Tensor  # mean R(chosen) − R(rejected)
+
+
+def preference_loss(
+    chosen_rewards: torch.Tensor,
+    chosen_mask: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    rejected_mask: torch.Tensor,
+    beta: float = DEFAULT_BETA,
+    norm: RewardNorm = "length",
+) -> PreferenceLoss:
+    """−log σ(R(c) − R(j)) + β·mean_t r², the mean over every response token of both sequences."""
+    margin = sequence_rewards(chosen_rewards, chosen_mask, norm) - sequence_rewards(
+        rejected_rewards, rejected_mask, norm
+    )
+    squared = (chosen_rewards**2 * chosen_mask).sum() + (rejected_rewards**2 * rejected_mask).sum()
+    num_tokens = (chosen_mask.sum() + rejected_mask.sum()).clamp(min=1.0)
+    loss = -F.logsigmoid(margin).mean() + beta * squared / num_tokens
+    return PreferenceLoss(
+        loss=loss, accuracy=(margin > 0).float().mean().detach(), margin=margin.mean().detach()
+    )

@@ -1,0 +1,56 @@
+"""Start-up time of the embedded model: converting the GGUF file (baseline) vs loading our cache.
+
+    python bench/startup.py --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from server.config import Settings  # noqa: E402
+from server.model import load_base_model  # noqa: E402
+
+
+def timed_load(home: Path) -> float:
+    start = time.perf_counter()
+    load_base_model(Settings(home=home, device="cpu"))
+    return time.perf_counter() - start
+
+
+def process_start(home: Path) -> float:
+    """Wall time of a new Python process that imports the server and loads the cached model."""
+    code = "from server.config import Settings; from server.model import load_base_model; " \
+        f"load_base_model(Settings(home={str(home)!r}, device='cpu'))"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=Path(__file__).parent.parent)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
+    parser.parse_args()
+    with tempfile.TemporaryDirectory() as home:
+        first = timed_load(Path(home))  # converts the GGUF file and fills the cache
+        cached = min(timed_load(Path(home)) for _ in range(3))
+        process = min(process_start(Path(home)) for _ in range(2))
+    print(json.dumps({
+        "first_start_convert_s": round(first, 2),
+        "cached_load_s": round(cached, 2),
+        "cached_process_start_s": round(process, 2),
+        "speedup": round(first / cached, 1),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""The `qadapter` command line: `generate` now; `serve`, `train` and `eval` join it as they land."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from adapters.errors import QAdapterError
+from adapters.format import validate
+from server.config import EMBEDDED_MODEL, Settings
+from server.generate import DecodeParams, Stream, decode, decode_steps
+from server.lora import AdapterHost
+from server.model import LoadedModel, load_base_model
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `qadapter` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return args.run(args)
+    except QAdapterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qadapter",
+        description="Serve, run, train and evaluate Q-adapters on one frozen LLM.",
+    )
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    _add_generate(commands)
+    return parser
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        help=f"base model: local HF directory, .gguf file, hub id, or {EMBEDDED_MODEL!r} (default; "
+        "env QADAPTER_MODEL)",
+    )
+    parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N (env QADAPTER_DEVICE)")
+    parser.add_argument(
+        "--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="default auto: bf16 on CUDA, fp32 on CPU"
+    )
+    parser.add_argument("--home", type=Path, help="cache directory (env QADAPTER_HOME, default ~/.cache/qadapter)")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Flags override `QADAPTER_*` variables, which override defaults."""
+    given = {key: getattr(args, key) for key in ("model", "device", "dtype", "home")}
+    return Settings(**{key: value for key, value in given.items() if value is not None})
+
+
+def _positive(kind: Callable[[str], float | int], allow_zero: bool) -> Callable[[str], float | int]:
+    def parse(text: str) -> float | int:
+        value = kind(text)
+        if value < 0 or (value == 0 and not allow_zero):
+            raise argparse.ArgumentTypeError(f"must be {'>= 0' if allow_zero else '> 0'}, got {text}")
+        return value
+
+    return parse
+
+
+def _add_generate(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "generate",
+        help="generate offline from the base model with Q-adapters applied",
+        description="Generate one answer offline, token by token, from the customised policy of each "
+        "adapter (adapter row and base row in one batched forward).",
+    )
+    _add_model_options(parser)
+    parser.add_argument("prompt", help="the prompt (a user message with --chat)")
+    parser.add_argument(
+        "--adapter", action="append", default=[], type=Path, metavar="DIR", help="Q-adapter directory (repeatable)"
+    )
+    parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    parser.add_argument("--compare", action="store_true", help="also print the base model's answer")
+    parser.add_argument("--max-tokens", type=_positive(int, False), default=64, help="default 64")
+    parser.add_argument("--temperature", type=_positive(float, True), default=0.0, help="0 (default) is greedy")
+    parser.add_argument("--seed", type=int, help="seed for sampling")
+    parser.add_argument("--alpha", type=_positive(float, False), help="override every adapter's alpha (> 0)")
+    parser.add_argument("--omega", type=_positive(float, True), help="override every adapter's omega (>= 0)")
+    parser.set_defaults(run=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    loaded = load_base_model(settings)
+    host = AdapterHost(loaded.model)
+    streams = []
+    for path in args.adapter:
+        adapter = validate(path, loaded.info, settings.max_lora_rank)
+        host.load(adapter)
+        alpha = adapter.manifest.alpha if args.alpha is None else args.alpha
+        omega = adapter.manifest.omega if args.omega is None else args.omega
+        streams.append(Stream(adapter.name, alpha=alpha, omega=omega))
+    if not streams or args.compare:
+        streams.append(Stream(None))
+    prompt_ids = encode_prompt(loaded, args.prompt, args.chat)
+    params = DecodeParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    if len(streams) == 1:
+        _print_streaming(loaded, host, prompt_ids, streams[0], params)
+        return 0
+    outputs = decode(host, prompt_ids, streams, params, loaded.stop_token_ids)
+    for stream, tokens in zip(streams, outputs):
+        knobs = "" if stream.adapter is None else f" (alpha={stream.alpha:g}, omega={stream.omega:g})"
+        print(f"=== {stream.label}{knobs} ===")
+        print(loaded.tokenizer.decode(tokens, skip_special_tokens=True).strip())
+    return 0
+
+
+def encode_prompt(loaded: LoadedModel, prompt: str, chat: bool) -> list[int]:
+    """Token ids of a raw prompt, or of a one-message chat ready for the assistant's answer."""
+    if chat:
+        messages = [{"role": "user", "content": prompt}]
+        text = loaded.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return loaded.tokenizer(text, add_special_tokens=False).input_ids
+    return loaded.tokenizer(prompt).input_ids
+
+
+def _print_streaming(
+    loaded: LoadedModel, host: AdapterHost, prompt_ids: list[int], stream: Stream, params: DecodeParams
+) -> None:
+    tokens: list[int] = []
+    printed = ""
+    for (token,) in decode_steps(host, prompt_ids, [stream], params, loaded.stop_token_ids):
+        if token is None:
+            continue
+        tokens.append(token)
+        # Decode the whole answer each time: a character may span several tokens.
+        text = loaded.tokenizer.decode(tokens, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):
+            sys.stdout.write(text[len(printed):])
+            sys.stdout.flush()
+            printed = text
+    print()

@@ -59,8 +59,17 @@ def fingerprint(config: PretrainedConfig, param_shapes: Mapping[str, tuple[int, 
     """A short hash of the architecture config and every parameter's name and shape."""
     settings = config.to_dict()
     described = {
-        "config": {key: settings[key] for key in _ARCHITECTURE_KEYS if settings.get(key) is not None},
+        "config": {key: _rounded(settings[key]) for key in _ARCHITECTURE_KEYS if settings.get(key) is not None},
         "params": sorted((name, list(shape)) for name, shape in param_shapes.items()),
     }
     digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode())
     return "sha256:" + digest.hexdigest()[:16]
+
+
+def _rounded(value: object) -> object:
+    """Floats to 6 significant digits: GGUF stores them as float32 (1e-05 reads back 9.99999974e-06)."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    return value

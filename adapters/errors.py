@@ -2,9 +2,13 @@
 
 
 class QAdapterError(Exception):
-    """An expected failure with a message that tells the user what to do."""
+    """An expected failure with a message that tells the user what to do; `param` names the culprit."""
 
     code: str = "internal_error"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class InvalidAdapter(QAdapterError):
@@ -23,3 +27,25 @@ class InvalidRequest(QAdapterError):
     """A request whose parameters are out of bounds or malformed."""
 
     code = "invalid_request_error"
+
+
+class AdapterNotFound(QAdapterError):
+    """A request named an adapter the server does not have (never a silent base-model fall-back)."""
+
+    code = "model_not_found"
+
+
+class ContextTooLong(InvalidRequest):
+    """Prompt plus max_tokens exceed the model's context window."""
+
+    code = "context_length_exceeded"
+
+
+class Overloaded(QAdapterError):
+    """The waiting queue is full; retry after `retry_after_s` seconds."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

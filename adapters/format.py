@@ -17,8 +17,8 @@ from typing import Any, Literal
 import torch
 from peft import LoraConfig
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from adapters.base import BaseModelInfo
 from adapters.errors import InvalidAdapter
@@ -116,9 +116,8 @@ def validate(path: Path, base: BaseModelInfo, max_rank: int = DEFAULT_MAX_RANK) 
             f"(fingerprint {manifest.base_model.fingerprint}), but this server runs {base.id!r} "
             f"(fingerprint {base.fingerprint}); retrain it on the served base"
         )
-    config = _read_json(path / CONFIG_FILE)
-    _check_lora_config(config, base, max_rank)
-    ranks = _check_tensors(path / WEIGHTS_FILE, base, max_rank)
+    ranks = _check_lora_config(_read_json(path / CONFIG_FILE), base, max_rank)
+    _check_tensors(path / WEIGHTS_FILE, base, ranks)
     return ValidatedAdapter(
         path=path,
         manifest=manifest,
@@ -166,7 +165,8 @@ def _read_manifest(path: Path) -> Manifest:
         raise InvalidAdapter(f"{MANIFEST_FILE} does not match the manifest schema: {problems}") from None
 
 
-def _check_lora_config(config: Mapping[str, Any], base: BaseModelInfo, max_rank: int) -> None:
+def _check_lora_config(config: Mapping[str, Any], base: BaseModelInfo, max_rank: int) -> dict[str, int]:
+    """Check the LoRA config; return the base modules it wraps → the rank each must have."""
     if config.get("peft_type") != "LORA":
         raise InvalidAdapter(f"{CONFIG_FILE}: peft_type must be 'LORA', not {config.get('peft_type')!r}")
     if config.get("use_dora"):
@@ -176,46 +176,75 @@ def _check_lora_config(config: Mapping[str, Any], base: BaseModelInfo, max_rank:
             f"{CONFIG_FILE}: modules_to_save ({config['modules_to_save']}) is not supported: "
             "a Q-adapter may only add LoRA weights to the frozen base"
         )
-    ranks = [config.get("r", 0), *dict(config.get("rank_pattern") or {}).values()]
-    if not all(isinstance(r, int) and r > 0 for r in ranks):
-        raise InvalidAdapter(f"{CONFIG_FILE}: LoRA rank r must be a positive integer, got {ranks}")
+    for key in _UNSUPPORTED_OPTIONS:
+        if config.get(key) not in (None, False, "none", [], {}):
+            raise InvalidAdapter(f"{CONFIG_FILE}: {key}={config[key]!r} is not supported by this server")
+    if not _is_number(config.get("lora_alpha")) or not all(map(_is_number, (config.get("alpha_pattern") or {}).values())):
+        raise InvalidAdapter(f"{CONFIG_FILE}: lora_alpha and alpha_pattern values must be numbers")
+    rank_pattern = dict(config.get("rank_pattern") or {})
+    ranks = [config.get("r"), *rank_pattern.values()]
+    if not all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in ranks):
+        raise InvalidAdapter(f"{CONFIG_FILE}: LoRA ranks must be positive integers, got {ranks}")
     if max(ranks) > max_rank:
         raise InvalidAdapter(
             f"{CONFIG_FILE}: LoRA rank {max(ranks)} is above this server's maximum of {max_rank}"
         )
-    _check_targets(config.get("target_modules"), base)
+    wrapped = _targeted_modules(config.get("target_modules"), base)
+    return {module: _pattern_value(rank_pattern, module, config["r"]) for module in wrapped}
 
 
-def _check_targets(targets: Any, base: BaseModelInfo) -> None:
+# Options that change what a LoRA computes beyond lora_B @ lora_A, or which layers it touches.
+_UNSUPPORTED_OPTIONS = (
+    "bias", "lora_bias", "layers_to_transform", "layers_pattern", "layer_replication",
+    "trainable_token_indices", "target_parameters", "use_qalora", "fan_in_fan_out",
+)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _pattern_value(pattern: Mapping[str, int], module: str, default: int) -> int:
+    """peft's rank_pattern lookup: the first key that matches the end of the module name."""
+    for key, value in pattern.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def _targeted_modules(targets: Any, base: BaseModelInfo) -> set[str]:
+    """The base linear layers peft would wrap for `target_modules` (same matching rules as peft)."""
     modules = base.linear_modules()
-    if isinstance(targets, str):  # peft treats a string as a regex over full module names
-        if not any(re.fullmatch(targets, name) for name in modules):
+    if isinstance(targets, str):  # a regex over full module names
+        wrapped = {name for name in modules if re.fullmatch(targets, name)}
+        if not wrapped:
             raise InvalidAdapter(
                 f"{CONFIG_FILE}: target_modules pattern {targets!r} matches no linear layer of "
                 f"base model {base.id!r}"
             )
-        return
-    if not isinstance(targets, list) or not targets:
-        raise InvalidAdapter(f"{CONFIG_FILE}: target_modules must be a non-empty list or a regex string")
-    suffixes = {name.rsplit(".", 1)[-1] for name in modules}
-    unknown = [t for t in targets if t not in suffixes and t not in modules]
+        return wrapped
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+        raise InvalidAdapter(f"{CONFIG_FILE}: target_modules must be a non-empty list of names or a regex string")
+    matches = {t: {name for name in modules if name == t or name.endswith("." + t)} for t in targets}
+    unknown = [t for t, found in matches.items() if not found]
     if unknown:
+        layer_names = sorted({name.rsplit(".", 1)[-1] for name in modules})
         raise InvalidAdapter(
             f"{CONFIG_FILE}: LoRA target modules {unknown} do not exist in base model {base.id!r} "
-            f"(its linear layers are {sorted(suffixes)})"
+            f"(its linear layers are {layer_names})"
         )
+    return set().union(*matches.values())
 
 
-def _check_tensors(path: Path, base: BaseModelInfo, max_rank: int) -> dict[str, int]:
-    """Check every tensor's name and shape against the base; return module → rank."""
+def _check_tensors(path: Path, base: BaseModelInfo, expected_ranks: Mapping[str, int]) -> None:
+    """Check every tensor against the base and the config: names, shapes, ranks, dtype, values."""
     try:
-        with safe_open(path, framework="pt") as weights:
-            shapes = {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}
+        weights = load_file(path)
     except (SafetensorError, OSError) as exc:
         raise InvalidAdapter(f"{WEIGHTS_FILE} is corrupt or truncated ({exc}); upload it again") from None
     modules = base.linear_modules()
-    parts: dict[str, dict[str, tuple[int, ...]]] = {}
-    for key, shape in shapes.items():
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in weights.items():
         match = _TENSOR_KEY.fullmatch(key)
         if match is None:
             raise InvalidAdapter(
@@ -223,27 +252,27 @@ def _check_tensors(path: Path, base: BaseModelInfo, max_rank: int) -> dict[str, 
             )
         if match["module"] not in modules:
             raise InvalidAdapter(f"{WEIGHTS_FILE}: tensor {key!r} targets a module that base model {base.id!r} lacks")
-        parts.setdefault(match["module"], {})[match["part"]] = shape
-    if not parts:
-        raise InvalidAdapter(f"{WEIGHTS_FILE} holds no LoRA tensors")
-    ranks = {}
+        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
+            raise InvalidAdapter(f"{WEIGHTS_FILE}: tensor {key!r} must hold finite floating-point values")
+        parts.setdefault(match["module"], {})[match["part"]] = tensor
+    if set(parts) != set(expected_ranks):
+        extra, missing = sorted(set(parts) - set(expected_ranks)), sorted(set(expected_ranks) - set(parts))
+        raise InvalidAdapter(
+            f"{WEIGHTS_FILE} does not match {CONFIG_FILE}: tensors for modules outside target_modules "
+            f"{extra}, targeted modules without tensors {missing}"
+        )
     for module, pair in parts.items():
         out_features, in_features = modules[module]
         a, b = pair.get("A"), pair.get("B")
         if a is None or b is None:
             raise InvalidAdapter(f"{WEIGHTS_FILE}: module {module!r} has lora_A or lora_B but not both")
-        if len(a) != 2 or len(b) != 2 or a[1] != in_features or b[0] != out_features or a[0] != b[1]:
+        rank = expected_ranks[module]
+        if tuple(a.shape) != (rank, in_features) or tuple(b.shape) != (out_features, rank):
             raise InvalidAdapter(
-                f"{WEIGHTS_FILE}: LoRA shapes for {module!r} (A {list(a)}, B {list(b)}) do not fit the "
-                f"base layer [{out_features}, {in_features}]; expected A [r, {in_features}] and "
-                f"B [{out_features}, r]"
+                f"{WEIGHTS_FILE}: LoRA shapes for {module!r} (A {list(a.shape)}, B {list(b.shape)}) do not fit "
+                f"the base layer [{out_features}, {in_features}] at rank {rank}; expected A [{rank}, "
+                f"{in_features}] and B [{out_features}, {rank}]"
             )
-        if a[0] > max_rank:
-            raise InvalidAdapter(
-                f"{WEIGHTS_FILE}: module {module!r} has LoRA rank {a[0]}, above the maximum of {max_rank}"
-            )
-        ranks[module] = a[0]
-    return ranks
 
 
 def lora_weights(

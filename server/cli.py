@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -59,7 +60,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def _positive(kind: Callable[[str], float | int], allow_zero: bool) -> Callable[[str], float | int]:
     def parse(text: str) -> float | int:
         value = kind(text)
-        if value < 0 or (value == 0 and not allow_zero):
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
             raise argparse.ArgumentTypeError(f"must be {'>= 0' if allow_zero else '> 0'}, got {text}")
         return value
 

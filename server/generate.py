@@ -27,6 +27,11 @@ class Stream:
     def label(self) -> str:
         return "base" if self.adapter is None else self.adapter
 
+    @property
+    def row_adapters(self) -> tuple[str | None, ...]:
+        """Its batch rows: the adapter row then the base row, or one base row."""
+        return (self.adapter, None) if self.adapter else (None,)
+
 
 @dataclass(frozen=True)
 class DecodeParams:
@@ -45,8 +50,9 @@ def decode_steps(
     stop_token_ids: frozenset[int],
 ) -> Iterator[list[int | None]]:
     """Yield, per step, each stream's new token (None once it has stopped)."""
-    row_adapters = [name for s in streams for name in ([s.adapter, None] if s.adapter else [None])]
-    first_rows = _first_rows(streams)
+    row_adapters = [name for s in streams for name in s.row_adapters]
+    row_streams = [i for i, s in enumerate(streams) for _ in s.row_adapters]  # row → its stream
+    first_rows = [row_streams.index(i) for i in range(len(streams))]
     device = host.device
     generators = [_generator(params.seed, device) for _ in streams]
     input_ids = torch.tensor([list(prompt_ids)] * len(row_adapters), device=device)  # [rows, prompt]
@@ -55,21 +61,18 @@ def decode_steps(
     for _ in range(params.max_tokens):
         logits, cache = host.forward(input_ids, cache, row_adapters)
         last = logits[:, -1, :]  # [rows, vocab]
-        step: list[int | None] = []
-        next_row_tokens: list[int] = []
-        for i, stream in enumerate(streams):
-            row = first_rows[i]
-            scores = last[row].float()
-            if stream.adapter is not None:
+        tokens = []
+        for stream, row, generator in zip(streams, first_rows, generators):
+            if stream.adapter is None:
+                scores = last[row].float()
+            else:
                 scores = customised_logits(last[row], last[row + 1], stream.alpha, stream.omega)
-            token = _pick(scores, params.temperature, generators[i])
-            next_row_tokens += [token] * (2 if stream.adapter else 1)
-            step.append(None if finished[i] else token)
-            finished[i] = finished[i] or token in stop_token_ids
-        yield step
+            tokens.append(_pick(scores, params.temperature, generator))
+        yield [None if done else token for done, token in zip(finished, tokens)]
+        finished = [done or token in stop_token_ids for done, token in zip(finished, tokens)]
         if all(finished):
             return
-        input_ids = torch.tensor(next_row_tokens, device=device).unsqueeze(-1)  # [rows, 1]
+        input_ids = torch.tensor([[tokens[i]] for i in row_streams], device=device)  # [rows, 1]
 
 
 def decode(
@@ -86,14 +89,6 @@ def decode(
             if token is not None:
                 output.append(token)
     return outputs
-
-
-def _first_rows(streams: Sequence[Stream]) -> list[int]:
-    rows, first = 0, []
-    for stream in streams:
-        first.append(rows)
-        rows += 2 if stream.adapter else 1
-    return first
 
 
 def _generator(seed: int | None, device: torch.device) -> torch.Generator:

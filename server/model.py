@@ -43,10 +43,6 @@ class LoadedModel:
         return self.model.device
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.model.dtype
-
-    @property
     def stop_token_ids(self) -> frozenset[int]:
         """End-of-sequence ids from the generation config and the tokenizer."""
         configured = self.model.generation_config.eos_token_id
@@ -63,10 +59,14 @@ def load_base_model(settings: Settings) -> LoadedModel:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(
-            f"could not load model {settings.model!r}: {_first_line(exc)}. Offline or no such hub id? "
-            f"Pass a local model directory, a .gguf file, or the embedded model {EMBEDDED_MODEL!r}."
-        ) from None
+        if Path(source).is_dir():
+            advice = f"is {source!r} a complete Hugging Face model directory? (a cached conversion can be deleted to redo it)"
+        else:
+            advice = (
+                f"offline or no such hub id? Pass a local model directory, a .gguf file, or the embedded model "
+                f"{EMBEDDED_MODEL!r}"
+            )
+        raise ModelLoadError(f"could not load model {settings.model!r}: {_first_line(exc)}; {advice}") from None
     model.to(device).eval().requires_grad_(False)
     return LoadedModel(model=model, tokenizer=tokenizer, info=BaseModelInfo.from_model(model, model_id))
 
@@ -83,7 +83,8 @@ def _pick_device(choice: str) -> torch.device:
 def _resolve_source(spec: str, home: Path) -> tuple[str, str]:
     """Return (what from_pretrained loads, the model id the server reports)."""
     if spec == EMBEDDED_MODEL:
-        return str(_cached_conversion(embedded_gguf_path(), home / "models" / EMBEDDED_MODEL)), EMBEDDED_MODEL
+        gguf = embedded_gguf_path()
+        return str(_cached_conversion(gguf, home / "models" / _gguf_cache_name(gguf))), EMBEDDED_MODEL
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():

@@ -76,10 +76,14 @@ def test_an_offline_hub_id_fails_with_a_clear_message() -> None:
     assert "Traceback" not in done.stderr
 
 
-def test_bad_flags_are_rejected_by_the_parser() -> None:
-    done = run_cli("generate", "--max-tokens", "0", "hi")
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [("--max-tokens", "0", "must be > 0"), ("--alpha", "nan", "must be > 0"), ("--omega", "-1", "must be >= 0")],
+)
+def test_bad_flags_are_rejected_by_the_parser(flag: str, value: str, message: str) -> None:
+    done = run_cli("generate", flag, value, "hi")
     assert done.returncode == 2
-    assert "--max-tokens: must be > 0" in done.stderr
+    assert f"{flag}: {message}" in done.stderr
 
 
 def test_gguf_path_and_local_directory_load_the_same_base(tmp_path: Path, embedded: LoadedModel) -> None:

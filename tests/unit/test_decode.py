@@ -81,7 +81,8 @@ def test_a_stop_token_ends_only_its_stream(tmp_path: Path, tiny_info: BaseModelI
     stop = free[1][3]
     stopped = decode(host, PROMPT, [Stream("a"), Stream(None)], DecodeParams(max_tokens=10), frozenset({stop}))
     assert stopped[1] == free[1][: free[1].index(stop) + 1]
-    assert stopped[0] == free[0][: len(stopped[0])]
+    expected_adapted = free[0][: free[0].index(stop) + 1] if stop in free[0] else free[0]
+    assert stopped[0] == expected_adapted
 
 
 def test_loading_the_same_name_twice_is_refused(tmp_path: Path, tiny_info: BaseModelInfo) -> None:
@@ -89,3 +90,17 @@ def test_loading_the_same_name_twice_is_refused(tmp_path: Path, tiny_info: BaseM
     with pytest.raises(InvalidAdapter, match="an adapter named 'a' is already loaded"):
         host.load(make_adapter(tmp_path / "again", tiny_info, name="a"))
     assert host.adapter_names == ["a"]
+
+
+def test_a_failed_load_leaves_the_host_as_it_was(tmp_path: Path, tiny_info: BaseModelInfo) -> None:
+    host = _host_with(tmp_path, tiny_info, a=0.5)
+    before = decode(host, PROMPT, [Stream("a")], DecodeParams(max_tokens=8), NO_STOP)
+    broken = make_adapter(tmp_path / "broken", tiny_info, name="broken", b_std=0.5)
+    weights = broken.path / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # damaged after validation
+    with pytest.raises(InvalidAdapter, match="adapter 'broken' could not be loaded"):
+        host.load(broken)
+    assert host.adapter_names == ["a"]
+    assert decode(host, PROMPT, [Stream("a")], DecodeParams(max_tokens=8), NO_STOP) == before
+    host.load(make_adapter(tmp_path / "fine", tiny_info, name="fine", b_std=0.5))
+    assert host.adapter_names == ["a", "fine"]

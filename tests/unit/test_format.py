@@ -126,19 +126,76 @@ def test_rejects_a_rank_above_the_maximum(adapter_dir: Path, tiny_info: BaseMode
     _rejects(adapter_dir, tiny_info, "LoRA rank 8 is above this server's maximum of 4", max_rank=4)
 
 
-def test_rejects_a_tensor_rank_above_the_maximum(tmp_path: Path, tiny_info: BaseModelInfo) -> None:
+def test_rejects_tensors_whose_rank_differs_from_the_config(tmp_path: Path, tiny_info: BaseModelInfo) -> None:
     make_adapter(tmp_path / "a", tiny_info, lora=LoraSpec(r=4))
     weights = load_file(tmp_path / "a" / WEIGHTS_FILE)
     weights[A_KEY], weights[B_KEY] = torch.zeros(16, 64), torch.zeros(64, 16)  # config still says r=4
     save_file(weights, tmp_path / "a" / WEIGHTS_FILE)
-    _rejects(tmp_path / "a", tiny_info, "has LoRA rank 16, above the maximum of 8", max_rank=8)
+    _rejects(tmp_path / "a", tiny_info, "(A [16, 64], B [64, 16])", "at rank 4", max_rank=8)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"r": 0}, {"r": True}, {"r": "8"}, {"rank_pattern": {"q_proj": -1}}],
+)
+def test_rejects_ranks_that_are_not_positive_integers(adapter_dir: Path, tiny_info: BaseModelInfo, changes: dict) -> None:
+    _edit_json(adapter_dir / CONFIG_FILE, **changes)
+    _rejects(adapter_dir, tiny_info, "LoRA ranks must be positive integers")
+
+
+def test_rejects_a_non_numeric_lora_alpha(adapter_dir: Path, tiny_info: BaseModelInfo) -> None:
+    _edit_json(adapter_dir / CONFIG_FILE, lora_alpha="x")
+    _rejects(adapter_dir, tiny_info, "lora_alpha and alpha_pattern values must be numbers")
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("bias", "all"), ("layers_to_transform", [0]), ("lora_bias", True)]
+)
+def test_rejects_options_the_server_does_not_run(adapter_dir: Path, tiny_info: BaseModelInfo, option: str, value: object) -> None:
+    _edit_json(adapter_dir / CONFIG_FILE, **{option: value})
+    _rejects(adapter_dir, tiny_info, f"{option}={value!r} is not supported")
+
+
+@pytest.mark.parametrize("targets", [[], [1], {"q_proj": 1}, None])
+def test_rejects_malformed_target_modules(adapter_dir: Path, tiny_info: BaseModelInfo, targets: object) -> None:
+    _edit_json(adapter_dir / CONFIG_FILE, target_modules=targets)
+    _rejects(adapter_dir, tiny_info, "target_modules must be a non-empty list of names or a regex string")
+
+
+def test_rejects_a_config_that_is_not_an_object(adapter_dir: Path, tiny_info: BaseModelInfo) -> None:
+    (adapter_dir / CONFIG_FILE).write_text("[1, 2]")
+    _rejects(adapter_dir, tiny_info, "adapter_config.json must hold a JSON object")
+
+
+def test_rejects_tensors_outside_the_configured_targets(adapter_dir: Path, tiny_info: BaseModelInfo) -> None:
+    _edit_json(adapter_dir / CONFIG_FILE, target_modules=["q_proj"])  # the weights also hold v_proj
+    _rejects(adapter_dir, tiny_info, "does not match adapter_config.json", "model.layers.0.self_attn.v_proj")
+
+
+def test_rejects_targets_without_tensors(adapter_dir: Path, tiny_info: BaseModelInfo) -> None:
+    _edit_json(adapter_dir / CONFIG_FILE, target_modules=["q_proj", "v_proj", "k_proj"])
+    _rejects(adapter_dir, tiny_info, "targeted modules without tensors", "model.layers.1.self_attn.k_proj")
+
+
+@pytest.mark.parametrize("bad", [torch.full((8, 64), float("nan")), torch.zeros(8, 64, dtype=torch.int8)])
+def test_rejects_non_finite_or_integer_weights(adapter_dir: Path, tiny_info: BaseModelInfo, bad: torch.Tensor) -> None:
+    weights = load_file(adapter_dir / WEIGHTS_FILE)
+    weights[A_KEY] = bad
+    save_file(weights, adapter_dir / WEIGHTS_FILE)
+    _rejects(adapter_dir, tiny_info, "must hold finite floating-point values", A_KEY)
+
+
+def test_accepts_dotted_targets_and_rank_patterns(tmp_path: Path, tiny_info: BaseModelInfo) -> None:
+    make_adapter(tmp_path / "a", tiny_info, lora=LoraSpec(r=4, target_modules=("q_proj",)))
+    _edit_json(tmp_path / "a" / CONFIG_FILE, target_modules=["self_attn.q_proj"], r=2, rank_pattern={"q_proj": 4})
+    assert validate(tmp_path / "a", tiny_info).max_rank == 4
 
 
 def test_rejects_tensors_whose_shapes_do_not_fit(adapter_dir: Path, tiny_info: BaseModelInfo) -> None:
     weights = load_file(adapter_dir / WEIGHTS_FILE)
     weights[A_KEY] = torch.zeros(8, 65)
     save_file(weights, adapter_dir / WEIGHTS_FILE)
-    _rejects(adapter_dir, tiny_info, "do not fit the base layer [64, 64]", "model.layers.0.self_attn.q_proj")
+    _rejects(adapter_dir, tiny_info, "do not fit the base layer [64, 64] at rank 8", "model.layers.0.self_attn.q_proj")
 
 
 def test_rejects_tensors_for_modules_the_base_lacks(adapter_dir: Path, tiny_info: BaseModelInfo) -> None:

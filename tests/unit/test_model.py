@@ -73,3 +73,10 @@ def test_settings_read_qadapter_variables(monkeypatch: pytest.MonkeyPatch, tmp_p
     settings = Settings()
     assert (settings.model, settings.home) == ("some/where", tmp_path)
     assert Settings(model="flag").model == "flag"
+
+
+def test_fingerprint_ignores_float32_noise_in_the_config() -> None:
+    """A GGUF stores 1e-05 as float32 and reads back 9.999999747378752e-06: the same base."""
+    exact = BaseModelInfo.from_model(tiny_model(rms_norm_eps=1e-5), "a")
+    from_gguf = BaseModelInfo.from_model(tiny_model(rms_norm_eps=9.999999747378752e-06), "a")
+    assert exact.fingerprint == from_gguf.fingerprint

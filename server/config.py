@@ -31,3 +31,7 @@ class Settings(BaseSettings):
         default="auto", description="auto: bfloat16 on CUDA, float32 on CPU."
     )
     max_lora_rank: int = Field(default=DEFAULT_MAX_RANK, gt=0, description="Largest LoRA rank accepted.")
+    max_running: int = Field(default=32, gt=0, description="Requests decoded together in one step.")
+    max_waiting: int = Field(default=256, ge=0, description="Queued requests before new ones get 503.")
+    max_prefill_tokens: int = Field(default=4096, gt=0, description="Prompt tokens prefilled per step.")
+    max_context: int = Field(default=0, ge=0, description="Prompt + max_tokens limit; 0 = the model's own.")

@@ -1,0 +1,174 @@
+"""Engine throughput and latency against the paper's approach, in one process, on the embedded model.
+
+    python bench/engine.py --json          # the full workload (a few minutes on 2 CPU cores)
+    python bench/engine.py --json --quick  # a smoke run
+
+Baseline (`naive_tps`): the Q-Adapter paper's public code decodes one request at a time with two
+forwards per token (adapter on, adapter off), each with its own KV cache. Every figure uses the
+same ~100-token prompts and greedy decoding of exactly `max_tokens` tokens (EOS ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from adapters.format import LoraSpec, Manifest, ValidatedAdapter, create, lora_weights  # noqa: E402
+from adapters.policy import customised_logits  # noqa: E402
+from server.config import Settings  # noqa: E402
+from server.engine.engine import Engine, LoadAdapter  # noqa: E402
+from server.engine.request import GenerationRequest, SamplingParams  # noqa: E402
+from server.lora import AdapterHost  # noqa: E402
+from server.model import LoadedModel, load_base_model  # noqa: E402
+
+TOPICS = ["the ocean", "mountains", "city life", "gardening", "astronomy", "cooking", "music", "history"]
+FILLER = (
+    " Please answer in detail, with examples, and explain the reasons behind each point you make so"
+    " that a curious reader who knows little about the subject can follow along easily."
+)
+
+
+@dataclass
+class Workload:
+    max_tokens: int
+    num_naive: int
+    prompt_tokens: int = 100
+
+
+@dataclass
+class RunResult:
+    tps: float
+    ttfts_s: list[float]
+    itls_s: list[float]
+
+
+def make_prompts(loaded: LoadedModel, count: int, num_tokens: int) -> list[tuple[int, ...]]:
+    """`count` distinct chat prompts of exactly `num_tokens` tokens."""
+    prompts = []
+    for i in range(count):
+        text = f"Tell me about {TOPICS[i % len(TOPICS)]} (request {i})." + FILLER * 6
+        messages = [{"role": "user", "content": text}]
+        rendered = loaded.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = loaded.tokenizer(rendered, add_special_tokens=False).input_ids
+        prompts.append(tuple(ids[-num_tokens:]))
+    return prompts
+
+
+def make_adapters(loaded: LoadedModel, root: Path, count: int) -> list[ValidatedAdapter]:
+    """Random LoRA adapters of the paper's shape (weights do not change speed)."""
+    adapters = []
+    for i in range(count):
+        name = f"bench-{i}"
+        manifest = Manifest(name=name, base_model={"id": loaded.info.id, "fingerprint": loaded.info.fingerprint})
+        weights = lora_weights(loaded.info, LoraSpec(), seed=i, b_std=0.02)
+        adapters.append(create(root / name, manifest, LoraSpec(), weights, loaded.info))
+    return adapters
+
+
+def naive_tps(host: AdapterHost, adapter: str, prompts: list[tuple[int, ...]], max_tokens: int) -> float:
+    """One request at a time; per token one forward with the adapter and one without, two caches."""
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for prompt in prompts:
+            ids = torch.tensor([prompt])
+            q_cache = base_cache = None
+            for _ in range(max_tokens):
+                q_logits, q_cache = host.forward(ids, q_cache, [adapter])
+                base_logits, base_cache = host.forward(ids, base_cache, [None])
+                token = customised_logits(q_logits[:, -1], base_logits[:, -1]).argmax(-1)
+                ids = token.view(1, 1)
+    return len(prompts) * max_tokens / (time.perf_counter() - start)
+
+
+async def engine_run(engine: Engine, prompts: list[tuple[int, ...]], adapters: list[str | None], max_tokens: int) -> RunResult:
+    """All requests at once; request i uses adapters[i % len(adapters)]."""
+    params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+
+    async def one(i: int, prompt: tuple[int, ...]) -> tuple[float, list[float], int]:
+        sent = time.perf_counter()
+        stamps, num_tokens = [], 0
+        async for event in engine.submit(GenerationRequest(f"r{i}-{sent}", prompt, adapters[i % len(adapters)], params)):
+            stamps.append(time.perf_counter())
+            num_tokens += len(event.token_ids)
+        return stamps[0] - sent, [b - a for a, b in zip(stamps, stamps[1:])], num_tokens
+
+    start = time.perf_counter()
+    results = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
+    elapsed = time.perf_counter() - start
+    assert all(n == max_tokens for _, _, n in results), "every request must produce max_tokens tokens"
+    return RunResult(
+        tps=sum(n for _, _, n in results) / elapsed,
+        ttfts_s=[t for t, _, _ in results],
+        itls_s=[gap for _, gaps, _ in results for gap in gaps],
+    )
+
+
+def percentile_ms(values: list[float], q: int) -> float:
+    return round(1000 * statistics.quantiles(values, n=100, method="inclusive")[q - 1], 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print only the JSON object")
+    parser.add_argument("--quick", action="store_true", help="shrink the workload for a smoke run")
+    args = parser.parse_args()
+    work = Workload(max_tokens=8, num_naive=2) if args.quick else Workload(max_tokens=64, num_naive=8)
+    settings = Settings(device="cpu", max_running=64)
+    loaded = load_base_model(settings)
+    prompts = make_prompts(loaded, 32, work.prompt_tokens)
+    host = AdapterHost(loaded.model)
+    engine = Engine(loaded, host, settings)
+    engine.start()
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as root:
+        adapters = make_adapters(loaded, Path(root), 8)
+        for adapter in adapters:
+            engine.apply(LoadAdapter(adapter)).result()
+        names: list[str | None] = [adapter.name for adapter in adapters]
+        figures["naive_tps"] = naive_tps(host, adapters[0].name, list(prompts[: work.num_naive]), work.max_tokens)
+
+        def run(num: int, adapters: list[str | None]) -> RunResult:
+            return asyncio.run(engine_run(engine, list(prompts[:num]), adapters, work.max_tokens))
+
+        four = names[:4]
+        figures["engine_tps_c1"] = run(1, four).tps
+        c8 = run(8, four)
+        figures["engine_tps_c8"] = c8.tps
+        figures["engine_tps_c32"] = run(32, four).tps
+        figures["base_tps_c1"] = run(1, [None]).tps
+        figures["base_tps_c8"] = run(8, [None]).tps
+        figures["same_adapter_tps_c8"] = run(8, [names[0]]).tps
+        figures["distinct_adapters_tps_c8"] = run(8, names).tps
+    engine.shutdown()
+    report: dict[str, float | int | bool] = {key: round(value, 2) for key, value in figures.items()}
+    report |= {
+        "ttft_p50_ms": percentile_ms(c8.ttfts_s, 50),
+        "ttft_p95_ms": percentile_ms(c8.ttfts_s, 95),
+        "itl_p50_ms": percentile_ms(c8.itls_s, 50),
+        "itl_p95_ms": percentile_ms(c8.itls_s, 95),
+        "c8_over_naive": round(figures["engine_tps_c8"] / figures["naive_tps"], 2),
+        "c32_over_naive": round(figures["engine_tps_c32"] / figures["naive_tps"], 2),
+        "c1_over_base_c1": round(figures["engine_tps_c1"] / figures["base_tps_c1"], 2),
+        "distinct_over_same_c8": round(figures["distinct_adapters_tps_c8"] / figures["same_adapter_tps_c8"], 2),
+        "max_tokens": work.max_tokens,
+        "prompt_tokens": work.prompt_tokens,
+        "quick": args.quick,
+    }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""The engine: one thread owns the model and loops schedule → run → postprocess; an async facade."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import torch
+
+from adapters.errors import AdapterNotFound, ContextTooLong, InvalidRequest
+from adapters.format import ValidatedAdapter
+from server.config import Settings
+from server.engine.detokenize import TextTracker
+from server.engine.request import FinishReason, GenerationRequest, Sequence, TokenEvent
+from server.engine.runner import BatchRunner
+from server.engine.sampler import Sampler, policy_scores, sequences_of
+from server.engine.scheduler import Scheduler, SchedulerLimits
+from server.lora import AdapterHost
+from server.model import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadAdapter:
+    adapter: ValidatedAdapter
+
+
+@dataclass(frozen=True)
+class UnloadAdapter:
+    name: str
+
+
+AdapterChange = LoadAdapter | UnloadAdapter
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """Counters the metrics layer reads."""
+
+    num_running: int
+    num_waiting: int
+    num_batch_rows: int
+    num_generated_tokens: int
+    last_step_s: float
+    running_per_adapter: dict[str | None, int]
+
+
+class Engine:
+    """Continuous batching of base and Q-adapter requests; one batched decode forward per step."""
+
+    def __init__(self, loaded: LoadedModel, host: AdapterHost, settings: Settings) -> None:
+        self._tokenizer = loaded.tokenizer
+        self._stop_token_ids = loaded.stop_token_ids
+        self._max_context = settings.max_context or loaded.model.config.max_position_embeddings
+        self._host = host
+        pad = loaded.tokenizer.pad_token_id
+        self._runner = BatchRunner(host, pad if pad is not None else min(self._stop_token_ids))
+        self._sampler = Sampler(host.device)
+        self._scheduler = Scheduler(
+            SchedulerLimits(settings.max_running, settings.max_waiting, settings.max_prefill_tokens)
+        )
+        self._adapters: dict[str, ValidatedAdapter] = {}
+        self._changes: queue.Queue[tuple[AdapterChange, Future[None]]] = queue.Queue()
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[TokenEvent | Exception]]] = {}
+        self._trackers: dict[int, TextTracker] = {}
+        self._wakeup = threading.Event()
+        self._is_stopping = False
+        self._thread = threading.Thread(target=self._loop, name="qadapter-engine", daemon=True)
+        self._num_generated_tokens = 0
+        self._last_step_s = 0.0
+
+    # -- the facade (any thread / the event loop) ------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self._is_stopping = True
+        self._wakeup.set()
+        self._thread.join()
+
+    def submit(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        """Queue a request (raises at once if it is invalid or the queue is full); stream its events.
+
+        Closing the iterator early (a client that went away) aborts the request.
+        """
+        seq = self._admit(request)
+        events: asyncio.Queue[TokenEvent | Exception] = asyncio.Queue()
+        if request.request_id in self._streams:
+            raise InvalidRequest(f"request id {request.request_id!r} is already in use")
+        self._streams[request.request_id] = (asyncio.get_running_loop(), events)
+        try:
+            self._scheduler.add(seq, retry_after_s=max(1.0, self._last_step_s * self._scheduler.num_waiting))
+        except Exception:
+            del self._streams[request.request_id]
+            raise
+        self._wakeup.set()
+        return self._stream(request.request_id, events)
+
+    def abort(self, request_id: str) -> None:
+        """Cancel a request; it leaves the batch within one step and its memory is freed."""
+        waiting = self._scheduler.abort(request_id)
+        if waiting is not None:
+            self._emit(waiting, "", FinishReason.ABORT)  # it never ran: nothing for the engine to free
+        self._wakeup.set()
+
+    def apply(self, change: AdapterChange) -> Future[None]:
+        """Queue an adapter change; the engine applies it between steps, never during a forward."""
+        done: Future[None] = Future()
+        self._changes.put((change, done))
+        self._wakeup.set()
+        return done
+
+    def has_adapter(self, name: str) -> bool:
+        return name in self._adapters
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            num_running=self._scheduler.num_running,
+            num_waiting=self._scheduler.num_waiting,
+            num_batch_rows=self._runner.num_rows,
+            num_generated_tokens=self._num_generated_tokens,
+            last_step_s=self._last_step_s,
+            running_per_adapter=dict(self._scheduler.running_per_adapter()),
+        )
+
+    def _admit(self, request: GenerationRequest) -> Sequence:
+        params = request.params
+        if not request.prompt_ids:
+            raise InvalidRequest("the prompt is empty", param="prompt")
+        total = len(request.prompt_ids) + params.max_tokens
+        if total > self._max_context:
+            raise ContextTooLong(
+                f"This model's maximum context length is {self._max_context} tokens. However, you requested "
+                f"{total} tokens ({len(request.prompt_ids)} in the prompt, {params.max_tokens} for the "
+                "completion). Please reduce the prompt or max_tokens.",
+                param="max_tokens",
+            )
+        if request.adapter is None:
+            return Sequence(request, alpha=1.0, omega=0.0)
+        adapter = self._adapters.get(request.adapter)
+        if adapter is None:
+            raise AdapterNotFound(f"The model {request.adapter!r} does not exist", param="model")
+        alpha = adapter.manifest.alpha if params.alpha is None else params.alpha
+        omega = adapter.manifest.omega if params.omega is None else params.omega
+        return Sequence(request, alpha=alpha, omega=omega)
+
+    async def _stream(
+        self, request_id: str, events: asyncio.Queue[TokenEvent | Exception]
+    ) -> AsyncIterator[TokenEvent]:
+        is_finished = False
+        try:
+            while not is_finished:
+                event = await events.get()
+                if isinstance(event, Exception):
+                    raise event
+                is_finished = event.finish_reason is not None
+                yield event
+        finally:
+            self._streams.pop(request_id, None)
+            if not is_finished:
+                self.abort(request_id)
+
+    # -- the engine thread -----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._is_stopping:
+            try:
+                did_work = self.step()
+            except Exception as exc:  # a fault fails the requests in flight, not the server
+                log.exception("engine step failed")
+                self._fail_all(exc)
+                did_work = False
+            if not did_work:
+                self._wakeup.wait(timeout=0.5)
+                self._wakeup.clear()
+
+    def step(self) -> bool:
+        """schedule → run → postprocess; False when there was nothing to do."""
+        self._apply_changes()
+        batch = self._scheduler.schedule()
+        self._finish([seq for seq in batch.decode if seq.is_aborted], FinishReason.ABORT)
+        if batch.is_empty:
+            return False
+        start = time.perf_counter()
+        picks: list[tuple[Sequence, int]] = []
+        with torch.inference_mode():
+            if self._runner.num_rows:
+                picks += self._pick(self._runner.decode(), self._runner.rows)
+            if batch.prefill:
+                first_new_row = self._runner.num_rows
+                logits = self._runner.prefill(batch.prefill)
+                picks += self._pick(logits, self._runner.rows[first_new_row:])
+        self._postprocess(picks)
+        self._last_step_s = time.perf_counter() - start
+        return True
+
+    def _pick(self, logits: torch.Tensor, rows: list[tuple[Sequence, str | None]]) -> list[tuple[Sequence, int]]:
+        seqs = sequences_of(rows)
+        return list(zip(seqs, self._sampler.pick(seqs, policy_scores(logits, rows))))
+
+    def _postprocess(self, picks: list[tuple[Sequence, int]]) -> None:
+        for seq, token in picks:
+            params = seq.request.params
+            seq.output_ids.append(token)
+            self._num_generated_tokens += 1
+            tracker = self._trackers.setdefault(id(seq), TextTracker(self._decode, params.stop))
+            is_stop_token = token in params.stop_token_ids or (
+                token in self._stop_token_ids and not params.ignore_eos
+            )
+            visible = seq.output_ids[:-1] if is_stop_token else seq.output_ids
+            text, hit_stop_string = tracker.update(visible)
+            if is_stop_token or hit_stop_string:
+                self._finish([seq], FinishReason.STOP, text)
+            elif len(seq.output_ids) >= params.max_tokens:
+                self._finish([seq], FinishReason.LENGTH, text + tracker.flush(visible))
+            else:
+                self._emit(seq, text, None)
+
+    def _finish(self, seqs: list[Sequence], reason: FinishReason, text: str = "") -> None:
+        if not seqs:
+            return
+        self._scheduler.finish(seqs)
+        self._runner.remove(seqs)
+        for seq in seqs:
+            seq.finish_reason = reason
+            self._sampler.release(seq)
+            self._trackers.pop(id(seq), None)
+            self._emit(seq, text, reason)
+
+    def _apply_changes(self) -> None:
+        while not self._changes.empty():
+            change, done = self._changes.get_nowait()
+            try:
+                if isinstance(change, LoadAdapter):
+                    self._host.load(change.adapter)
+                    self._adapters[change.adapter.name] = change.adapter
+                else:
+                    if change.name not in self._adapters:
+                        raise AdapterNotFound(f"The model {change.name!r} does not exist", param="model")
+                    del self._adapters[change.name]
+                    self._host.unload(change.name)
+            except Exception as exc:
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+
+    def _fail_all(self, exc: Exception) -> None:
+        """After a failed step the batch state is unknown: fail every running request, start clean."""
+        running = self._scheduler.take_running()
+        self._runner.remove(running)
+        for seq in running:
+            self._sampler.release(seq)
+            self._trackers.pop(id(seq), None)
+            self._send(seq.request_id, exc)
+
+    def _decode(self, token_ids: list[int]) -> str:
+        return self._tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    def _emit(self, seq: Sequence, text: str, reason: FinishReason | None) -> None:
+        self._send(
+            seq.request_id,
+            TokenEvent(
+                request_id=seq.request_id,
+                text=text,
+                token_ids=tuple(seq.output_ids[-1:]) if seq.output_ids and reason != FinishReason.ABORT else (),
+                num_prompt_tokens=seq.num_prompt_tokens,
+                num_generated_tokens=len(seq.output_ids),
+                finish_reason=reason,
+            ),
+        )
+
+    def _send(self, request_id: str, item: TokenEvent | Exception) -> None:
+        stream = self._streams.get(request_id)
+        if stream is None:
+            return  # the caller has gone
+        loop, events = stream
+        try:
+            loop.call_soon_threadsafe(events.put_nowait, item)
+        except RuntimeError:
+            pass  # its event loop has closed

@@ -1,0 +1,98 @@
+"""What a generation request is and what comes back from it (no torch: tested without a model)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from adapters.errors import InvalidRequest
+
+MAX_ALPHA = 100.0
+MAX_OMEGA = 100.0
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request picks its tokens; temperature 0 is greedy, a seed makes sampling repeatable."""
+
+    max_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = no limit
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    alpha: float | None = None  # None = the adapter manifest's value
+    omega: float | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.max_tokens >= 1, "max_tokens", "must be at least 1"),
+            (0.0 <= self.temperature <= 2.0, "temperature", "must be between 0 and 2"),
+            (0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]"),
+            (self.top_k >= 0, "top_k", "must be 0 (no limit) or positive"),
+            (self.alpha is None or 0.0 < self.alpha <= MAX_ALPHA, "alpha", f"must be in (0, {MAX_ALPHA:g}]"),
+            (self.omega is None or 0.0 <= self.omega <= MAX_OMEGA, "omega", f"must be in [0, {MAX_OMEGA:g}]"),
+            (all(self.stop), "stop", "stop strings must not be empty"),
+        ]
+        for ok, param, rule in checks:
+            if not ok:
+                raise InvalidRequest(f"{param} {rule}", param=param)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt to complete with one adapter (None = the base model)."""
+
+    request_id: str
+    prompt_ids: tuple[int, ...]
+    adapter: str | None = None
+    params: SamplingParams = field(default_factory=SamplingParams)
+
+
+class FinishReason(str, enum.Enum):
+    STOP = "stop"  # EOS, a stop token or a stop string
+    LENGTH = "length"  # max_tokens reached
+    ABORT = "abort"  # cancelled by the caller
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """What one step produced for one request: new text (may be empty) and, at the end, why it ended."""
+
+    request_id: str
+    text: str
+    token_ids: tuple[int, ...]
+    num_prompt_tokens: int
+    num_generated_tokens: int
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(eq=False)
+class Sequence:
+    """The engine's state of one admitted request (owned by the engine thread once running)."""
+
+    request: GenerationRequest
+    alpha: float  # resolved: request override or the adapter manifest's
+    omega: float
+    output_ids: list[int] = field(default_factory=list)
+    is_aborted: bool = False
+    finish_reason: FinishReason | None = None
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def adapter(self) -> str | None:
+        return self.request.adapter
+
+    @property
+    def num_rows(self) -> int:
+        """Batch rows it needs: an adapter row and a base row for a Q-adapter, one row for the base."""
+        return 1 if self.adapter is None else 2
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.request.prompt_ids)

@@ -1,0 +1,108 @@
+"""Admission and batch forming: a bounded waiting queue, a cap on running requests and prefill tokens.
+
+No torch here: the scheduler is bookkeeping, tested without a model.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+from adapters.errors import Overloaded
+from server.engine.request import Sequence
+
+
+@dataclass(frozen=True)
+class SchedulerLimits:
+    max_running: int = 32  # requests decoding together (a Q-adapter request is two batch rows)
+    max_waiting: int = 256  # queued requests before new ones get Overloaded
+    max_prefill_tokens: int = 4096  # prompt tokens prefilled in one step
+
+
+@dataclass
+class Batch:
+    """One step's work: sequences to prefill (joining now) and sequences to decode one token."""
+
+    prefill: list[Sequence] = field(default_factory=list)
+    decode: list[Sequence] = field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.prefill and not self.decode
+
+
+class Scheduler:
+    """Thread-safe: requests arrive from the event loop, the engine thread schedules and finishes."""
+
+    def __init__(self, limits: SchedulerLimits) -> None:
+        self.limits = limits
+        self._lock = threading.Lock()
+        self._waiting: deque[Sequence] = deque()
+        self._running: list[Sequence] = []
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    def running_per_adapter(self) -> Counter[str | None]:
+        with self._lock:
+            return Counter(seq.adapter for seq in self._running)
+
+    def add(self, seq: Sequence, retry_after_s: float) -> None:
+        """Queue a request, or raise Overloaded when the waiting queue is full."""
+        with self._lock:
+            if len(self._waiting) >= self.limits.max_waiting:
+                raise Overloaded(
+                    f"the server is at capacity ({len(self._waiting)} requests waiting); retry shortly",
+                    retry_after_s=retry_after_s,
+                )
+            self._waiting.append(seq)
+
+    def abort(self, request_id: str) -> Sequence | None:
+        """Mark a request aborted. A waiting one leaves at once and is returned (it never ran);
+        a running one is left for the engine to remove at its next step."""
+        with self._lock:
+            for seq in self._waiting:
+                if seq.request_id == request_id:
+                    self._waiting.remove(seq)
+                    seq.is_aborted = True
+                    return seq
+            for seq in self._running:
+                if seq.request_id == request_id:
+                    seq.is_aborted = True
+        return None
+
+    def schedule(self) -> Batch:
+        """Admit waiting requests in arrival order while the limits allow; decode all running ones."""
+        with self._lock:
+            batch = Batch(decode=list(self._running))
+            budget = self.limits.max_prefill_tokens
+            while self._waiting and len(self._running) < self.limits.max_running:
+                seq = self._waiting[0]
+                # The first admission of a step ignores the budget, so a long prompt cannot starve.
+                if batch.prefill and seq.num_prompt_tokens > budget:
+                    break
+                self._waiting.popleft()
+                budget -= seq.num_prompt_tokens
+                batch.prefill.append(seq)
+                self._running.append(seq)
+            return batch
+
+    def finish(self, seqs: list[Sequence]) -> None:
+        """Remove finished or aborted sequences from the running set."""
+        if not seqs:
+            return
+        with self._lock:
+            done = set(map(id, seqs))
+            self._running = [seq for seq in self._running if id(seq) not in done]
+
+    def take_running(self) -> list[Sequence]:
+        """Remove and return every running sequence (after an engine fault)."""
+        with self._lock:
+            running, self._running = self._running, []
+            return running

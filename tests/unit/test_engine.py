@@ -1,0 +1,195 @@
+"""The engine on a tiny random Llama: batching, joining mid-flight, sampling, stops, limits, aborts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from adapters.base import BaseModelInfo
+from adapters.errors import AdapterNotFound, ContextTooLong, InvalidRequest, Overloaded
+from server.config import Settings
+from server.engine.engine import Engine, LoadAdapter
+from server.engine.request import FinishReason, GenerationRequest, SamplingParams, TokenEvent
+from server.generate import DecodeParams, Stream, decode
+from server.lora import AdapterHost
+from server.model import LoadedModel
+from tests.conftest import make_adapter, tiny_model
+
+PROMPTS = [[5, 17, 42, 99, 3, 250, 7], [11, 12], [300, 301, 302, 303, 304, 305, 306, 307, 308, 309, 310], [8] * 5]
+ADAPTERS = {"calm": 0.4, "loud": 1.0, "odd": 0.7}
+
+
+def _engine(tmp_path: Path, embedded: LoadedModel, **settings: object) -> Engine:
+    model = tiny_model()
+    info = BaseModelInfo.from_model(model, "tiny-llama")
+    loaded = LoadedModel(model=model, tokenizer=embedded.tokenizer, info=info)
+    engine = Engine(loaded, AdapterHost(model), Settings(**settings))
+    engine.start()
+    for i, (name, b_std) in enumerate(ADAPTERS.items()):
+        engine.apply(LoadAdapter(make_adapter(tmp_path / name, info, name=name, b_std=b_std, seed=i))).result()
+    return engine
+
+
+@pytest.fixture
+def engine(tmp_path: Path, embedded: LoadedModel) -> Iterator[Engine]:
+    engine = _engine(tmp_path, embedded)
+    yield engine
+    engine.shutdown()
+
+
+def greedy(max_tokens: int = 12, **overrides: object) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, ignore_eos=True, **overrides)
+
+
+async def collect(engine: Engine, request: GenerationRequest, delay_s: float = 0.0) -> list[TokenEvent]:
+    await asyncio.sleep(delay_s)
+    return [event async for event in engine.submit(request)]
+
+
+def tokens(events: list[TokenEvent]) -> list[int]:
+    return [t for event in events for t in event.token_ids]
+
+
+def test_matches_the_reference_decode(engine: Engine, tmp_path: Path) -> None:
+    """Engine output equals `qadapter generate`'s step-by-step computation (same adapter, α, ω)."""
+    reference_host = AdapterHost(tiny_model())
+    info = BaseModelInfo.from_model(tiny_model(), "tiny-llama")
+    reference_host.load(make_adapter(tmp_path / "ref", info, name="loud", b_std=1.0, seed=1))
+    expected = decode(reference_host, PROMPTS[0], [Stream("loud", 0.5, 0.3), Stream(None)], DecodeParams(12), frozenset())
+    got = asyncio.run(collect(engine, GenerationRequest("a", tuple(PROMPTS[0]), "loud", greedy(alpha=0.5, omega=0.3))))
+    base = asyncio.run(collect(engine, GenerationRequest("b", tuple(PROMPTS[0]), None, greedy())))
+    assert tokens(got) == expected[0]
+    assert tokens(base) == expected[1]
+    assert got[-1].finish_reason == FinishReason.LENGTH
+
+
+def test_greedy_output_does_not_depend_on_the_batch(engine: Engine) -> None:
+    target = GenerationRequest("target", tuple(PROMPTS[0]), "calm", greedy(16))
+    alone = tokens(asyncio.run(collect(engine, target)))
+
+    async def crowded() -> list[TokenEvent]:
+        others = [
+            collect(engine, GenerationRequest(f"o{i}", tuple(PROMPTS[i % 4]), [None, "loud", "odd"][i % 3], greedy(20)), delay_s=0.0)
+            for i in range(8)
+        ]
+        # The target joins while the others are mid-flight.
+        results = await asyncio.gather(*others, collect(engine, target, delay_s=0.05))
+        return results[-1]
+
+    assert tokens(asyncio.run(crowded())) == alone
+
+
+def test_seeded_sampling_repeats_whatever_the_batch(engine: Engine) -> None:
+    params = SamplingParams(max_tokens=12, temperature=1.0, top_p=0.9, top_k=50, seed=123, ignore_eos=True)
+    request = GenerationRequest("s", tuple(PROMPTS[1]), "odd", params)
+    alone = tokens(asyncio.run(collect(engine, request)))
+
+    async def crowded() -> list[TokenEvent]:
+        noise = [collect(engine, GenerationRequest(f"n{i}", tuple(PROMPTS[2]), "loud", greedy())) for i in range(4)]
+        return (await asyncio.gather(*noise, collect(engine, request, delay_s=0.02)))[-1]
+
+    assert tokens(asyncio.run(crowded())) == alone
+    other_seed = GenerationRequest("s", tuple(PROMPTS[1]), "odd", SamplingParams(**{**params.__dict__, "seed": 124}))
+    assert tokens(asyncio.run(collect(engine, other_seed))) != alone
+
+
+def test_stop_token_ends_the_stream_with_stop(engine: Engine) -> None:
+    free = tokens(asyncio.run(collect(engine, GenerationRequest("f", tuple(PROMPTS[0]), "calm", greedy(12)))))
+    stop_at = free[4]
+    events = asyncio.run(
+        collect(engine, GenerationRequest("s", tuple(PROMPTS[0]), "calm", greedy(12, stop_token_ids=(stop_at,))))
+    )
+    assert events[-1].finish_reason == FinishReason.STOP
+    assert tokens(events) == free[: free.index(stop_at) + 1]
+
+
+def test_stop_string_ends_the_text_before_it(engine: Engine, embedded: LoadedModel) -> None:
+    free = asyncio.run(collect(engine, GenerationRequest("f", tuple(PROMPTS[2]), "odd", greedy(16))))
+    text = "".join(e.text for e in free)
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    assert len(stop) == 3
+    events = asyncio.run(collect(engine, GenerationRequest("s", tuple(PROMPTS[2]), "odd", greedy(16, stop=(stop,)))))
+    assert events[-1].finish_reason == FinishReason.STOP
+    assert "".join(e.text for e in events) == text[: text.index(stop)]
+
+
+def test_abort_frees_the_slot(engine: Engine) -> None:
+    async def start_then_abort() -> list[TokenEvent]:
+        events = []
+        async for event in engine.submit(GenerationRequest("long", tuple(PROMPTS[0]), "loud", greedy(200))):
+            events.append(event)
+            if len(events) == 3:
+                engine.abort("long")
+        return events
+
+    events = asyncio.run(start_then_abort())
+    assert events[-1].finish_reason == FinishReason.ABORT
+    assert len(events) < 10
+    stats = engine.stats()
+    assert (stats.num_running, stats.num_batch_rows, stats.num_waiting) == (0, 0, 0)
+
+
+def test_closing_the_stream_aborts_the_request(engine: Engine) -> None:
+    async def read_two() -> None:
+        stream = engine.submit(GenerationRequest("gone", tuple(PROMPTS[0]), "calm", greedy(200)))
+        async for _ in stream:
+            break
+        await stream.aclose()
+        for _ in range(50):
+            if engine.stats().num_running == 0:
+                return
+            await asyncio.sleep(0.05)
+
+    asyncio.run(read_two())
+    assert engine.stats().num_running == 0
+    assert engine.stats().num_batch_rows == 0
+
+
+def test_queue_full_raises_overloaded(tmp_path: Path, embedded: LoadedModel) -> None:
+    engine = _engine(tmp_path, embedded, max_running=1, max_waiting=1)
+    try:
+        async def flood() -> None:
+            first = engine.submit(GenerationRequest("1", tuple(PROMPTS[0]), None, greedy(50)))
+            await first.__anext__()  # running now
+            engine.submit(GenerationRequest("2", tuple(PROMPTS[0]), None, greedy(5)))  # waiting
+            with pytest.raises(Overloaded) as caught:
+                engine.submit(GenerationRequest("3", tuple(PROMPTS[0]), None, greedy(5)))
+            assert caught.value.retry_after_s >= 1
+            await first.aclose()
+
+        asyncio.run(flood())
+    finally:
+        engine.shutdown()
+
+
+def test_context_too_long_is_refused_before_any_work(engine: Engine) -> None:
+    before = engine.stats().num_generated_tokens
+
+    async def submit() -> None:
+        engine.submit(GenerationRequest("c", tuple(PROMPTS[0]), "calm", greedy(256)))
+
+    with pytest.raises(ContextTooLong, match="maximum context length is 256 tokens"):
+        asyncio.run(submit())
+    assert engine.stats().num_generated_tokens == before
+    assert engine.stats().num_waiting == 0
+
+
+def test_unknown_adapter_is_an_error_not_the_base(engine: Engine) -> None:
+    async def submit() -> None:
+        engine.submit(GenerationRequest("u", tuple(PROMPTS[0]), "nope", greedy()))
+
+    with pytest.raises(AdapterNotFound, match="'nope' does not exist"):
+        asyncio.run(submit())
+
+
+def test_out_of_bounds_parameters_are_refused() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        SamplingParams(alpha=0.0)
+    assert caught.value.param == "alpha"
+    with pytest.raises(InvalidRequest, match="omega"):
+        SamplingParams(omega=-1.0)
+    with pytest.raises(InvalidRequest, match="top_p"):
+        SamplingParams(top_p=0.0)

@@ -87,6 +87,7 @@ class ValidatedAdapter:
     modules: tuple[str, ...]  # base modules the LoRA changes
     max_rank: int
     size_bytes: int
+    scalings: Mapping[str, float]  # module → lora_alpha / r (or / sqrt(r) with rsLoRA), as peft applies
 
     @property
     def name(self) -> str:
@@ -116,7 +117,8 @@ def validate(path: Path, base: BaseModelInfo, max_rank: int = DEFAULT_MAX_RANK) 
             f"(fingerprint {manifest.base_model.fingerprint}), but this server runs {base.id!r} "
             f"(fingerprint {base.fingerprint}); retrain it on the served base"
         )
-    ranks = _check_lora_config(_read_json(path / CONFIG_FILE), base, max_rank)
+    config = _read_json(path / CONFIG_FILE)
+    ranks = _check_lora_config(config, base, max_rank)
     _check_tensors(path / WEIGHTS_FILE, base, ranks)
     return ValidatedAdapter(
         path=path,
@@ -124,7 +126,13 @@ def validate(path: Path, base: BaseModelInfo, max_rank: int = DEFAULT_MAX_RANK) 
         modules=tuple(sorted(ranks)),
         max_rank=max(ranks.values()),
         size_bytes=sum(f.stat().st_size for f in path.iterdir() if f.is_file()),
+        scalings={module: _scaling(config, module, rank) for module, rank in ranks.items()},
     )
+
+
+def _scaling(config: Mapping[str, Any], module: str, rank: int) -> float:
+    lora_alpha = _pattern_value(dict(config.get("alpha_pattern") or {}), module, config["lora_alpha"])
+    return lora_alpha / (rank**0.5 if config.get("use_rslora") else rank)
 
 
 def _check_files(path: Path) -> None:
@@ -204,7 +212,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _pattern_value(pattern: Mapping[str, int], module: str, default: int) -> int:
+def _pattern_value(pattern: Mapping[str, Any], module: str, default: Any) -> Any:
     """peft's rank_pattern lookup: the first key that matches the end of the module name."""
     for key, value in pattern.items():
         if re.match(rf"(.*\.)?({key})$", module):

@@ -88,7 +88,7 @@ def naive_tps(host: AdapterHost, adapter: str, prompts: list[tuple[int, ...]], m
             for _ in range(max_tokens):
                 q_logits, q_cache = host.forward(ids, q_cache, [adapter])
                 base_logits, base_cache = host.forward(ids, base_cache, [None])
-                token = customised_logits(q_logits[:, -1], base_logits[:, -1]).argmax(-1)
+                token = customised_logits(q_logits, base_logits).argmax(-1)
                 ids = token.view(1, 1)
     return len(prompts) * max_tokens / (time.perf_counter() - start)
 

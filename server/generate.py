@@ -59,8 +59,7 @@ def decode_steps(
     cache = None
     finished = [False] * len(streams)
     for _ in range(params.max_tokens):
-        logits, cache = host.forward(input_ids, cache, row_adapters)
-        last = logits[:, -1, :]  # [rows, vocab]
+        last, cache = host.forward(input_ids, cache, row_adapters)  # [rows, vocab]
         tokens = []
         for stream, row, generator in zip(streams, first_rows, generators):
             if stream.adapter is None:

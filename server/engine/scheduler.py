@@ -17,7 +17,7 @@ from server.engine.request import Sequence
 class SchedulerLimits:
     max_running: int = 32  # requests decoding together (a Q-adapter request is two batch rows)
     max_waiting: int = 256  # queued requests before new ones get Overloaded
-    max_prefill_tokens: int = 4096  # prompt tokens prefilled in one step
+    max_prefill_tokens: int = 4096  # prompt tokens prefilled in one step, summed over batch rows
 
 
 @dataclass
@@ -84,11 +84,12 @@ class Scheduler:
             budget = self.limits.max_prefill_tokens
             while self._waiting and len(self._running) < self.limits.max_running:
                 seq = self._waiting[0]
+                cost = seq.num_prompt_tokens * seq.num_rows
                 # The first admission of a step ignores the budget, so a long prompt cannot starve.
-                if batch.prefill and seq.num_prompt_tokens > budget:
+                if batch.prefill and cost > budget:
                     break
                 self._waiting.popleft()
-                budget -= seq.num_prompt_tokens
+                budget -= cost
                 batch.prefill.append(seq)
                 self._running.append(seq)
             return batch

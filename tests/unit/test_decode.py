@@ -9,7 +9,8 @@ import torch
 from peft import PeftModel
 
 from adapters.base import BaseModelInfo
-from adapters.errors import InvalidAdapter
+from adapters.errors import AdapterNotFound, InvalidAdapter
+from adapters.format import LoraSpec
 from adapters.policy import customised_logits
 from server.generate import DecodeParams, Stream, decode
 from server.lora import AdapterHost
@@ -104,3 +105,30 @@ def test_a_failed_load_leaves_the_host_as_it_was(tmp_path: Path, tiny_info: Base
     assert decode(host, PROMPT, [Stream("a")], DecodeParams(max_tokens=8), NO_STOP) == before
     host.load(make_adapter(tmp_path / "fine", tiny_info, name="fine", b_std=0.5))
     assert host.adapter_names == ["a", "fine"]
+
+
+def test_unloading_keeps_the_other_adapters_and_frees_the_slot(tmp_path: Path, tiny_info: BaseModelInfo) -> None:
+    host = _host_with(tmp_path, tiny_info, a=0.5, b=0.8, c=1.0)
+    streams = [Stream("a"), Stream("c")]
+    before = decode(host, PROMPT, streams, DecodeParams(max_tokens=10), NO_STOP)
+    bytes_before = host.lora_bytes
+    host.unload("b")
+    assert host.adapter_names == ["a", "c"]
+    assert decode(host, PROMPT, streams, DecodeParams(max_tokens=10), NO_STOP) == before
+    with pytest.raises(AdapterNotFound):
+        decode(host, PROMPT, [Stream("b")], DecodeParams(max_tokens=2), NO_STOP)
+    assert host.lora_bytes == bytes_before * 3 // 4  # slots: base (zeros) + a + c, was + b
+
+
+def test_adapters_of_different_ranks_share_a_batch(tmp_path: Path, tiny_info: BaseModelInfo) -> None:
+    small = make_adapter(tmp_path / "small", tiny_info, name="small", b_std=0.5, lora=LoraSpec(r=4))
+    big = make_adapter(tmp_path / "big", tiny_info, name="big", b_std=0.5, lora=LoraSpec(r=16, target_modules=("q_proj", "o_proj")), seed=3)
+    alone = []
+    for adapter in (small, big):
+        host = AdapterHost(tiny_model())
+        host.load(adapter)
+        alone += decode(host, PROMPT, [Stream(adapter.name)], DecodeParams(max_tokens=10), NO_STOP)
+    together = AdapterHost(tiny_model())
+    together.load(small)
+    together.load(big)
+    assert decode(together, PROMPT, [Stream("small"), Stream("big")], DecodeParams(max_tokens=10), NO_STOP) == alone

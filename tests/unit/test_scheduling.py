@@ -120,3 +120,11 @@ def test_half_a_character_is_not_emitted() -> None:
     tracker = TextTracker(lambda ids: "ok\ufffd" if len(ids) == 1 else "ok€", stop=())
     assert tracker.update([1]) == ("", False)
     assert tracker.update([1, 2]) == ("ok€", False)
+
+
+def test_prefill_budget_counts_both_rows_of_a_q_adapter_request() -> None:
+    scheduler = Scheduler(SchedulerLimits(max_prefill_tokens=20))
+    scheduler.add(seq("base", 8), retry_after_s=1)
+    scheduler.add(seq("q", 8, adapter="x"), retry_after_s=1)  # 16 row-tokens: over the 12 left
+    assert [s.request_id for s in scheduler.schedule().prefill] == ["base"]
+    assert [s.request_id for s in scheduler.schedule().prefill] == ["q"]

@@ -49,3 +49,9 @@ class Overloaded(QAdapterError):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class Unauthorized(QAdapterError):
+    """A missing or wrong API key."""
+
+    code = "invalid_api_key"

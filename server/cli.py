@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve, run, train and evaluate Q-adapters on one frozen LLM.",
     )
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    _add_serve(commands)
     _add_generate(commands)
     return parser
 
@@ -53,7 +54,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     """Flags override `QADAPTER_*` variables, which override defaults."""
-    given = {key: getattr(args, key) for key in ("model", "device", "dtype", "home")}
+    given = {key: getattr(args, key, None) for key in Settings.model_fields}
     return Settings(**{key: value for key, value in given.items() if value is not None})
 
 
@@ -65,6 +66,51 @@ def _positive(kind: Callable[[str], float | int], allow_zero: bool) -> Callable[
         return value
 
     return parse
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="serve the OpenAI-compatible HTTP API",
+        description="Serve the base model and every adapter in --adapters-dir over an OpenAI-compatible API. "
+        "Every flag can also be set as a QADAPTER_<FLAG> environment variable.",
+    )
+    _add_model_options(parser)
+    parser.add_argument("--adapters-dir", type=Path, help="adapters served from the start (default ./adapters-store)")
+    parser.add_argument("--host", help="listen address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="listen port (default 8000)")
+    parser.add_argument("--api-keys", help="comma-separated keys required on /v1/* (default: none)")
+    parser.add_argument("--max-running", type=_positive(int, False), help="requests decoded together (default 32)")
+    parser.add_argument("--max-waiting", type=_positive(int, False), help="queue length before 503 (default 256)")
+    parser.set_defaults(run=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.app import create_app
+
+    settings = settings_from(args)
+    app = create_app(settings)
+
+    class DrainingServer(uvicorn.Server):
+        """On SIGTERM/SIGINT, refuse new work at once, then let uvicorn wait for running requests."""
+
+        def handle_exit(self, sig: int, frame: object) -> None:
+            serving = getattr(app.state, "serving", None)
+            if serving is not None:
+                serving.is_draining = True
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+            # uvicorn re-raises the signal once drained, so the exit status would read "killed";
+            # a completed graceful shutdown exits 0 instead.
+            self._captured_signals.clear()
+
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level="info",
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
+    )
+    DrainingServer(config).run()
+    return 0
 
 
 def _add_generate(commands: argparse._SubParsersAction) -> None:

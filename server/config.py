@@ -32,6 +32,17 @@ class Settings(BaseSettings):
     )
     max_lora_rank: int = Field(default=DEFAULT_MAX_RANK, gt=0, description="Largest LoRA rank accepted.")
     max_running: int = Field(default=32, gt=0, description="Requests decoded together in one step.")
-    max_waiting: int = Field(default=256, ge=0, description="Queued requests before new ones get 503.")
+    max_waiting: int = Field(default=256, ge=1, description="Queued requests before new ones get 503.")
     max_prefill_tokens: int = Field(default=4096, gt=0, description="Prompt tokens prefilled per step.")
     max_context: int = Field(default=0, ge=0, description="Prompt + max_tokens limit; 0 = the model's own.")
+    default_max_tokens: int = Field(default=512, gt=0, description="max_tokens when a request sets none.")
+    host: str = Field(default="127.0.0.1", description="Address `qadapter serve` listens on.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port `qadapter serve` listens on.")
+    adapters_dir: Path = Field(default=Path("adapters-store"), description="Adapters loaded at start.")
+    api_keys: str = Field(default="", description="Comma-separated keys for /v1/*; empty = no auth.")
+    metrics_need_key: bool = Field(default=False, description="Require an API key for /metrics too.")
+    shutdown_timeout_s: float = Field(default=30.0, ge=0, description="Grace for running requests on SIGTERM.")
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [key.strip() for key in self.api_keys.split(",") if key.strip()]

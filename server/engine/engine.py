@@ -50,6 +50,7 @@ class EngineStats:
     num_generated_tokens: int
     last_step_s: float
     running_per_adapter: dict[str | None, int]
+    num_adapters: int
 
 
 class Engine:
@@ -121,6 +122,17 @@ class Engine:
     def has_adapter(self, name: str) -> bool:
         return name in self._adapters
 
+    def adapter_names(self) -> list[str]:
+        return list(self._adapters)
+
+    @property
+    def max_context(self) -> int:
+        return self._max_context
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread.is_alive() and not self._is_stopping
+
     def stats(self) -> EngineStats:
         return EngineStats(
             num_running=self._scheduler.num_running,
@@ -129,6 +141,7 @@ class Engine:
             num_generated_tokens=self._num_generated_tokens,
             last_step_s=self._last_step_s,
             running_per_adapter=dict(self._scheduler.running_per_adapter()),
+            num_adapters=len(self._adapters),
         )
 
     def _admit(self, request: GenerationRequest) -> Sequence:

@@ -1,0 +1,32 @@
+"""API-key checks (constant-time), as FastAPI dependencies."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Request
+
+from adapters.errors import Unauthorized
+
+
+def key_matches(given: str, keys: list[str]) -> bool:
+    """Constant-time comparison against every configured key."""
+    return any(hmac.compare_digest(given.encode(), key.encode()) for key in keys)
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+async def require_api_key(request: Request) -> None:
+    """Refuse a request without a valid inference key, when keys are configured."""
+    keys: list[str] = request.app.state.settings.api_key_list
+    if not keys:
+        return
+    token = bearer_token(request)
+    if not token:
+        raise Unauthorized("Missing API key: send it as 'Authorization: Bearer <key>'.")
+    if not key_matches(token, keys):
+        raise Unauthorized("Incorrect API key provided.")

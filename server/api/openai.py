@@ -1,0 +1,39 @@
+"""OpenAI-compatible routes: thin handlers over `Serving`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from server.api.auth import require_api_key
+from server.api.protocol import ChatCompletionRequest, CompletionRequest
+from server.api.serving import Serving
+
+
+def serving(request: Request) -> Serving:
+    return request.app.state.serving
+
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["openai"])
+
+
+@router.get("/models")
+async def list_models(service: Serving = Depends(serving)) -> dict[str, Any]:
+    """The base model and one entry per adapter (`parent` = the base)."""
+    return service.models()
+
+
+@router.post("/completions")
+async def create_completion(body: CompletionRequest, request: Request, service: Serving = Depends(serving)) -> Response:
+    """Complete a prompt; `model` picks an adapter by name, or the base model by its id."""
+    return await service.completions(body, request)
+
+
+@router.post("/chat/completions")
+async def create_chat_completion(
+    body: ChatCompletionRequest, request: Request, service: Serving = Depends(serving)
+) -> Response:
+    """Answer a conversation; `model` picks an adapter by name, or the base model by its id."""
+    return await service.chat(body, request)

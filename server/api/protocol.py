@@ -1,0 +1,99 @@
+"""Request bodies of the OpenAI-compatible API (pydantic), with vLLM's and our extra fields.
+
+Unknown fields are accepted and ignored (OpenAI clients send many); fields we know but cannot
+honour are refused with a 400 that names them, rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapters.errors import InvalidRequest
+from server.engine.request import MAX_ALPHA, MAX_OMEGA
+
+# field → the values that mean "not used"; anything else is refused.
+_UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "logprobs": (None, False, 0),
+    "top_logprobs": (None, 0),
+    "best_of": (None, 1),
+    "echo": (None, False),
+    "suffix": (None, ""),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "logit_bias": (None, {}),
+    "tools": (None, []),
+    "functions": (None, []),
+}
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class SamplingBody(BaseModel):
+    """Fields shared by completions and chat completions."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    n: int = Field(default=1, ge=1, le=16)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    user: str | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    # vLLM's extras (the OpenAI SDK sends them as extra_body)
+    top_k: int | None = Field(default=None, ge=0)
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    # the Q-adapter knobs (extra_body): override the adapter manifest for this request
+    alpha: float | None = Field(default=None, gt=0, le=MAX_ALPHA)
+    omega: float | None = Field(default=None, ge=0, le=MAX_OMEGA)
+
+    def stop_strings(self) -> tuple[str, ...]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > 4:
+            raise InvalidRequest("stop may hold at most 4 sequences", param="stop")
+        if any(s == "" for s in stops):
+            raise InvalidRequest("stop sequences must not be empty", param="stop")
+        return tuple(stops)
+
+    def refuse_unsupported(self) -> list[str]:
+        """Raise for known fields we cannot honour; return the unknown fields (to be ignored)."""
+        extra = self.model_extra or {}
+        for name, unused in _UNSUPPORTED.items():
+            if name in extra and extra[name] not in unused:
+                raise InvalidRequest(f"{name} is not supported by this server", param=name)
+        return sorted(name for name in extra if name not in _UNSUPPORTED)
+
+
+class CompletionRequest(SamplingBody):
+    prompt: str | list[str] | list[int] | list[list[int]]
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class ChatCompletionRequest(SamplingBody):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)

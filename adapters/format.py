@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from adapters.base import BaseModelInfo
 from adapters.errors import InvalidAdapter
-from adapters.policy import DEFAULT_ALPHA, DEFAULT_OMEGA
+from adapters.bounds import DEFAULT_ALPHA, DEFAULT_OMEGA, MAX_ALPHA, MAX_OMEGA, MIN_ALPHA
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -53,8 +53,8 @@ class Manifest(BaseModel):
     name: str
     description: str = ""
     base_model: BaseModelRef
-    alpha: float = Field(default=DEFAULT_ALPHA, gt=0)
-    omega: float = Field(default=DEFAULT_OMEGA, ge=0)
+    alpha: float = Field(default=DEFAULT_ALPHA, ge=MIN_ALPHA, le=MAX_ALPHA)
+    omega: float = Field(default=DEFAULT_OMEGA, ge=0, le=MAX_OMEGA)
     created: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     training: dict[str, Any] | None = None
 

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 PerRow = float | torch.Tensor
 
-DEFAULT_ALPHA = 1.0
-DEFAULT_OMEGA = 0.01
+from adapters.bounds import DEFAULT_ALPHA, DEFAULT_OMEGA
+
 DEFAULT_GAMMA = 1.0
 DEFAULT_BETA = 0.1
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from adapters.policy import DEFAULT_ALPHA, DEFAULT_OMEGA, customised_logits
+from server.engine.request import GREEDY_BELOW_TEMPERATURE
 from server.lora import AdapterHost
 
 
@@ -100,7 +101,7 @@ def _generator(seed: int | None, device: torch.device) -> torch.Generator:
 
 
 def _pick(scores: torch.Tensor, temperature: float, generator: torch.Generator) -> int:
-    if temperature <= 0:
+    if temperature < GREEDY_BELOW_TEMPERATURE:
         return int(scores.argmax())
     probs = torch.softmax(scores / temperature, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))

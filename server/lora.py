@@ -66,9 +66,6 @@ class AdapterHost:
     def adapter_names(self) -> list[str]:
         return list(self._slot_of)
 
-    def has(self, name: str) -> bool:
-        return name in self._slot_of
-
     @property
     def lora_bytes(self) -> int:
         """Memory held by the stacked LoRA weights of every loaded adapter."""

@@ -11,7 +11,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.errors import InvalidRequest
-from server.engine.request import MAX_ALPHA, MAX_OMEGA
+from adapters.bounds import MAX_ALPHA, MAX_OMEGA, MIN_ALPHA
+from server.engine.request import MAX_SEED
 
 # field → the values that mean "not used"; anything else is refused.
 _UNSUPPORTED: dict[str, tuple[Any, ...]] = {
@@ -43,7 +44,7 @@ class SamplingBody(BaseModel):
     top_p: float | None = Field(default=None, gt=0, le=1)
     n: int = Field(default=1, ge=1, le=16)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED - 16)  # room for n seeded copies
     user: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -52,7 +53,7 @@ class SamplingBody(BaseModel):
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
     # the Q-adapter knobs (extra_body): override the adapter manifest for this request
-    alpha: float | None = Field(default=None, gt=0, le=MAX_ALPHA)
+    alpha: float | None = Field(default=None, ge=MIN_ALPHA, le=MAX_ALPHA)
     omega: float | None = Field(default=None, ge=0, le=MAX_OMEGA)
 
     def stop_strings(self) -> tuple[str, ...]:

@@ -162,9 +162,10 @@ class Serving:
         if not prompt:
             raise InvalidRequest("prompt must not be empty", param="prompt")
         if all(isinstance(p, int) for p in prompt):
-            return [list(prompt)]  # type: ignore[arg-type]
-        prompts = [tokenizer(p).input_ids if isinstance(p, str) else list(p) for p in prompt]  # type: ignore[union-attr]
-        vocab = len(tokenizer)
+            prompts = [list(prompt)]  # type: ignore[arg-type]
+        else:
+            prompts = [tokenizer(p).input_ids if isinstance(p, str) else list(p) for p in prompt]  # type: ignore[union-attr]
+        vocab = self._loaded.model.config.vocab_size
         if any(not 0 <= t < vocab for p in prompts for t in p):
             raise InvalidRequest(f"prompt token ids must be in [0, {vocab})", param="prompt")
         return prompts

@@ -7,13 +7,12 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 
 import torch
 
-from adapters.errors import AdapterNotFound, ContextTooLong, InvalidRequest
+from adapters.errors import AdapterNotFound, ContextTooLong, InvalidRequest, Overloaded
 from adapters.format import ValidatedAdapter
 from server.config import Settings
 from server.engine.detokenize import TextTracker
@@ -51,6 +50,45 @@ class EngineStats:
     last_step_s: float
     running_per_adapter: dict[str | None, int]
     num_adapters: int
+    lora_bytes: int  # memory of the loaded adapters' weights
+
+
+class RequestStream:
+    """The events of one request, in order; closing it (or cancelling its reader) aborts the request."""
+
+    def __init__(self, engine: Engine, request_id: str, events: asyncio.Queue[TokenEvent | Exception]) -> None:
+        self._engine = engine
+        self._request_id = request_id
+        self._events = events
+        self._is_done = False
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        if self._is_done:
+            raise StopAsyncIteration
+        try:
+            item = await self._events.get()
+        except asyncio.CancelledError:
+            await self.aclose()
+            raise
+        if isinstance(item, Exception):
+            self._close()
+            raise item
+        if item.finish_reason is not None:
+            self._close()
+        return item
+
+    async def aclose(self) -> None:
+        """Abort the request unless it has finished; free its id."""
+        if not self._is_done:
+            self._engine.abort(self._request_id)
+            self._close()
+
+    def _close(self) -> None:
+        self._is_done = True
+        self._engine._forget(self._request_id)
 
 
 class Engine:
@@ -67,10 +105,10 @@ class Engine:
         self._scheduler = Scheduler(
             SchedulerLimits(settings.max_running, settings.max_waiting, settings.max_prefill_tokens)
         )
-        self._adapters: dict[str, ValidatedAdapter] = {}
+        self._adapters: dict[str, ValidatedAdapter] = {}  # what new requests may use
+        self._retiring: set[str] = set()  # removed adapters whose weights wait for their last request
         self._changes: queue.Queue[tuple[AdapterChange, Future[None]]] = queue.Queue()
-        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[TokenEvent | Exception]]] = {}
-        self._trackers: dict[int, TextTracker] = {}
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[TokenEvent | Exception], Sequence]] = {}
         self._wakeup = threading.Event()
         self._is_stopping = False
         self._thread = threading.Thread(target=self._loop, name="qadapter-engine", daemon=True)
@@ -87,23 +125,23 @@ class Engine:
         self._wakeup.set()
         self._thread.join()
 
-    def submit(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+    def submit(self, request: GenerationRequest) -> RequestStream:
         """Queue a request (raises at once if it is invalid or the queue is full); stream its events.
 
-        Closing the iterator early (a client that went away) aborts the request.
+        Closing the stream early (a client that went away) aborts the request.
         """
         seq = self._admit(request)
         events: asyncio.Queue[TokenEvent | Exception] = asyncio.Queue()
         if request.request_id in self._streams:
             raise InvalidRequest(f"request id {request.request_id!r} is already in use")
-        self._streams[request.request_id] = (asyncio.get_running_loop(), events)
+        self._streams[request.request_id] = (asyncio.get_running_loop(), events, seq)
         try:
             self._scheduler.add(seq, retry_after_s=max(1.0, self._last_step_s * self._scheduler.num_waiting))
         except Exception:
             del self._streams[request.request_id]
             raise
         self._wakeup.set()
-        return self._stream(request.request_id, events)
+        return RequestStream(self, request.request_id, events)
 
     def abort(self, request_id: str) -> None:
         """Cancel a request; it leaves the batch within one step and its memory is freed."""
@@ -142,6 +180,7 @@ class Engine:
             last_step_s=self._last_step_s,
             running_per_adapter=dict(self._scheduler.running_per_adapter()),
             num_adapters=len(self._adapters),
+            lora_bytes=self._host.lora_bytes,
         )
 
     def _admit(self, request: GenerationRequest) -> Sequence:
@@ -156,32 +195,20 @@ class Engine:
                 "completion). Please reduce the prompt or max_tokens.",
                 param="max_tokens",
             )
+        tracker = TextTracker(self._decode, params.stop)
         if request.adapter is None:
-            return Sequence(request, alpha=1.0, omega=0.0)
+            return Sequence(request, alpha=1.0, omega=0.0, tracker=tracker)
         adapter = self._adapters.get(request.adapter)
         if adapter is None:
             raise AdapterNotFound(f"The model {request.adapter!r} does not exist", param="model")
         alpha = adapter.manifest.alpha if params.alpha is None else params.alpha
         omega = adapter.manifest.omega if params.omega is None else params.omega
-        return Sequence(request, alpha=alpha, omega=omega)
-
-    async def _stream(
-        self, request_id: str, events: asyncio.Queue[TokenEvent | Exception]
-    ) -> AsyncIterator[TokenEvent]:
-        is_finished = False
-        try:
-            while not is_finished:
-                event = await events.get()
-                if isinstance(event, Exception):
-                    raise event
-                is_finished = event.finish_reason is not None
-                yield event
-        finally:
-            self._streams.pop(request_id, None)
-            if not is_finished:
-                self.abort(request_id)
+        return Sequence(request, alpha=alpha, omega=omega, tracker=tracker)
 
     # -- the engine thread -----------------------------------------------------------------------
+
+    def _forget(self, request_id: str) -> None:
+        self._streams.pop(request_id, None)
 
     def _loop(self) -> None:
         while not self._is_stopping:
@@ -194,6 +221,10 @@ class Engine:
             if not did_work:
                 self._wakeup.wait(timeout=0.5)
                 self._wakeup.clear()
+        stopped = Overloaded("the server is shutting down; retry on another replica", retry_after_s=5)
+        self._fail_all(stopped, include_waiting=True)
+        while not self._changes.empty():
+            self._changes.get_nowait()[1].set_exception(stopped)
 
     def step(self) -> bool:
         """schedule → run → postprocess; False when there was nothing to do."""
@@ -212,6 +243,7 @@ class Engine:
                 logits = self._runner.prefill(batch.prefill)
                 picks += self._pick(logits, self._runner.rows[first_new_row:])
         self._postprocess(picks)
+        self._free_retired()
         self._last_step_s = time.perf_counter() - start
         return True
 
@@ -224,14 +256,16 @@ class Engine:
             params = seq.request.params
             seq.output_ids.append(token)
             self._num_generated_tokens += 1
-            tracker = self._trackers.setdefault(id(seq), TextTracker(self._decode, params.stop))
+            tracker = seq.tracker
             is_stop_token = token in params.stop_token_ids or (
                 token in self._stop_token_ids and not params.ignore_eos
             )
             visible = seq.output_ids[:-1] if is_stop_token else seq.output_ids
             text, hit_stop_string = tracker.update(visible)
-            if is_stop_token or hit_stop_string:
+            if hit_stop_string:
                 self._finish([seq], FinishReason.STOP, text)
+            elif is_stop_token:  # text held back as a possible stop-string start is real text now
+                self._finish([seq], FinishReason.STOP, text + tracker.flush(visible))
             elif len(seq.output_ids) >= params.max_tokens:
                 self._finish([seq], FinishReason.LENGTH, text + tracker.flush(visible))
             else:
@@ -243,9 +277,7 @@ class Engine:
         self._scheduler.finish(seqs)
         self._runner.remove(seqs)
         for seq in seqs:
-            seq.finish_reason = reason
             self._sampler.release(seq)
-            self._trackers.pop(id(seq), None)
             self._emit(seq, text, reason)
 
     def _apply_changes(self) -> None:
@@ -255,31 +287,38 @@ class Engine:
                 if isinstance(change, LoadAdapter):
                     self._host.load(change.adapter)
                     self._adapters[change.adapter.name] = change.adapter
-                else:
+                else:  # new requests cannot use it from now; running ones finish on it
                     if change.name not in self._adapters:
                         raise AdapterNotFound(f"The model {change.name!r} does not exist", param="model")
                     del self._adapters[change.name]
-                    self._host.unload(change.name)
+                    self._retiring.add(change.name)
+                    self._free_retired()
             except Exception as exc:
                 done.set_exception(exc)
             else:
                 done.set_result(None)
 
-    def _fail_all(self, exc: Exception) -> None:
+    def _free_retired(self) -> None:
+        """Unload removed adapters that no waiting or running request uses any more."""
+        for name in [n for n in self._retiring if not self._scheduler.uses(n)]:
+            self._host.unload(name)
+            self._retiring.discard(name)
+
+    def _fail_all(self, exc: Exception, include_waiting: bool = False) -> None:
         """After a failed step the batch state is unknown: fail every running request, start clean."""
-        running = self._scheduler.take_running()
-        self._runner.remove(running)
-        for seq in running:
+        failed = self._scheduler.take_running() + (self._scheduler.take_waiting() if include_waiting else [])
+        self._runner.reset()
+        for seq in failed:
             self._sampler.release(seq)
-            self._trackers.pop(id(seq), None)
-            self._send(seq.request_id, exc)
+            self._send(seq, exc)
+        self._free_retired()
 
     def _decode(self, token_ids: list[int]) -> str:
         return self._tokenizer.decode(token_ids, skip_special_tokens=True)
 
     def _emit(self, seq: Sequence, text: str, reason: FinishReason | None) -> None:
         self._send(
-            seq.request_id,
+            seq,
             TokenEvent(
                 request_id=seq.request_id,
                 text=text,
@@ -290,11 +329,11 @@ class Engine:
             ),
         )
 
-    def _send(self, request_id: str, item: TokenEvent | Exception) -> None:
-        stream = self._streams.get(request_id)
-        if stream is None:
-            return  # the caller has gone
-        loop, events = stream
+    def _send(self, seq: Sequence, item: TokenEvent | Exception) -> None:
+        stream = self._streams.get(seq.request_id)
+        if stream is None or stream[2] is not seq:
+            return  # its caller has gone (and the id may serve a newer request now)
+        loop, events, _ = stream
         try:
             loop.call_soon_threadsafe(events.put_nowait, item)
         except RuntimeError:

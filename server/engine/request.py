@@ -5,10 +5,13 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from adapters.bounds import MAX_ALPHA, MAX_OMEGA, MIN_ALPHA
 from adapters.errors import InvalidRequest
+from server.engine.detokenize import TextTracker
 
-MAX_ALPHA = 100.0
-MAX_OMEGA = 100.0
+MAX_SEED = 2**63 - 1
+# Below this temperature sampling is greedy: dividing logits by ~0 overflows to inf (as vLLM does).
+GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 @dataclass(frozen=True)
@@ -26,15 +29,20 @@ class SamplingParams:
     alpha: float | None = None  # None = the adapter manifest's value
     omega: float | None = None
 
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature < GREEDY_BELOW_TEMPERATURE
+
     def __post_init__(self) -> None:
         checks = [
             (self.max_tokens >= 1, "max_tokens", "must be at least 1"),
             (0.0 <= self.temperature <= 2.0, "temperature", "must be between 0 and 2"),
             (0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]"),
             (self.top_k >= 0, "top_k", "must be 0 (no limit) or positive"),
-            (self.alpha is None or 0.0 < self.alpha <= MAX_ALPHA, "alpha", f"must be in (0, {MAX_ALPHA:g}]"),
+            (self.alpha is None or MIN_ALPHA <= self.alpha <= MAX_ALPHA, "alpha", f"must be in [{MIN_ALPHA:g}, {MAX_ALPHA:g}]"),
             (self.omega is None or 0.0 <= self.omega <= MAX_OMEGA, "omega", f"must be in [0, {MAX_OMEGA:g}]"),
             (all(self.stop), "stop", "stop strings must not be empty"),
+            (self.seed is None or 0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}]"),
         ]
         for ok, param, rule in checks:
             if not ok:
@@ -76,9 +84,9 @@ class Sequence:
     request: GenerationRequest
     alpha: float  # resolved: request override or the adapter manifest's
     omega: float
+    tracker: TextTracker  # its text so far, and where a stop string ends it
     output_ids: list[int] = field(default_factory=list)
     is_aborted: bool = False
-    finish_reason: FinishReason | None = None
 
     @property
     def request_id(self) -> str:

@@ -63,6 +63,10 @@ class BatchRunner:
         self.rows += rows
         return logits
 
+    def reset(self) -> None:
+        """Drop every row (after a failed step, whose state is unknown)."""
+        self.rows, self._cache, self._mask = [], None, None
+
     def remove(self, seqs: list[Sequence]) -> None:
         """Drop the rows of finished or aborted sequences and free their KV memory."""
         leaving = set(map(id, seqs))

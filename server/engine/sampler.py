@@ -43,7 +43,7 @@ class Sampler:
         """One token per sequence from its scores `[seqs, vocab]`."""
         tokens = scores.argmax(dim=-1).tolist()
         for i, seq in enumerate(seqs):
-            if seq.request.params.temperature > 0:
+            if not seq.request.params.is_greedy:
                 tokens[i] = self._sample(seq, scores[i])
         return tokens
 

@@ -68,12 +68,12 @@ class Scheduler:
         a running one is left for the engine to remove at its next step."""
         with self._lock:
             for seq in self._waiting:
-                if seq.request_id == request_id:
+                if seq.request_id == request_id and not seq.is_aborted:
                     self._waiting.remove(seq)
                     seq.is_aborted = True
                     return seq
             for seq in self._running:
-                if seq.request_id == request_id:
+                if seq.request_id == request_id and not seq.is_aborted:
                     seq.is_aborted = True
         return None
 
@@ -107,3 +107,14 @@ class Scheduler:
         with self._lock:
             running, self._running = self._running, []
             return running
+
+    def take_waiting(self) -> list[Sequence]:
+        """Remove and return every waiting sequence (at shutdown)."""
+        with self._lock:
+            waiting, self._waiting = list(self._waiting), deque()
+            return waiting
+
+    def uses(self, adapter: str) -> bool:
+        """Whether any waiting or running request pins this adapter."""
+        with self._lock:
+            return any(seq.adapter == adapter for seq in (*self._waiting, *self._running))

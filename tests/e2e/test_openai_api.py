@@ -18,29 +18,12 @@ from server.config import Settings
 from server.generate import DecodeParams, Stream, decode
 from server.lora import AdapterHost
 from server.model import LoadedModel, load_base_model
-from tests.conftest import make_adapter
+from tests.e2e.conftest import KEY
 from tests.e2e.server import ServerProcess
 
 pytestmark = pytest.mark.e2e
 BASE = "smollm2-135m-instruct"
-KEY = "test-key"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture(scope="module")
-def adapters_dir(tmp_path_factory: pytest.TempPathFactory, embedded: LoadedModel) -> Path:
-    root = tmp_path_factory.mktemp("adapters")
-    make_adapter(root / "bold", embedded.info, name="bold", b_std=0.5, seed=1)
-    make_adapter(root / "wild", embedded.info, name="wild", b_std=0.5, seed=2, alpha=0.8, omega=0.05)
-    make_adapter(root / "zero", embedded.info, name="zero")
-    return root
-
-
-@pytest.fixture(scope="module")
-def server(adapters_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = ServerProcess(adapters_dir, tmp_path_factory.mktemp("logs") / "server.log", "--api-keys", KEY)
-    yield process
-    assert process.stop() == 0
 
 
 @pytest.fixture
@@ -59,8 +42,10 @@ def test_models_lists_the_base_and_every_adapter(client: openai.OpenAI) -> None:
 
 
 def test_chat_on_the_base_and_on_adapters(client: openai.OpenAI) -> None:
-    answers = {model: chat(client, model).choices[0].message.content for model in (BASE, "bold", "wild", "zero")}
+    responses = {model: chat(client, model) for model in (BASE, "bold", "wild", "zero")}
+    answers = {model: r.choices[0].message.content for model, r in responses.items()}
     assert "Paris" in answers[BASE]
+    assert responses[BASE].choices[0].finish_reason == "stop"  # it ended on EOS, within max_tokens
     assert answers["zero"] == answers[BASE]  # an untrained adapter keeps the base policy exactly
     assert answers["bold"] != answers[BASE] and answers["wild"] != answers[BASE]
     assert answers["bold"] != answers["wild"]

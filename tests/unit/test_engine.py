@@ -11,7 +11,7 @@ import pytest
 from adapters.base import BaseModelInfo
 from adapters.errors import AdapterNotFound, ContextTooLong, InvalidRequest, Overloaded
 from server.config import Settings
-from server.engine.engine import Engine, LoadAdapter
+from server.engine.engine import Engine, LoadAdapter, UnloadAdapter
 from server.engine.request import FinishReason, GenerationRequest, SamplingParams, TokenEvent
 from server.generate import DecodeParams, Stream, decode
 from server.lora import AdapterHost
@@ -22,15 +22,35 @@ PROMPTS = [[5, 17, 42, 99, 3, 250, 7], [11, 12], [300, 301, 302, 303, 304, 305, 
 ADAPTERS = {"calm": 0.4, "loud": 1.0, "odd": 0.7}
 
 
-def _engine(tmp_path: Path, embedded: LoadedModel, **settings: object) -> Engine:
+def _engine(tmp_path: Path, embedded: LoadedModel, start: bool = True, **settings: object) -> Engine:
+    """An engine on the tiny model with ADAPTERS loaded; `start=False` leaves stepping to the test."""
     model = tiny_model()
     info = BaseModelInfo.from_model(model, "tiny-llama")
     loaded = LoadedModel(model=model, tokenizer=embedded.tokenizer, info=info)
     engine = Engine(loaded, AdapterHost(model), Settings(**settings))
-    engine.start()
-    for i, (name, b_std) in enumerate(ADAPTERS.items()):
-        engine.apply(LoadAdapter(make_adapter(tmp_path / name, info, name=name, b_std=b_std, seed=i))).result()
+    changes = [
+        engine.apply(LoadAdapter(make_adapter(tmp_path / name, info, name=name, b_std=b_std, seed=i)))
+        for i, (name, b_std) in enumerate(ADAPTERS.items())
+    ]
+    engine.start() if start else engine.step()  # a step applies queued changes first
+    for change in changes:
+        change.result(timeout=30)
     return engine
+
+
+async def drive(engine: Engine, plan: list[tuple[int, GenerationRequest]]) -> dict[str, list[TokenEvent]]:
+    """Step an unstarted engine by hand; each request is submitted before the step its number names."""
+    streams, step = {}, 0
+    pending = sorted(plan, key=lambda item: item[0])
+    while pending or engine.stats().num_running or engine.stats().num_waiting:
+        while pending and pending[0][0] <= step:
+            request = pending.pop(0)[1]
+            streams[request.request_id] = engine.submit(request)
+        engine.step()
+        step += 1
+        await asyncio.sleep(0)  # let the events the step sent arrive
+    await asyncio.sleep(0)
+    return {rid: [event async for event in stream] for rid, stream in streams.items()}
 
 
 @pytest.fixture
@@ -66,34 +86,29 @@ def test_matches_the_reference_decode(engine: Engine, tmp_path: Path) -> None:
     assert got[-1].finish_reason == FinishReason.LENGTH
 
 
-def test_greedy_output_does_not_depend_on_the_batch(engine: Engine) -> None:
+def test_greedy_output_does_not_depend_on_the_batch(tmp_path: Path, embedded: LoadedModel) -> None:
+    engine = _engine(tmp_path, embedded, start=False)
     target = GenerationRequest("target", tuple(PROMPTS[0]), "calm", greedy(16))
-    alone = tokens(asyncio.run(collect(engine, target)))
-
-    async def crowded() -> list[TokenEvent]:
-        others = [
-            collect(engine, GenerationRequest(f"o{i}", tuple(PROMPTS[i % 4]), [None, "loud", "odd"][i % 3], greedy(20)), delay_s=0.0)
-            for i in range(8)
-        ]
-        # The target joins while the others are mid-flight.
-        results = await asyncio.gather(*others, collect(engine, target, delay_s=0.05))
-        return results[-1]
-
-    assert tokens(asyncio.run(crowded())) == alone
+    alone = asyncio.run(drive(engine, [(0, target)]))["target"]
+    others = [
+        (0, GenerationRequest(f"o{i}", tuple(PROMPTS[i % 4]), [None, "loud", "odd"][i % 3], greedy(30)))
+        for i in range(8)
+    ]
+    crowded = asyncio.run(drive(engine, [*others, (5, target)]))  # joins at step 5, while the 8 decode
+    assert all(len(tokens(events)) == 30 for rid, events in crowded.items() if rid != "target")
+    assert tokens(crowded["target"]) == tokens(alone)
+    assert "".join(e.text for e in crowded["target"]) == "".join(e.text for e in alone)
 
 
-def test_seeded_sampling_repeats_whatever_the_batch(engine: Engine) -> None:
+def test_seeded_sampling_repeats_whatever_the_batch(tmp_path: Path, embedded: LoadedModel) -> None:
+    engine = _engine(tmp_path, embedded, start=False)
     params = SamplingParams(max_tokens=12, temperature=1.0, top_p=0.9, top_k=50, seed=123, ignore_eos=True)
     request = GenerationRequest("s", tuple(PROMPTS[1]), "odd", params)
-    alone = tokens(asyncio.run(collect(engine, request)))
-
-    async def crowded() -> list[TokenEvent]:
-        noise = [collect(engine, GenerationRequest(f"n{i}", tuple(PROMPTS[2]), "loud", greedy())) for i in range(4)]
-        return (await asyncio.gather(*noise, collect(engine, request, delay_s=0.02)))[-1]
-
-    assert tokens(asyncio.run(crowded())) == alone
+    alone = tokens(asyncio.run(drive(engine, [(0, request)]))["s"])
+    noise = [(0, GenerationRequest(f"n{i}", tuple(PROMPTS[2]), "loud", SamplingParams(max_tokens=30, temperature=1.0, ignore_eos=True))) for i in range(4)]
+    assert tokens(asyncio.run(drive(engine, [*noise, (3, request)]))["s"]) == alone
     other_seed = GenerationRequest("s", tuple(PROMPTS[1]), "odd", SamplingParams(**{**params.__dict__, "seed": 124}))
-    assert tokens(asyncio.run(collect(engine, other_seed))) != alone
+    assert tokens(asyncio.run(drive(engine, [(0, other_seed)]))["s"]) != alone
 
 
 def test_stop_token_ends_the_stream_with_stop(engine: Engine) -> None:
@@ -193,3 +208,108 @@ def test_out_of_bounds_parameters_are_refused() -> None:
         SamplingParams(omega=-1.0)
     with pytest.raises(InvalidRequest, match="top_p"):
         SamplingParams(top_p=0.0)
+
+
+def test_a_failed_step_fails_its_requests_and_the_engine_serves_on(engine: Engine) -> None:
+    """A token id past the tiny model's vocabulary breaks the forward (the HTTP layer refuses such ids)."""
+
+    async def run() -> tuple[BaseException | None, list[TokenEvent]]:
+        broken = collect(engine, GenerationRequest("bad", (5, 10_000), "calm", greedy()))
+        fine = collect(engine, GenerationRequest("ok", tuple(PROMPTS[0]), "calm", greedy()), delay_s=0.3)
+        outcome = await asyncio.gather(broken, fine, return_exceptions=True)
+        error = outcome[0] if isinstance(outcome[0], BaseException) else None
+        return error, outcome[1]  # type: ignore[return-value]
+
+    error, after = asyncio.run(run())
+    assert isinstance(error, IndexError)
+    assert after[-1].finish_reason == FinishReason.LENGTH and len(tokens(after)) == 12
+    stats = engine.stats()
+    assert (stats.num_running, stats.num_batch_rows) == (0, 0)
+
+
+def test_a_stop_token_releases_text_held_back_for_a_stop_string(engine: Engine) -> None:
+    free = asyncio.run(collect(engine, GenerationRequest("f", tuple(PROMPTS[2]), "odd", greedy(12))))
+    ids = tokens(free)
+    before_stop = engine._decode(ids[:6])
+    # A stop string starting with the last visible character holds it back until the stop token.
+    stop = (before_stop[-1] + "\u0000",)
+    events = asyncio.run(
+        collect(engine, GenerationRequest("s", tuple(PROMPTS[2]), "odd", greedy(12, stop=stop, stop_token_ids=(ids[6],))))
+    )
+    assert events[-1].finish_reason == FinishReason.STOP
+    assert "".join(e.text for e in events) == engine._decode(ids[: ids.index(ids[6])])
+
+
+def test_removing_an_adapter_lets_its_running_requests_finish_then_frees_it(engine: Engine) -> None:
+    async def run() -> dict[str, list[TokenEvent]]:
+        on_it = engine.submit(GenerationRequest("on", tuple(PROMPTS[0]), "loud", greedy(40)))
+        innocent = engine.submit(GenerationRequest("base", tuple(PROMPTS[1]), None, greedy(40)))
+        first = await on_it.__anext__()
+        bytes_before = engine.stats().lora_bytes
+        await asyncio.wrap_future(engine.apply(UnloadAdapter("loud")))
+        assert not engine.has_adapter("loud")
+        with pytest.raises(AdapterNotFound):
+            engine.submit(GenerationRequest("late", tuple(PROMPTS[1]), "loud", greedy()))
+        assert engine.stats().lora_bytes == bytes_before  # still pinned by "on"
+        done = {"on": [first, *[e async for e in on_it]], "base": [e async for e in innocent]}
+        await asyncio.sleep(0.2)
+        assert engine.stats().lora_bytes < bytes_before
+        return done
+
+    done = asyncio.run(run())
+    assert len(tokens(done["on"])) == 40 and len(tokens(done["base"])) == 40
+    assert done["on"][-1].finish_reason == FinishReason.LENGTH
+
+
+def test_shutdown_ends_every_stream_instead_of_hanging(tmp_path: Path, embedded: LoadedModel) -> None:
+    engine = _engine(tmp_path, embedded, max_running=1)
+
+    async def run() -> list[BaseException]:
+        running = engine.submit(GenerationRequest("r", tuple(PROMPTS[0]), "calm", greedy(200)))
+        waiting = engine.submit(GenerationRequest("w", tuple(PROMPTS[0]), "calm", greedy(5)))
+        await running.__anext__()
+        await asyncio.get_running_loop().run_in_executor(None, engine.shutdown)
+        outcomes = []
+        for stream in (running, waiting):
+            with pytest.raises(Overloaded) as caught:
+                async with asyncio.timeout(5):
+                    async for _ in stream:
+                        pass
+            outcomes.append(caught.value)
+        return outcomes
+
+    assert all("shutting down" in str(e) for e in asyncio.run(run()))
+
+
+def test_aborting_a_waiting_request_ends_its_stream(tmp_path: Path, embedded: LoadedModel) -> None:
+    engine = _engine(tmp_path, embedded, max_running=1)
+    try:
+        async def run() -> list[TokenEvent]:
+            running = engine.submit(GenerationRequest("r", tuple(PROMPTS[0]), None, greedy(100)))
+            await running.__anext__()
+            waiting = engine.submit(GenerationRequest("w", tuple(PROMPTS[0]), None, greedy(5)))
+            engine.abort("w")
+            events = [e async for e in waiting]
+            await running.aclose()
+            return events
+
+        events = asyncio.run(run())
+        assert [e.finish_reason for e in events] == [FinishReason.ABORT]
+        assert engine.stats().num_waiting == 0
+    finally:
+        engine.shutdown()
+
+
+def test_a_stream_closed_before_reading_aborts_and_frees_its_id(engine: Engine) -> None:
+    async def run() -> list[TokenEvent]:
+        stream = engine.submit(GenerationRequest("x", tuple(PROMPTS[0]), "calm", greedy(200)))
+        with pytest.raises(InvalidRequest) as caught:  # a live id cannot be reused...
+            engine.submit(GenerationRequest("x", tuple(PROMPTS[0]), "calm", greedy(3)))
+        assert caught.value.code == "invalid_request_error"
+        await stream.__anext__()  # running now
+        await stream.aclose()
+        return [e async for e in engine.submit(GenerationRequest("x", tuple(PROMPTS[0]), "calm", greedy(3)))]
+
+    events = asyncio.run(run())
+    assert len(tokens(events)) == 3 and events[-1].finish_reason == FinishReason.LENGTH  # ...a closed one can
+    assert engine.stats().num_running == 0

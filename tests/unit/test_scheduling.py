@@ -14,7 +14,8 @@ from server.engine.scheduler import Scheduler, SchedulerLimits
 
 
 def seq(request_id: str, num_prompt_tokens: int = 4, adapter: str | None = None) -> Sequence:
-    return Sequence(GenerationRequest(request_id, tuple(range(num_prompt_tokens)), adapter), alpha=1.0, omega=0.0)
+    request = GenerationRequest(request_id, tuple(range(num_prompt_tokens)), adapter)
+    return Sequence(request, alpha=1.0, omega=0.0, tracker=TextTracker(_chars, stop=()))
 
 
 def test_these_modules_import_no_torch() -> None:

@@ -1,0 +1,31 @@
+"""One real server for the end-to-end modules: the embedded model with three adapters, an API key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from server.model import LoadedModel
+from tests.conftest import make_adapter
+from tests.e2e.server import ServerProcess
+
+KEY = "test-key"
+
+
+@pytest.fixture(scope="session")
+def adapters_dir(tmp_path_factory: pytest.TempPathFactory, embedded: LoadedModel) -> Path:
+    """bold and wild change the policy (random LoRA); zero is an untrained adapter."""
+    root = tmp_path_factory.mktemp("adapters")
+    make_adapter(root / "bold", embedded.info, name="bold", b_std=0.5, seed=1)
+    make_adapter(root / "wild", embedded.info, name="wild", b_std=0.5, seed=2, alpha=0.8, omega=0.05)
+    make_adapter(root / "zero", embedded.info, name="zero")
+    return root
+
+
+@pytest.fixture(scope="session")
+def server(adapters_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = ServerProcess(adapters_dir, tmp_path_factory.mktemp("logs") / "server.log", "--api-keys", KEY)
+    yield process
+    assert process.stop() == 0

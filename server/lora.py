@@ -73,10 +73,11 @@ class AdapterHost:
             t.numel() * t.element_size() for layer in self._layers.values() for t in (layer.lora_a, layer.lora_b) if t is not None
         )
 
-    def load(self, adapter: ValidatedAdapter) -> None:
-        """Add an adapter in a new slot; all or nothing (a failure leaves the host as it was)."""
-        if adapter.name in self._slot_of:
-            raise InvalidAdapter(f"an adapter named {adapter.name!r} is already loaded")
+    def load(self, adapter: ValidatedAdapter, key: str | None = None) -> None:
+        """Add an adapter in a new slot, selected by `key` (default: its name); all or nothing."""
+        key = key or adapter.name
+        if key in self._slot_of:
+            raise InvalidAdapter(f"an adapter named {key!r} is already loaded")
         try:
             tensors = load_file(adapter.path / WEIGHTS_FILE)
         except (OSError, SafetensorError) as exc:
@@ -97,7 +98,7 @@ class AdapterHost:
             if module not in self._layers:
                 self._install(module, layer)
             layer.lora_a, layer.lora_b = stacks[module]
-        self._slot_of[adapter.name] = new_slot
+        self._slot_of[key] = new_slot
 
     def unload(self, name: str) -> None:
         """Remove an adapter's slot and free its weights (no running row may still use it)."""

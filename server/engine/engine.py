@@ -28,7 +28,22 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LoadAdapter:
+    """Publish an adapter; a new version of a served name replaces it for new requests."""
+
     adapter: ValidatedAdapter
+    version: int = 1
+
+
+@dataclass(frozen=True)
+class PublishedAdapter:
+    """The version of an adapter that new requests get."""
+
+    adapter: ValidatedAdapter
+    version: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.adapter.name}@{self.version}"
 
 
 @dataclass(frozen=True)
@@ -105,8 +120,11 @@ class Engine:
         self._scheduler = Scheduler(
             SchedulerLimits(settings.max_running, settings.max_waiting, settings.max_prefill_tokens)
         )
-        self._adapters: dict[str, ValidatedAdapter] = {}  # what new requests may use
-        self._retiring: set[str] = set()  # removed adapters whose weights wait for their last request
+        self._adapters: dict[str, PublishedAdapter] = {}  # what new requests get, by name
+        self._retiring: set[str] = set()  # versions (keys) replaced or removed, kept while pinned
+        # Held while a request resolves and pins a version, and while a version is retired and freed,
+        # so no request can pin a version that is being unloaded.
+        self._publish_lock = threading.Lock()
         self._changes: queue.Queue[tuple[AdapterChange, Future[None]]] = queue.Queue()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[TokenEvent | Exception], Sequence]] = {}
         self._wakeup = threading.Event()
@@ -130,16 +148,17 @@ class Engine:
 
         Closing the stream early (a client that went away) aborts the request.
         """
-        seq = self._admit(request)
-        events: asyncio.Queue[TokenEvent | Exception] = asyncio.Queue()
         if request.request_id in self._streams:
             raise InvalidRequest(f"request id {request.request_id!r} is already in use")
-        self._streams[request.request_id] = (asyncio.get_running_loop(), events, seq)
-        try:
-            self._scheduler.add(seq, retry_after_s=max(1.0, self._last_step_s * self._scheduler.num_waiting))
-        except Exception:
-            del self._streams[request.request_id]
-            raise
+        events: asyncio.Queue[TokenEvent | Exception] = asyncio.Queue()
+        with self._publish_lock:
+            seq = self._admit(request)
+            self._streams[request.request_id] = (asyncio.get_running_loop(), events, seq)
+            try:
+                self._scheduler.add(seq, retry_after_s=max(1.0, self._last_step_s * self._scheduler.num_waiting))
+            except Exception:
+                del self._streams[request.request_id]
+                raise
         self._wakeup.set()
         return RequestStream(self, request.request_id, events)
 
@@ -162,6 +181,10 @@ class Engine:
 
     def adapter_names(self) -> list[str]:
         return list(self._adapters)
+
+    def adapter_version(self, name: str) -> int | None:
+        published = self._adapters.get(name)
+        return None if published is None else published.version
 
     @property
     def max_context(self) -> int:
@@ -198,12 +221,13 @@ class Engine:
         tracker = TextTracker(self._decode, params.stop)
         if request.adapter is None:
             return Sequence(request, alpha=1.0, omega=0.0, tracker=tracker)
-        adapter = self._adapters.get(request.adapter)
-        if adapter is None:
+        published = self._adapters.get(request.adapter)
+        if published is None:
             raise AdapterNotFound(f"The model {request.adapter!r} does not exist", param="model")
-        alpha = adapter.manifest.alpha if params.alpha is None else params.alpha
-        omega = adapter.manifest.omega if params.omega is None else params.omega
-        return Sequence(request, alpha=alpha, omega=omega, tracker=tracker)
+        manifest = published.adapter.manifest
+        alpha = manifest.alpha if params.alpha is None else params.alpha
+        omega = manifest.omega if params.omega is None else params.omega
+        return Sequence(request, alpha=alpha, omega=omega, tracker=tracker, adapter_key=published.key)
 
     # -- the engine thread -----------------------------------------------------------------------
 
@@ -285,14 +309,20 @@ class Engine:
             change, done = self._changes.get_nowait()
             try:
                 if isinstance(change, LoadAdapter):
-                    self._host.load(change.adapter)
-                    self._adapters[change.adapter.name] = change.adapter
+                    published = PublishedAdapter(change.adapter, change.version)
+                    self._host.load(change.adapter, published.key)  # off the request path
+                    with self._publish_lock:
+                        replaced = self._adapters.get(change.adapter.name)
+                        self._adapters[change.adapter.name] = published
+                        if replaced is not None:  # running requests finish on the old version
+                            self._retiring.add(replaced.key)
                 else:  # new requests cannot use it from now; running ones finish on it
-                    if change.name not in self._adapters:
-                        raise AdapterNotFound(f"The model {change.name!r} does not exist", param="model")
-                    del self._adapters[change.name]
-                    self._retiring.add(change.name)
-                    self._free_retired()
+                    with self._publish_lock:
+                        removed = self._adapters.pop(change.name, None)
+                        if removed is None:
+                            raise AdapterNotFound(f"The model {change.name!r} does not exist", param="model")
+                        self._retiring.add(removed.key)
+                self._free_retired()
             except Exception as exc:
                 done.set_exception(exc)
             else:
@@ -300,9 +330,10 @@ class Engine:
 
     def _free_retired(self) -> None:
         """Unload removed adapters that no waiting or running request uses any more."""
-        for name in [n for n in self._retiring if not self._scheduler.uses(n)]:
-            self._host.unload(name)
-            self._retiring.discard(name)
+        with self._publish_lock:
+            for key in [k for k in self._retiring if not self._scheduler.uses(k)]:
+                self._host.unload(key)
+                self._retiring.discard(key)
 
     def _fail_all(self, exc: Exception, include_waiting: bool = False) -> None:
         """After a failed step the batch state is unknown: fail every running request, start clean."""

@@ -85,6 +85,7 @@ class Sequence:
     alpha: float  # resolved: request override or the adapter manifest's
     omega: float
     tracker: TextTracker  # its text so far, and where a stop string ends it
+    adapter_key: str | None = None  # the loaded version it pins (the adapter host's key)
     output_ids: list[int] = field(default_factory=list)
     is_aborted: bool = False
 

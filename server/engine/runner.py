@@ -28,7 +28,7 @@ class BatchRunner:
         self._pad_token_id = pad_token_id
         self._cache: Cache | None = None
         self._mask: torch.Tensor | None = None  # [rows, kv_len] 1 = real token, 0 = left padding
-        self.rows: list[tuple[Sequence, str | None]] = []  # (sequence, adapter or None for a base row)
+        self.rows: list[tuple[Sequence, str | None]] = []  # (sequence, adapter key, or None for a base row)
 
     @property
     def num_rows(self) -> int:
@@ -48,7 +48,7 @@ class BatchRunner:
 
     def prefill(self, seqs: list[Sequence]) -> torch.Tensor:
         """Run the prompts of joining sequences and add their rows; logits `[new rows, vocab]`."""
-        rows = [(seq, name) for seq in seqs for name in ((seq.adapter, None) if seq.adapter else (None,))]
+        rows = [(seq, key) for seq in seqs for key in ((seq.adapter_key, None) if seq.adapter_key else (None,))]
         width = max(seq.num_prompt_tokens for seq in seqs)
         device = self._host.device
         ids = torch.full((len(rows), width), self._pad_token_id, dtype=torch.long, device=device)

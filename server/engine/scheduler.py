@@ -114,7 +114,7 @@ class Scheduler:
             waiting, self._waiting = list(self._waiting), deque()
             return waiting
 
-    def uses(self, adapter: str) -> bool:
-        """Whether any waiting or running request pins this adapter."""
+    def uses(self, adapter_key: str) -> bool:
+        """Whether any waiting or running request pins this adapter version."""
         with self._lock:
-            return any(seq.adapter == adapter for seq in (*self._waiting, *self._running))
+            return any(seq.adapter_key == adapter_key for seq in (*self._waiting, *self._running))

@@ -192,6 +192,17 @@ def test_client_disconnect_mid_stream_frees_the_request(server: ServerProcess) -
     assert server.metric("qadapter_batch_rows") == 0
 
 
+def test_client_disconnect_without_streaming_frees_the_request(server: ServerProcess) -> None:
+    body = {"model": "wild", "messages": QUESTION, "max_tokens": 400, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+        httpx.post(f"{server.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=1.5)
+    deadline = time.monotonic() + 2
+    while server.metric("qadapter_requests_running") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.metric("qadapter_requests_running") == 0
+    assert server.metric("qadapter_requests_total", adapter="wild", status="499") >= 1
+
+
 def test_32_concurrent_requests_over_base_and_three_adapters(server: ServerProcess) -> None:
     models = [BASE, "bold", "wild", "zero"]
 

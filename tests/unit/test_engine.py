@@ -313,3 +313,31 @@ def test_a_stream_closed_before_reading_aborts_and_frees_its_id(engine: Engine) 
     events = asyncio.run(run())
     assert len(tokens(events)) == 3 and events[-1].finish_reason == FinishReason.LENGTH  # ...a closed one can
     assert engine.stats().num_running == 0
+
+
+def test_a_replaced_adapter_serves_running_requests_on_their_version(tmp_path: Path, embedded: LoadedModel) -> None:
+    engine = _engine(tmp_path, embedded, start=False)
+    info = BaseModelInfo.from_model(tiny_model(), "tiny-llama")
+    v1_alone = tokens(asyncio.run(drive(engine, [(0, GenerationRequest("a", tuple(PROMPTS[0]), "calm", greedy(20)))]))["a"])
+    v2 = make_adapter(tmp_path / "calm-v2", info, name="calm", b_std=1.5, seed=9)
+
+    async def swap_mid_flight() -> tuple[list[int], list[int]]:
+        old = engine.submit(GenerationRequest("old", tuple(PROMPTS[0]), "calm", greedy(20)))
+        for _ in range(5):
+            engine.step()
+        swapped = engine.apply(LoadAdapter(v2, version=2))
+        engine.step()  # applies the change between steps
+        assert swapped.done() and engine.adapter_version("calm") == 2
+        new = engine.submit(GenerationRequest("new", tuple(PROMPTS[0]), "calm", greedy(20)))
+        while engine.stats().num_running or engine.stats().num_waiting:
+            engine.step()
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return tokens([e async for e in old]), tokens([e async for e in new])
+
+    three_adapters = engine.stats().lora_bytes
+    old_tokens, new_tokens = asyncio.run(swap_mid_flight())
+    assert old_tokens == v1_alone
+    assert new_tokens != v1_alone
+    assert engine.stats().lora_bytes == three_adapters  # version 1 was freed once nothing pinned it
+    assert engine.stats().num_adapters == 3

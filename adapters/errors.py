@@ -55,3 +55,21 @@ class Unauthorized(QAdapterError):
     """A missing or wrong API key."""
 
     code = "invalid_api_key"
+
+
+class AdapterExists(QAdapterError):
+    """An upload of a name that is already served (replace it with PUT instead)."""
+
+    code = "adapter_exists"
+
+
+class PayloadTooLarge(QAdapterError):
+    """An upload over the size limit."""
+
+    code = "payload_too_large"
+
+
+class Forbidden(QAdapterError):
+    """A valid key that may not do this (an inference key on an admin route), or admin routes are off."""
+
+    code = "forbidden"

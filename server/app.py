@@ -5,22 +5,21 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from adapters.errors import InvalidAdapter
-from adapters.format import validate
-from server.api import errors, openai
+from adapters.store import AdapterStore
+from server.api import admin, errors, openai
+from server.api.admin import AdapterAdmin, UploadSizeLimit
 from server.api.auth import require_api_key
 from server.api.metrics import Metrics
 from server.api.serving import Serving
 from server.config import Settings
 from server.engine.engine import Engine, LoadAdapter
 from server.lora import AdapterHost
-from server.model import LoadedModel, load_base_model
+from server.model import load_base_model
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +33,11 @@ def create_app(settings: Settings) -> FastAPI:
         engine = Engine(loaded, AdapterHost(loaded.model), settings)
         engine.start()
         try:
-            load_adapter_dir(engine, loaded, settings)
+            store = AdapterStore(settings.adapters_dir, loaded.info, settings.max_lora_rank)
+            for stored in store.load_all():  # a broken adapter stops the start, naming it
+                engine.apply(LoadAdapter(stored.adapter, stored.version)).result()
             app.state.engine = engine
+            app.state.admin = AdapterAdmin(store, engine, settings.max_upload_bytes)
             app.state.metrics = Metrics(engine.stats, loaded.info.id)
             app.state.serving = Serving(engine, loaded, settings, app.state.metrics)
             log.info("serving %s with adapters %s", loaded.info.id, engine.adapter_names() or "(none)")
@@ -48,14 +50,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     errors.install(app)
     app.include_router(openai.router)
-
-    @app.middleware("http")
-    async def refuse_while_draining(request: Request, call_next):  # type: ignore[no-untyped-def]
-        serving = getattr(request.app.state, "serving", None)
-        if serving is not None and serving.is_draining and request.url.path.startswith("/v1/"):
-            body = errors.error_body("The server is shutting down; retry on another replica.", "server_error", "shutting_down")
-            return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
-        return await call_next(request)
+    app.include_router(admin.router)
+    app.add_middleware(UploadSizeLimit, max_bytes=settings.max_upload_bytes)
 
     @app.get("/health", tags=["ops"])
     async def health() -> dict[str, str]:
@@ -77,16 +73,3 @@ def create_app(settings: Settings) -> FastAPI:
         return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
-
-
-def load_adapter_dir(engine: Engine, loaded: LoadedModel, settings: Settings) -> None:
-    """Load every adapter directory under settings.adapters_dir; a broken one stops the start."""
-    root = Path(settings.adapters_dir)
-    if not root.is_dir():
-        log.info("adapters directory %s does not exist: serving the base model only", root)
-        return
-    for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        try:
-            engine.apply(LoadAdapter(validate(path, loaded.info, settings.max_lora_rank))).result()
-        except InvalidAdapter as exc:
-            raise InvalidAdapter(f"cannot serve adapter directory {str(path)!r}: {exc}") from None

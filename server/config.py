@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535, description="Port `qadapter serve` listens on.")
     adapters_dir: Path = Field(default=Path("adapters-store"), description="Adapters loaded at start.")
     api_keys: str = Field(default="", description="Comma-separated keys for /v1/*; empty = no auth.")
+    admin_key: str = Field(default="", description="Key for /admin/*; empty = admin routes are off.")
+    max_upload_bytes: int = Field(default=256 * 2**20, gt=0, description="Largest adapter upload accepted.")
     metrics_need_key: bool = Field(default=False, description="Require an API key for /metrics too.")
     shutdown_timeout_s: float = Field(default=30.0, ge=0, description="Grace for running requests on SIGTERM.")
 

@@ -6,7 +6,7 @@ import hmac
 
 from fastapi import Request
 
-from adapters.errors import Unauthorized
+from adapters.errors import Forbidden, Unauthorized
 
 
 def key_matches(given: str, keys: list[str]) -> bool:
@@ -30,3 +30,18 @@ async def require_api_key(request: Request) -> None:
         raise Unauthorized("Missing API key: send it as 'Authorization: Bearer <key>'.")
     if not key_matches(token, keys):
         raise Unauthorized("Incorrect API key provided.")
+
+
+async def require_admin_key(request: Request) -> None:
+    """Admin routes need the admin key; an inference key is not enough; no admin key = routes off."""
+    settings = request.app.state.settings
+    if not settings.admin_key:
+        raise Forbidden("Admin routes are off: start the server with QADAPTER_ADMIN_KEY (or --admin-key) set.")
+    token = bearer_token(request)
+    if not token:
+        raise Unauthorized("Missing admin key: send it as 'Authorization: Bearer <admin key>'.")
+    if key_matches(token, [settings.admin_key]):
+        return
+    if key_matches(token, settings.api_key_list):
+        raise Forbidden("An inference key cannot manage adapters; use the admin key.")
+    raise Unauthorized("Incorrect admin key provided.")

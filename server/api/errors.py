@@ -11,12 +11,15 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters.errors import (
+    AdapterExists,
     AdapterNotFound,
+    Forbidden,
     ContextTooLong,
     InvalidAdapter,
     InvalidRequest,
     ModelLoadError,
     Overloaded,
+    PayloadTooLarge,
     QAdapterError,
     Unauthorized,
 )
@@ -30,6 +33,9 @@ _STATUS: list[tuple[type[QAdapterError], int, str]] = [
     (InvalidAdapter, 400, "invalid_request_error"),
     (AdapterNotFound, 404, "invalid_request_error"),
     (Unauthorized, 401, "invalid_request_error"),
+    (Forbidden, 403, "invalid_request_error"),
+    (AdapterExists, 409, "invalid_request_error"),
+    (PayloadTooLarge, 413, "invalid_request_error"),
     (Overloaded, 503, "server_error"),
     (ModelLoadError, 500, "server_error"),
 ]

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from adapters.errors import Overloaded
 from server.api.auth import require_api_key
 from server.api.protocol import ChatCompletionRequest, CompletionRequest
 from server.api.serving import Serving
@@ -16,7 +17,14 @@ def serving(request: Request) -> Serving:
     return request.app.state.serving
 
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["openai"])
+async def refuse_while_draining(request: Request) -> None:
+    """After SIGTERM, new requests get 503 while running ones finish."""
+    if request.app.state.serving.is_draining:
+        raise Overloaded("The server is shutting down; retry on another replica.", retry_after_s=5)
+
+
+# A dependency, not an HTTP middleware: Starlette's BaseHTTPMiddleware hides client disconnects.
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key), Depends(refuse_while_draining)], tags=["openai"])
 
 
 @router.get("/models")

@@ -186,6 +186,9 @@ class Engine:
         published = self._adapters.get(name)
         return None if published is None else published.version
 
+    def published(self, name: str) -> PublishedAdapter | None:
+        return self._adapters.get(name)
+
     @property
     def max_context(self) -> int:
         return self._max_context

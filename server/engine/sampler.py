@@ -65,5 +65,6 @@ class Sampler:
             ordered, index = torch.sort(scores, descending=True)
             cumulative = torch.softmax(ordered, dim=-1).cumsum(dim=-1)
             drop = cumulative - torch.softmax(ordered, dim=-1) >= params.top_p  # keep the first over top_p
+            drop[0] = False  # the most likely token always stays (a tiny top_p rounds to 0 in float32)
             scores = scores.scatter(0, index, ordered.masked_fill(drop, float("-inf")))
         return int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator))

@@ -24,13 +24,13 @@ def free_port() -> int:
 class ServerProcess:
     """Starts the server, waits for /ready, stops it; its log is kept for failed tests."""
 
-    def __init__(self, adapters_dir: Path, log_path: Path, *flags: str) -> None:
+    def __init__(self, adapters_dir: Path, log_path: Path, *flags: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(log_path, "w")
         args = [QADAPTER, "serve", "--port", str(self.port), "--adapters-dir", str(adapters_dir), *flags]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        environment = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=environment)
         self._wait_ready(log_path)
 
     def _wait_ready(self, log_path: Path, timeout_s: float = 180) -> None:
@@ -46,6 +46,12 @@ class ServerProcess:
             time.sleep(0.3)
         self.stop()
         raise RuntimeError(f"server not ready after {timeout_s} s:\n{log_path.read_text()}")
+
+    def kill_hard(self) -> None:
+        """kill -9: no shutdown code runs."""
+        self.process.kill()
+        self.process.wait()
+        self._log.close()
 
     def terminate(self) -> None:
         self.process.send_signal(signal.SIGTERM)

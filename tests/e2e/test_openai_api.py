@@ -182,8 +182,9 @@ def test_health_ready_and_metrics_are_open(server: ServerProcess) -> None:
 def test_client_disconnect_mid_stream_frees_the_request(server: ServerProcess) -> None:
     body = {"model": "bold", "messages": QUESTION, "max_tokens": 400, "stream": True, "ignore_eos": True}
     with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}) as r:
-        for _ in zip(range(3), r.iter_lines()):
-            pass
+        lines = r.iter_lines()  # kept: a dropped line iterator closes the response (a disconnect)
+        for _ in range(3):
+            next(lines)
         assert server.metric("qadapter_requests_running") == 1
     deadline = time.monotonic() + 5
     while server.metric("qadapter_requests_running") and time.monotonic() < deadline:
@@ -238,7 +239,8 @@ def test_full_queue_is_503_with_retry_after(adapters_dir: Path, tmp_path: Path) 
     try:
         body = {"model": BASE, "messages": QUESTION, "max_tokens": 300, "stream": True, "ignore_eos": True}
         with httpx.stream("POST", f"{small.url}/v1/chat/completions", json=body, timeout=60) as running:
-            next(running.iter_lines())  # the first request is decoding
+            first_lines = running.iter_lines()  # kept open: dropping it would close the stream
+            next(first_lines)  # the first request is decoding
             waiting = threading.Thread(target=httpx.post, args=(f"{small.url}/v1/chat/completions",),
                                        kwargs={"json": {**body, "stream": False, "max_tokens": 2}, "timeout": 120})
             waiting.start()

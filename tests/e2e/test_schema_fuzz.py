@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +19,7 @@ SMALL = {"max_tokens": 4, "max_completion_tokens": 4, "n": 2}  # keep valid requ
 
 def _check(case: Any, server: ServerProcess) -> None:
     case.body = _cheap(case.body)
-    response = case.call(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120)
+    response = case.call(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=300)
     assert response.status_code < 500, f"{case.method} {case.path} {case.body!r}: {response.text}"
     if response.status_code >= 400:
         error = response.json()["error"]
@@ -40,18 +42,29 @@ def _cheap(body: Any) -> Any:
     return body
 
 
-def test_no_server_errors_and_openai_shaped_errors(server: ServerProcess) -> None:
+@pytest.fixture(scope="module")
+def fuzz_server(adapters_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A short context keeps generated prompts cheap: long ones get a quick 400, not minutes of prefill."""
+    log = tmp_path_factory.mktemp("fuzz") / "server.log"
+    process = ServerProcess(adapters_dir, log, "--api-keys", KEY, env={"QADAPTER_MAX_CONTEXT": "256"})
+    yield process
+    process.stop()
+
+
+def test_no_server_errors_and_openai_shaped_errors(fuzz_server: ServerProcess) -> None:
+    server = fuzz_server
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.path for op in operations} >= {"/v1/models", "/v1/completions", "/v1/chat/completions"}
     for operation in operations:
-        if operation.path == "/metrics":
-            continue
+        if operation.path == "/metrics" or operation.path.startswith("/admin"):
+            continue  # /admin has tests of its own (uploads are files, not JSON)
 
         @given(case=operation.as_strategy())
         # No shrinking: a failure is reported as found, instead of minutes of re-sending requests.
+        # Derandomized: CI sees the same inputs every run (run with other seeds locally to hunt).
         @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None,
-                  phases=[Phase.explicit, Phase.generate])
+                  phases=[Phase.explicit, Phase.generate], derandomize=True)
         def check(case: Any) -> None:
             _check(case, server)
 

@@ -341,3 +341,10 @@ def test_a_replaced_adapter_serves_running_requests_on_their_version(tmp_path: P
     assert new_tokens != v1_alone
     assert engine.stats().lora_bytes == three_adapters  # version 1 was freed once nothing pinned it
     assert engine.stats().num_adapters == 3
+
+
+def test_a_tiny_top_p_keeps_the_most_likely_token(engine: Engine) -> None:
+    params = SamplingParams(max_tokens=5, temperature=1.0, top_p=5e-324, seed=1, ignore_eos=True)
+    sampled = asyncio.run(collect(engine, GenerationRequest("p", tuple(PROMPTS[0]), "calm", params)))
+    greedy_run = asyncio.run(collect(engine, GenerationRequest("g", tuple(PROMPTS[0]), "calm", greedy(5))))
+    assert tokens(sampled) == tokens(greedy_run)

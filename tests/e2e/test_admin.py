@@ -1,0 +1,326 @@
+"""/admin/adapters on a real server: upload, replace, delete, validation, auth, persistence."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import tarfile
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from adapters.format import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE
+from server.model import LoadedModel
+from tests.conftest import make_adapter
+from tests.e2e.conftest import KEY
+from tests.e2e.server import ServerProcess
+
+pytestmark = pytest.mark.e2e
+ADMIN = "admin-key"
+LIMIT = 4 * 2**20
+FILES = (CONFIG_FILE, WEIGHTS_FILE, MANIFEST_FILE)
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("store")
+
+
+@pytest.fixture(scope="module")
+def admin_server(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    flags = ("--api-keys", KEY, "--admin-key", ADMIN, "--max-upload-bytes", str(LIMIT))
+    process = ServerProcess(store, tmp_path_factory.mktemp("admin-logs") / "server.log", *flags)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory, embedded: LoadedModel) -> dict[str, Path]:
+    """Adapter directories to upload: two clearly different policies and variations."""
+    root = tmp_path_factory.mktemp("sources")
+    return {
+        "first": make_adapter(root / "first", embedded.info, name="swap", b_std=0.5, seed=11).path,
+        "second": make_adapter(root / "second", embedded.info, name="swap", b_std=0.5, seed=12).path,
+        "other": make_adapter(root / "other", embedded.info, name="other", b_std=0.5, seed=13).path,
+    }
+
+
+def admin_headers(key: str = ADMIN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def upload(server: ServerProcess, source: Path, name: str | None = None, method: str = "POST", path: str = "") -> httpx.Response:
+    files = [("files", (f, (source / f).read_bytes())) for f in FILES]
+    data = {"name": name} if name else {}
+    return httpx.request(method, f"{server.url}/admin/adapters{path}", files=files, data=data,
+                         headers=admin_headers(), timeout=120)
+
+
+def upload_archive(server: ServerProcess, archive: bytes, filename: str, name: str | None = None) -> httpx.Response:
+    data = {"name": name} if name else {}
+    return httpx.post(f"{server.url}/admin/adapters", files={"archive": (filename, archive)}, data=data,
+                      headers=admin_headers(), timeout=120)
+
+
+def tar_of(source: Path, top: str = "adapter") -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for f in FILES:
+            tar.add(source / f, arcname=f"{top}/{f}")
+    return buffer.getvalue()
+
+
+def served(server: ServerProcess) -> set[str]:
+    models = httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()["data"]
+    return {m["id"] for m in models}
+
+
+def greedy_answer(server: ServerProcess, model: str, max_tokens: int = 12) -> str:
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0)
+    response = client.chat.completions.create(model=model, messages=QUESTION, max_tokens=max_tokens, temperature=0,
+                                              extra_body={"ignore_eos": True})
+    return response.choices[0].message.content
+
+
+def delete(server: ServerProcess, name: str) -> httpx.Response:
+    return httpx.delete(f"{server.url}/admin/adapters/{name}", headers=admin_headers(), timeout=60)
+
+
+def test_upload_files_then_chat_with_the_openai_client(admin_server: ServerProcess, sources: dict[str, Path]) -> None:
+    response = upload(admin_server, sources["other"], name="files-up")
+    assert response.status_code == 201, response.text
+    assert response.json()["name"] == "files-up" and response.json()["version"] == 1
+    assert "files-up" in served(admin_server)
+    assert greedy_answer(admin_server, "files-up")
+    assert delete(admin_server, "files-up").status_code == 200
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+def test_upload_an_archive(admin_server: ServerProcess, sources: dict[str, Path], kind: str) -> None:
+    if kind == "tar.gz":
+        archive = tar_of(sources["other"])
+    else:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as zipped:
+            for f in FILES:
+                zipped.write(sources["other"] / f, arcname=f"adapter/{f}")
+        archive = buffer.getvalue()
+    response = upload_archive(admin_server, archive, f"adapter.{kind}", name=f"archived-{kind.replace('.', '')}")
+    assert response.status_code == 201, response.text
+    assert f"archived-{kind.replace('.', '')}" in served(admin_server)
+
+
+def test_an_existing_name_is_409_and_an_unknown_delete_404(admin_server: ServerProcess, sources: dict[str, Path]) -> None:
+    assert upload(admin_server, sources["other"], name="twice").status_code == 201
+    again = upload(admin_server, sources["other"], name="twice")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "adapter_exists"
+    missing = delete(admin_server, "never-was")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+
+
+def test_racing_uploads_of_one_name_have_one_winner(admin_server: ServerProcess, sources: dict[str, Path]) -> None:
+    statuses: list[int] = []
+    threads = [threading.Thread(target=lambda: statuses.append(upload(admin_server, sources["other"], name="race").status_code))
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [201, 409, 409, 409]
+
+
+def test_replace_while_streams_run_keeps_each_stream_on_its_version(
+    admin_server: ServerProcess, sources: dict[str, Path]
+) -> None:
+    assert upload(admin_server, sources["first"]).status_code == 201
+    v1 = greedy_answer(admin_server, "swap", max_tokens=40)
+    texts: list[str] = []
+
+    def stream() -> None:
+        client = openai.OpenAI(base_url=f"{admin_server.url}/v1", api_key=KEY, max_retries=0)
+        chunks = client.chat.completions.create(model="swap", messages=QUESTION, max_tokens=40, temperature=0,
+                                                stream=True, extra_body={"ignore_eos": True})
+        texts.append("".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
+
+    threads = [threading.Thread(target=stream) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while admin_server.metric("qadapter_requests_running") < 8 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    replaced = upload(admin_server, sources["second"], method="PUT", path="/swap")
+    assert replaced.status_code == 200, replaced.text
+    assert replaced.json()["version"] == 2
+    v2 = greedy_answer(admin_server, "swap", max_tokens=40)  # new requests get the new version at once
+    for thread in threads:
+        thread.join()
+    assert len(texts) == 8 and all(text == v1 for text in texts)  # no failure, no mixed versions
+    assert v2 != v1
+
+
+def test_delete_during_use_lets_the_stream_finish(admin_server: ServerProcess, sources: dict[str, Path]) -> None:
+    assert upload(admin_server, sources["other"], name="doomed").status_code == 201
+    body = {"model": "doomed", "messages": QUESTION, "max_tokens": 30, "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", f"{admin_server.url}/v1/chat/completions", json=body,
+                      headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as running:
+        lines = running.iter_lines()
+        next(lines)
+        assert delete(admin_server, "doomed").status_code == 200
+        assert "doomed" not in served(admin_server)
+        rest = [line for line in lines if line]
+    assert rest[-1] == "data: [DONE]"
+    finals = [json.loads(line[6:]) for line in rest if line.startswith("data: {")]
+    assert [c["choices"][0]["finish_reason"] for c in finals if c["choices"][0]["finish_reason"]] == ["length"]
+    with pytest.raises(openai.NotFoundError):
+        greedy_answer(admin_server, "doomed")
+
+
+def _pickle_bomb(sentinel: Path) -> bytes:
+    class Bomb:
+        def __reduce__(self) -> tuple:
+            return (open, (str(sentinel), "w"))
+
+    return pickle.dumps(Bomb())
+
+
+def _tar_with(member: tarfile.TarInfo, data: bytes = b"") -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.addfile(member, io.BytesIO(data) if data else None)
+    return buffer.getvalue()
+
+
+def _edited(source: Path, tmp: Path, config: dict | None = None, manifest: dict | None = None,
+            weights: dict[str, torch.Tensor] | None = None, truncate: bool = False) -> Path:
+    target = tmp / "edited"
+    target.mkdir()
+    for f in FILES:
+        (target / f).write_bytes((source / f).read_bytes())
+    for name, changes in ((CONFIG_FILE, config), (MANIFEST_FILE, manifest)):
+        if changes:
+            (target / name).write_text(json.dumps({**json.loads((target / name).read_text()), **changes}))
+    if weights is not None:
+        save_file(weights, target / WEIGHTS_FILE)
+    if truncate:
+        data = (target / WEIGHTS_FILE).read_bytes()
+        (target / WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
+    return target
+
+
+REJECTIONS = {
+    "bad manifest": (400, "does not match the manifest schema"),
+    "base mismatch": (400, "was trained for base model 'elsewhere'"),
+    "rank too high": (400, "above this server's maximum of 64"),
+    "wrong shapes": (400, "do not fit the base layer"),
+    "truncated safetensors": (400, "corrupt or truncated"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REJECTIONS))
+def test_invalid_adapters_are_refused_without_a_trace(
+    admin_server: ServerProcess, store: Path, sources: dict[str, Path], embedded: LoadedModel, tmp_path: Path, case: str
+) -> None:
+    source = sources["other"]
+    weights = load_file(source / WEIGHTS_FILE)
+    key = next(k for k in weights if k.endswith("lora_A.weight"))
+    edits = {
+        "bad manifest": {"manifest": {"alpha": -1}},
+        "base mismatch": {"manifest": {"base_model": {"id": "elsewhere", "fingerprint": "sha256:00"}}},
+        "rank too high": {"config": {"r": 128}},
+        "wrong shapes": {"weights": {**weights, key: torch.zeros(8, 7)}},
+        "truncated safetensors": {"truncate": True},
+    }[case]
+    before_store, before_models = sorted(p.name for p in store.iterdir()), served(admin_server)
+    response = upload(admin_server, _edited(source, tmp_path, **edits), name="refused")
+    status, fragment = REJECTIONS[case]
+    assert response.status_code == status, response.text
+    assert fragment in response.json()["error"]["message"]
+    assert sorted(p.name for p in store.iterdir()) == before_store
+    assert served(admin_server) == before_models
+
+
+def test_a_pickle_is_refused_and_never_loaded(admin_server: ServerProcess, store: Path, tmp_path: Path, sources: dict[str, Path]) -> None:
+    sentinel = tmp_path / "pwned"
+    files = [("files", (f, (sources["other"] / f).read_bytes())) for f in FILES]
+    files.append(("files", ("adapter_model.bin", _pickle_bomb(sentinel))))
+    before = sorted(p.name for p in store.iterdir())
+    response = httpx.post(f"{admin_server.url}/admin/adapters", files=files, data={"name": "pickled"}, headers=admin_headers())
+    assert response.status_code == 400 and "pickle weight files are not accepted" in response.json()["error"]["message"]
+    assert not sentinel.exists()
+    assert sorted(p.name for p in store.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    ("member", "fragment"),
+    [
+        (tarfile.TarInfo("../escape.json"), "points outside the archive"),
+        (tarfile.TarInfo("/etc/evil.json"), "has an absolute path"),
+    ],
+)
+def test_unsafe_archive_paths_are_refused(admin_server: ServerProcess, store: Path, member: tarfile.TarInfo, fragment: str) -> None:
+    member.size = 2
+    before = sorted(p.name for p in store.iterdir())
+    response = upload_archive(admin_server, _tar_with(member, b"{}"), "evil.tar.gz", name="evil")
+    assert response.status_code == 400 and fragment in response.json()["error"]["message"]
+    assert sorted(p.name for p in store.iterdir()) == before
+
+
+def test_symlinks_in_archives_are_refused(admin_server: ServerProcess) -> None:
+    link = tarfile.TarInfo("adapter/adapter_model.safetensors")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    response = upload_archive(admin_server, _tar_with(link), "link.tar.gz", name="linked")
+    assert response.status_code == 400 and "is a symlink" in response.json()["error"]["message"]
+
+
+def test_an_oversized_upload_is_413(admin_server: ServerProcess, store: Path) -> None:
+    before = sorted(p.name for p in store.iterdir())
+    response = httpx.post(f"{admin_server.url}/admin/adapters", files={"archive": ("big.tar.gz", b"\0" * (LIMIT + 1))},
+                          headers=admin_headers(), timeout=60)
+    assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
+    assert sorted(p.name for p in store.iterdir()) == before
+
+
+@pytest.mark.parametrize(("key", "status"), [(None, 401), (KEY, 403), ("wrong", 401), (ADMIN, 200)])
+def test_admin_routes_need_the_admin_key(admin_server: ServerProcess, key: str | None, status: int) -> None:
+    headers = admin_headers(key) if key else {}
+    for method, path in [("GET", ""), ("GET", "/nothing"), ("DELETE", "/nothing"), ("POST", ""), ("PUT", "/nothing")]:
+        response = httpx.request(method, f"{admin_server.url}/admin/adapters{path}", headers=headers)
+        if status == 200:
+            assert response.status_code != 401 and response.status_code != 403
+        else:
+            assert response.status_code == status, (method, path)
+            assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_admin_routes_are_off_without_an_admin_key(server: ServerProcess) -> None:
+    response = httpx.get(f"{server.url}/admin/adapters", headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code == 403 and "QADAPTER_ADMIN_KEY" in response.json()["error"]["message"]
+
+
+def test_the_store_survives_a_restart_and_drops_half_uploads(
+    store: Path, sources: dict[str, Path], tmp_path: Path, embedded: LoadedModel
+) -> None:
+    first = ServerProcess(store, tmp_path / "a.log", "--admin-key", ADMIN)
+    try:
+        assert upload(first, sources["other"], name="kept").status_code == 201
+    finally:
+        first.kill_hard()
+    half = store / ".staging-crashed"
+    (half / "adapter").mkdir(parents=True)
+    (half / "adapter" / MANIFEST_FILE).write_text("{")
+    second = ServerProcess(store, tmp_path / "b.log", "--admin-key", ADMIN)
+    try:
+        assert "kept" in served(second)
+        assert not half.exists()
+    finally:
+        second.stop()

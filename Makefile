@@ -29,3 +29,4 @@ test: install
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/startup.py --json
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/engine.py --json
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/hotswap.py --json

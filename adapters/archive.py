@@ -7,6 +7,7 @@ import shutil
 import stat
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -24,6 +25,14 @@ def unpack(archive: Path, target: Path, max_bytes: int) -> Path:
     Refuses absolute paths, `..`, links and devices, more than MAX_ENTRIES entries and more than
     `max_bytes` uncompressed, before writing anything.
     """
+    try:
+        return _unpack(archive, target, max_bytes)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InvalidAdapter(f"the upload is not a readable .tar.gz or .zip archive ({reason})") from None
+
+
+def _unpack(archive: Path, target: Path, max_bytes: int) -> Path:
     with _entries(archive) as entries:
         regular = []
         for name, kind, size, opener in entries:
@@ -57,11 +66,13 @@ def _entries(archive: Path) -> Iterator[list[Entry]]:
         with zipfile.ZipFile(archive) as zipped:
             yield [(i.filename, _zip_kind(i), i.file_size, lambda i=i: zipped.open(i)) for i in zipped.infolist()]
         return
-    try:
-        with tarfile.open(archive, mode="r:*") as tarred:
-            yield [(m.name, _tar_kind(m), m.size, lambda m=m: tarred.extractfile(m)) for m in tarred.getmembers()]
-    except tarfile.TarError as exc:
-        raise InvalidAdapter(f"the upload is not a readable .tar.gz or .zip archive ({exc})") from None
+    with tarfile.open(archive, mode="r:*") as tarred:
+        members = []
+        for member in tarred:  # lazily: a bomb of headers stops at the entry limit
+            members.append(member)
+            if len(members) > 2 * MAX_ENTRIES:
+                raise InvalidAdapter(f"the archive holds more than {MAX_ENTRIES} files")
+        yield [(m.name, _tar_kind(m), m.size, lambda m=m: tarred.extractfile(m)) for m in members]
 
 
 def _check_path(name: str) -> None:
@@ -77,7 +88,9 @@ def _tar_kind(member: tarfile.TarInfo) -> str:
         return "file"
     if member.isdir():
         return "dir"
-    return "symlink" if member.issym() or member.islnk() else "device or special file"
+    if member.issym():
+        return "symlink"
+    return "hard link" if member.islnk() else "device or special file"
 
 
 def _zip_kind(info: zipfile.ZipInfo) -> str:

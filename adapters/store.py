@@ -125,7 +125,7 @@ class AdapterStore:
             match = _VERSIONED.fullmatch(path.name)
             if match is not None and match["name"] == name:
                 found.append((path, int(match["version"])))
-            elif match is None and _manifest_name(path) == name:
+            elif match is None and manifest_name(path) == name:
                 found.append((path, 1))
         return found
 
@@ -135,7 +135,8 @@ def _version_of(path: Path) -> int:
     return 1 if match is None else int(match["version"])
 
 
-def _manifest_name(path: Path) -> str | None:
+def manifest_name(path: Path) -> str | None:
+    """The name in an adapter directory's manifest, or None when it cannot be read."""
     try:
         return Manifest.model_validate_json((path / MANIFEST_FILE).read_text()).name
     except (OSError, ValueError):

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from adapters.store import AdapterStore
 from server.api import admin, errors, openai
-from server.api.admin import AdapterAdmin, UploadSizeLimit
+from server.api.admin import AdapterAdmin, AdminGate
 from server.api.auth import require_api_key
 from server.api.metrics import Metrics
 from server.api.serving import Serving
@@ -51,7 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     app.include_router(openai.router)
     app.include_router(admin.router)
-    app.add_middleware(UploadSizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(AdminGate, settings=settings)
 
     @app.get("/health", tags=["ops"])
     async def health() -> dict[str, str]:

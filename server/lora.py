@@ -107,6 +107,9 @@ class AdapterHost:
             raise AdapterNotFound(f"adapter {name!r} is not loaded")
         for layer in self._layers.values():
             assert layer.lora_a is not None and layer.lora_b is not None
+            if not self._slot_of:  # the last one: drop the base slot's zeros too
+                layer.lora_a, layer.lora_b = None, None
+                continue
             keep = [i for i in range(layer.lora_a.shape[0]) if i != slot]
             layer.lora_a, layer.lora_b = layer.lora_a[keep], layer.lora_b[keep]  # new tensors: old freed
         self._slot_of = {n: s - (s > slot) for n, s in self._slot_of.items()}

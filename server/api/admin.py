@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path, PurePosixPath
+from tempfile import SpooledTemporaryFile
 from typing import Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
@@ -17,10 +18,11 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from adapters.archive import unpack
-from adapters.errors import AdapterNotFound, InvalidAdapter, PayloadTooLarge
-from adapters.store import AdapterStore, StoredAdapter
-from server.api.auth import require_admin_key
+from adapters.errors import AdapterNotFound, InvalidAdapter, PayloadTooLarge, QAdapterError
+from adapters.store import AdapterStore, StoredAdapter, manifest_name
+from server.api.auth import bearer_token, check_admin_token, require_admin_key
 from server.api.errors import render
+from server.config import Settings
 from server.engine.engine import Engine, LoadAdapter, PublishedAdapter, UnloadAdapter
 
 ADMIN_PREFIX = "/admin/adapters"
@@ -33,6 +35,10 @@ class AdapterAdmin:
         self._store = store
         self._engine = engine
         self._max_upload_bytes = max_upload_bytes
+        self._name_locks: dict[str, asyncio.Lock] = {}  # one change at a time per name, store and engine
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._name_locks.setdefault(name, asyncio.Lock())
 
     def describe(self, published: PublishedAdapter) -> dict[str, Any]:
         adapter, manifest = published.adapter, published.adapter.manifest
@@ -65,21 +71,25 @@ class AdapterAdmin:
         staging = self._store.staging_dir()
         try:
             adapter_dir = await self._unpack(staging, files, archive)
-            stored: StoredAdapter = await run_in_threadpool(self._store.install, adapter_dir, name, replace)
-            try:
-                await asyncio.wrap_future(self._engine.apply(LoadAdapter(stored.adapter, stored.version)))
-            except Exception:
-                self._store.discard(stored.adapter.path)
-                raise
-            await run_in_threadpool(self._store.remove_versions_before, stored.name, stored.version)
-            return self.get(stored.name)
+            lock_name = name or await run_in_threadpool(manifest_name, adapter_dir) or ""
+            async with self._lock(lock_name):
+                stored: StoredAdapter = await run_in_threadpool(self._store.install, adapter_dir, name, replace)
+                try:
+                    # Shielded: once installed, a client that goes away must not leave it half-published.
+                    await asyncio.shield(asyncio.wrap_future(self._engine.apply(LoadAdapter(stored.adapter, stored.version))))
+                except Exception:
+                    self._store.discard(stored.adapter.path)
+                    raise
+                await run_in_threadpool(self._store.remove_versions_before, stored.name, stored.version)
+                return self.get(stored.name)
         finally:
             self._store.discard(staging)
 
     async def delete(self, name: str) -> None:
         """Unpublish at once (running requests finish on it), then remove it from the store."""
-        await asyncio.wrap_future(self._engine.apply(UnloadAdapter(name)))
-        await run_in_threadpool(self._store.delete, name)
+        async with self._lock(name):
+            await asyncio.shield(asyncio.wrap_future(self._engine.apply(UnloadAdapter(name))))
+            await run_in_threadpool(self._store.delete, name)
 
     async def _unpack(self, staging: Path, files: list[UploadFile], archive: UploadFile | None) -> Path:
         if bool(files) == (archive is not None):
@@ -155,32 +165,61 @@ async def delete_adapter(name: str, admin: AdapterAdmin = Depends(admin_of)) -> 
     return {"name": name, "deleted": True}
 
 
-class UploadSizeLimit:
-    """Refuses an admin upload whose declared size is over the limit before reading its body (413),
-    and stops reading one that grows past it."""
+class AdminGate:
+    """In front of /admin: the admin key is checked before any byte of the body is read, and the
+    body is counted while it streams in (413 at the limit) and spooled to disk, not memory."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self._app = app
-        self._max_bytes = max_bytes
+        self._settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(ADMIN_PREFIX):
             await self._app(scope, receive, send)
             return
-        too_large = PayloadTooLarge(f"the upload is over this server's limit of {self._max_bytes} bytes")
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:
-            status, body, _ = render(too_large)
-            await JSONResponse(body, status_code=status)(scope, receive, send)
+        limit = self._settings.max_upload_bytes
+        try:
+            check_admin_token(bearer_token(Request(scope)), self._settings)
+            declared = dict(scope["headers"]).get(b"content-length", b"0")
+            if declared.isdigit() and int(declared) > limit:
+                raise PayloadTooLarge(f"the upload is over this server's limit of {limit} bytes")
+            body = await _spooled_body(receive, limit)
+        except QAdapterError as exc:
+            status, payload, _ = render(exc)
+            await JSONResponse(payload, status_code=status)(scope, receive, send)
             return
-        received = 0
+        if body is None:
+            return  # the client went away
+        await self._app(scope, _replay(body, receive), send)
 
-        async def counted() -> dict[str, Any]:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self._max_bytes:
-                raise too_large
-            return message
 
-        await self._app(scope, counted, send)
+async def _spooled_body(receive: Receive, limit: int) -> SpooledTemporaryFile | None:
+    body: SpooledTemporaryFile = SpooledTemporaryFile(max_size=1 << 20)
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            body.close()
+            return None
+        body.write(message.get("body", b""))
+        if body.tell() > limit:
+            body.close()
+            raise PayloadTooLarge(f"the upload is over this server's limit of {limit} bytes")
+        more = message.get("more_body", False)
+    body.seek(0)
+    return body
+
+
+def _replay(body: SpooledTemporaryFile, receive: Receive) -> Receive:
+    """The spooled body as ASGI messages, then the real channel (for disconnects)."""
+
+    async def replayed() -> dict[str, Any]:
+        if body.closed:
+            return await receive()
+        chunk = body.read(1 << 20)
+        if len(chunk) < (1 << 20):
+            body.close()
+            return {"type": "http.request", "body": chunk, "more_body": False}
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    return replayed  # type: ignore[return-value]

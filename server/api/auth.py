@@ -7,6 +7,7 @@ import hmac
 from fastapi import Request
 
 from adapters.errors import Forbidden, Unauthorized
+from server.config import Settings
 
 
 def key_matches(given: str, keys: list[str]) -> bool:
@@ -33,11 +34,14 @@ async def require_api_key(request: Request) -> None:
 
 
 async def require_admin_key(request: Request) -> None:
+    """Admin routes need the admin key (also checked by AdminGate before the body is read)."""
+    check_admin_token(bearer_token(request), request.app.state.settings)
+
+
+def check_admin_token(token: str, settings: Settings) -> None:
     """Admin routes need the admin key; an inference key is not enough; no admin key = routes off."""
-    settings = request.app.state.settings
     if not settings.admin_key:
         raise Forbidden("Admin routes are off: start the server with QADAPTER_ADMIN_KEY (or --admin-key) set.")
-    token = bearer_token(request)
     if not token:
         raise Unauthorized("Missing admin key: send it as 'Authorization: Bearer <admin key>'.")
     if key_matches(token, [settings.admin_key]):

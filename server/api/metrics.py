@@ -24,6 +24,7 @@ class _EngineCollector(Collector):
         yield GaugeMetricFamily("qadapter_requests_waiting", "Requests queued for admission.", value=stats.num_waiting)
         yield GaugeMetricFamily("qadapter_batch_rows", "Rows in the last decode batch.", value=stats.num_batch_rows)
         yield GaugeMetricFamily("qadapter_adapters_loaded", "Adapters resident in memory.", value=stats.num_adapters)
+        yield GaugeMetricFamily("qadapter_adapter_bytes", "Memory of the loaded LoRA weights.", value=stats.lora_bytes)
         per_adapter = GaugeMetricFamily(
             "qadapter_adapter_requests_running", "Running requests per adapter.", labels=["adapter"]
         )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from adapters.errors import AdapterNotFound, ContextTooLong, InvalidRequest, Overloaded
+from adapters.errors import AdapterNotFound, ContextTooLong, InvalidAdapter, InvalidRequest, Overloaded
 from adapters.format import ValidatedAdapter
 from server.config import Settings
 from server.engine.detokenize import TextTracker
@@ -40,10 +40,11 @@ class PublishedAdapter:
 
     adapter: ValidatedAdapter
     version: int
+    load_id: int  # unique per load: a re-uploaded name never reuses a key still pinned
 
     @property
     def key(self) -> str:
-        return f"{self.adapter.name}@{self.version}"
+        return f"{self.adapter.name}@{self.version}#{self.load_id}"
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ class Engine:
         self._wakeup = threading.Event()
         self._is_stopping = False
         self._thread = threading.Thread(target=self._loop, name="qadapter-engine", daemon=True)
+        self._num_loads = 0
         self._num_generated_tokens = 0
         self._last_step_s = 0.0
 
@@ -310,9 +312,18 @@ class Engine:
     def _apply_changes(self) -> None:
         while not self._changes.empty():
             change, done = self._changes.get_nowait()
+            if not done.set_running_or_notify_cancel():
+                continue  # its caller gave up before it was applied
             try:
                 if isinstance(change, LoadAdapter):
-                    published = PublishedAdapter(change.adapter, change.version)
+                    current = self._adapters.get(change.adapter.name)
+                    if current is not None and change.version <= current.version:
+                        raise InvalidAdapter(
+                            f"adapter {change.adapter.name!r} version {change.version} is not newer than "
+                            f"the served version {current.version}"
+                        )
+                    self._num_loads += 1
+                    published = PublishedAdapter(change.adapter, change.version, self._num_loads)
                     self._host.load(change.adapter, published.key)  # off the request path
                     with self._publish_lock:
                         replaced = self._adapters.get(change.adapter.name)
@@ -325,11 +336,11 @@ class Engine:
                         if removed is None:
                             raise AdapterNotFound(f"The model {change.name!r} does not exist", param="model")
                         self._retiring.add(removed.key)
-                self._free_retired()
             except Exception as exc:
                 done.set_exception(exc)
             else:
                 done.set_result(None)
+            self._free_retired()
 
     def _free_retired(self) -> None:
         """Unload removed adapters that no waiting or running request uses any more."""

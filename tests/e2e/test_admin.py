@@ -97,12 +97,15 @@ def delete(server: ServerProcess, name: str) -> httpx.Response:
 
 
 def test_upload_files_then_chat_with_the_openai_client(admin_server: ServerProcess, sources: dict[str, Path]) -> None:
+    memory_before = admin_server.metric("qadapter_adapter_bytes")
     response = upload(admin_server, sources["other"], name="files-up")
     assert response.status_code == 201, response.text
     assert response.json()["name"] == "files-up" and response.json()["version"] == 1
     assert "files-up" in served(admin_server)
     assert greedy_answer(admin_server, "files-up")
+    assert admin_server.metric("qadapter_adapter_bytes") > memory_before
     assert delete(admin_server, "files-up").status_code == 200
+    assert admin_server.metric("qadapter_adapter_bytes") == memory_before  # its weights were freed
 
 
 @pytest.mark.parametrize("kind", ["tar.gz", "zip"])
@@ -158,6 +161,7 @@ def test_replace_while_streams_run_keeps_each_stream_on_its_version(
     deadline = time.monotonic() + 30
     while admin_server.metric("qadapter_requests_running") < 8 and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert admin_server.metric("qadapter_requests_running") == 8  # all 8 are mid-stream during the swap
     replaced = upload(admin_server, sources["second"], method="PUT", path="/swap")
     assert replaced.status_code == 200, replaced.text
     assert replaced.json()["version"] == 2
@@ -275,11 +279,51 @@ def test_unsafe_archive_paths_are_refused(admin_server: ServerProcess, store: Pa
     assert sorted(p.name for p in store.iterdir()) == before
 
 
-def test_symlinks_in_archives_are_refused(admin_server: ServerProcess) -> None:
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE])
+def test_links_in_archives_are_refused(admin_server: ServerProcess, store: Path, kind: bytes) -> None:
     link = tarfile.TarInfo("adapter/adapter_model.safetensors")
-    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    link.type, link.linkname = kind, "/etc/passwd"
+    before = sorted(p.name for p in store.iterdir())
     response = upload_archive(admin_server, _tar_with(link), "link.tar.gz", name="linked")
-    assert response.status_code == 400 and "is a symlink" in response.json()["error"]["message"]
+    assert response.status_code == 400 and "only regular files are allowed" in response.json()["error"]["message"]
+    assert sorted(p.name for p in store.iterdir()) == before
+
+
+def test_a_chunked_upload_past_the_limit_is_413(admin_server: ServerProcess, store: Path) -> None:
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the size shows only while reading
+        for _ in range(LIMIT // 2**20 + 2):
+            yield b"\0" * 2**20
+
+    before = sorted(p.name for p in store.iterdir())
+    response = httpx.post(f"{admin_server.url}/admin/adapters", content=chunks(), timeout=60,
+                          headers={**admin_headers(), "Content-Type": "multipart/form-data; boundary=x"})
+    assert response.status_code == 413
+    assert sorted(p.name for p in store.iterdir()) == before
+
+
+def test_the_key_is_checked_before_the_body_is_read(admin_server: ServerProcess) -> None:
+    response = httpx.post(f"{admin_server.url}/admin/adapters", files={"archive": ("big", b"\0" * (LIMIT + 1))})
+    assert response.status_code == 401  # not 413: nobody unauthenticated gets the server to read a body
+
+
+def test_replacing_an_unknown_name_is_404(admin_server: ServerProcess, sources: dict[str, Path]) -> None:
+    response = upload(admin_server, sources["other"], method="PUT", path="/nobody")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
+
+
+def test_a_name_deleted_while_pinned_can_be_uploaded_again(admin_server: ServerProcess, sources: dict[str, Path]) -> None:
+    assert upload(admin_server, sources["other"], name="phoenix").status_code == 201
+    body = {"model": "phoenix", "messages": QUESTION, "max_tokens": 30, "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", f"{admin_server.url}/v1/chat/completions", json=body,
+                      headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as running:
+        lines = running.iter_lines()
+        next(lines)
+        assert delete(admin_server, "phoenix").status_code == 200
+        again = upload(admin_server, sources["first"], name="phoenix")  # the old version is still pinned
+        assert again.status_code == 201, again.text
+        rest = [line for line in lines if line]
+    assert rest[-1] == "data: [DONE]"
+    assert greedy_answer(admin_server, "phoenix")
 
 
 def test_an_oversized_upload_is_413(admin_server: ServerProcess, store: Path) -> None:

@@ -31,6 +31,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = load_base_model(settings)
         engine = Engine(loaded, AdapterHost(loaded.model), settings)
+        app.state.metrics = Metrics(engine.stats, loaded.info.id)
+        engine.residency.on_load = app.state.metrics.adapter_load.observe
         engine.start()
         try:
             store = AdapterStore(settings.adapters_dir, loaded.info, settings.max_lora_rank)
@@ -38,7 +40,6 @@ def create_app(settings: Settings) -> FastAPI:
                 engine.apply(LoadAdapter(stored.adapter, stored.version)).result()
             app.state.engine = engine
             app.state.admin = AdapterAdmin(store, engine, settings.max_upload_bytes)
-            app.state.metrics = Metrics(engine.stats, loaded.info.id)
             app.state.serving = Serving(engine, loaded, settings, app.state.metrics)
             log.info("serving %s with adapters %s", loaded.info.id, engine.adapter_names() or "(none)")
             yield

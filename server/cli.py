@@ -81,6 +81,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, help="listen port (default 8000)")
     parser.add_argument("--api-keys", help="comma-separated keys required on /v1/* (default: none)")
     parser.add_argument("--admin-key", help="key for /admin/* (default: none, admin routes off)")
+    parser.add_argument("--max-resident-adapters", type=_positive(int, False), help="adapters in memory (default 64)")
     parser.add_argument("--max-upload-bytes", type=_positive(int, False), help="largest upload (default 256 MiB)")
     parser.add_argument("--max-running", type=_positive(int, False), help="requests decoded together (default 32)")
     parser.add_argument("--max-waiting", type=_positive(int, False), help="queue length before 503 (default 256)")

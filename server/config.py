@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="auto: bfloat16 on CUDA, float32 on CPU."
     )
+    max_resident_adapters: int = Field(default=64, gt=0, description="Adapter versions kept in device memory.")
     max_lora_rank: int = Field(default=DEFAULT_MAX_RANK, gt=0, description="Largest LoRA rank accepted.")
     max_running: int = Field(default=32, gt=0, description="Requests decoded together in one step.")
     max_waiting: int = Field(default=256, ge=1, description="Queued requests before new ones get 503.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from server.engine.engine import EngineStats
@@ -18,12 +18,15 @@ class _EngineCollector(Collector):
         self._stats = stats
         self._base_id = base_id
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         stats = self._stats()
         yield GaugeMetricFamily("qadapter_requests_running", "Requests decoding now.", value=stats.num_running)
         yield GaugeMetricFamily("qadapter_requests_waiting", "Requests queued for admission.", value=stats.num_waiting)
         yield GaugeMetricFamily("qadapter_batch_rows", "Rows in the last decode batch.", value=stats.num_batch_rows)
-        yield GaugeMetricFamily("qadapter_adapters_loaded", "Adapters resident in memory.", value=stats.num_adapters)
+        yield GaugeMetricFamily("qadapter_adapters_loaded", "Adapters served.", value=stats.num_adapters)
+        yield GaugeMetricFamily("qadapter_adapters_resident", "Adapter versions in device memory.", value=stats.num_resident)
+        yield CounterMetricFamily("qadapter_adapter_loads", "Adapter loads into device memory.", value=stats.num_loads)
+        yield CounterMetricFamily("qadapter_adapter_evictions", "Adapters evicted to make room.", value=stats.num_evictions)
         yield GaugeMetricFamily("qadapter_adapter_bytes", "Memory of the loaded LoRA weights.", value=stats.lora_bytes)
         per_adapter = GaugeMetricFamily(
             "qadapter_adapter_requests_running", "Running requests per adapter.", labels=["adapter"]
@@ -57,6 +60,10 @@ class Metrics:
         )
         self.e2e = Histogram(
             "qadapter_e2e_request_latency_seconds", "Request latency, first byte in to last out.", ["adapter"],
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.adapter_load = Histogram(
+            "qadapter_adapter_load_seconds", "Time to load an adapter into device memory.",
             buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
         self.registry.register(_EngineCollector(stats, base_id))

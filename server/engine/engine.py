@@ -16,6 +16,7 @@ from adapters.errors import AdapterNotFound, ContextTooLong, InvalidAdapter, Inv
 from adapters.format import ValidatedAdapter
 from server.config import Settings
 from server.engine.detokenize import TextTracker
+from server.engine.residency import Residency
 from server.engine.request import FinishReason, GenerationRequest, Sequence, TokenEvent
 from server.engine.runner import BatchRunner
 from server.engine.sampler import Sampler, policy_scores, sequences_of
@@ -65,8 +66,11 @@ class EngineStats:
     num_generated_tokens: int
     last_step_s: float
     running_per_adapter: dict[str | None, int]
-    num_adapters: int
-    lora_bytes: int  # memory of the loaded adapters' weights
+    num_adapters: int  # served (registered) adapters
+    num_resident: int  # adapter versions in device memory
+    num_loads: int
+    num_evictions: int
+    lora_bytes: int  # memory of the resident adapters' weights
 
 
 class RequestStream:
@@ -122,6 +126,8 @@ class Engine:
             SchedulerLimits(settings.max_running, settings.max_waiting, settings.max_prefill_tokens)
         )
         self._adapters: dict[str, PublishedAdapter] = {}  # what new requests get, by name
+        self._by_key: dict[str, ValidatedAdapter] = {}  # every version a request may still pin
+        self.residency = Residency(host, settings.max_resident_adapters, self._scheduler.uses)
         self._retiring: set[str] = set()  # versions (keys) replaced or removed, kept while pinned
         # Held while a request resolves and pins a version, and while a version is retired and freed,
         # so no request can pin a version that is being unloaded.
@@ -131,7 +137,7 @@ class Engine:
         self._wakeup = threading.Event()
         self._is_stopping = False
         self._thread = threading.Thread(target=self._loop, name="qadapter-engine", daemon=True)
-        self._num_loads = 0
+        self._num_publishes = 0
         self._num_generated_tokens = 0
         self._last_step_s = 0.0
 
@@ -208,6 +214,9 @@ class Engine:
             last_step_s=self._last_step_s,
             running_per_adapter=dict(self._scheduler.running_per_adapter()),
             num_adapters=len(self._adapters),
+            num_resident=self.residency.num_resident,
+            num_loads=self.residency.num_loads,
+            num_evictions=self.residency.num_evictions,
             lora_bytes=self._host.lora_bytes,
         )
 
@@ -264,6 +273,7 @@ class Engine:
             return False
         start = time.perf_counter()
         picks: list[tuple[Sequence, int]] = []
+        batch.prefill = self._make_resident(batch.prefill)
         with torch.inference_mode():
             if self._runner.num_rows:
                 picks += self._pick(self._runner.decode(), self._runner.rows)
@@ -275,6 +285,21 @@ class Engine:
         self._free_retired()
         self._last_step_s = time.perf_counter() - start
         return True
+
+    def _make_resident(self, joining: list[Sequence]) -> list[Sequence]:
+        """Load the cold adapters joining requests pinned (they wait for it); a load that fails
+        fails its own requests only."""
+        ready = []
+        for seq in joining:
+            try:
+                if seq.adapter_key is not None:
+                    self.residency.ensure(seq.adapter_key, self._by_key[seq.adapter_key])
+            except InvalidAdapter as exc:
+                self._scheduler.finish([seq])
+                self._send(seq, exc)
+            else:
+                ready.append(seq)
+        return ready
 
     def _pick(self, logits: torch.Tensor, rows: list[tuple[Sequence, str | None]]) -> list[tuple[Sequence, int]]:
         seqs = sequences_of(rows)
@@ -322,9 +347,10 @@ class Engine:
                             f"adapter {change.adapter.name!r} version {change.version} is not newer than "
                             f"the served version {current.version}"
                         )
-                    self._num_loads += 1
-                    published = PublishedAdapter(change.adapter, change.version, self._num_loads)
-                    self._host.load(change.adapter, published.key)  # off the request path
+                    self._num_publishes += 1
+                    published = PublishedAdapter(change.adapter, change.version, self._num_publishes)
+                    self.residency.ensure(published.key, change.adapter)  # off the request path
+                    self._by_key[published.key] = change.adapter
                     with self._publish_lock:
                         replaced = self._adapters.get(change.adapter.name)
                         self._adapters[change.adapter.name] = published
@@ -346,8 +372,10 @@ class Engine:
         """Unload removed adapters that no waiting or running request uses any more."""
         with self._publish_lock:
             for key in [k for k in self._retiring if not self._scheduler.uses(k)]:
-                self._host.unload(key)
+                self.residency.drop(key)
                 self._retiring.discard(key)
+                del self._by_key[key]
+            self.residency.trim()
 
     def _fail_all(self, exc: Exception, include_waiting: bool = False) -> None:
         """After a failed step the batch state is unknown: fail every running request, start clean."""

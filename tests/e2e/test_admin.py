@@ -368,3 +368,16 @@ def test_the_store_survives_a_restart_and_drops_half_uploads(
         assert not half.exists()
     finally:
         second.stop()
+
+
+def test_cold_adapters_load_on_demand_with_bounded_residency(adapters_dir: Path, tmp_path: Path) -> None:
+    small = ServerProcess(adapters_dir, tmp_path / "resident.log", "--api-keys", KEY, "--max-resident-adapters", "1")
+    try:
+        answers = {model: greedy_answer(small, model) for model in ("bold", "wild", "zero", "bold")}
+        assert all(answers.values())
+        assert small.metric("qadapter_adapters_resident") == 1
+        assert small.metric("qadapter_adapters_loaded") == 3
+        assert small.metric("qadapter_adapter_evictions_total") >= 3
+        assert small.metric("qadapter_adapter_load_seconds_count") >= 4
+    finally:
+        small.stop()

@@ -348,3 +348,19 @@ def test_a_tiny_top_p_keeps_the_most_likely_token(engine: Engine) -> None:
     sampled = asyncio.run(collect(engine, GenerationRequest("p", tuple(PROMPTS[0]), "calm", params)))
     greedy_run = asyncio.run(collect(engine, GenerationRequest("g", tuple(PROMPTS[0]), "calm", greedy(5))))
     assert tokens(sampled) == tokens(greedy_run)
+
+
+def test_more_adapters_than_resident_slots_all_serve_and_memory_stays_bounded(
+    tmp_path: Path, embedded: LoadedModel
+) -> None:
+    roomy = _engine(tmp_path / "roomy", embedded, start=False)
+    tight = _engine(tmp_path / "tight", embedded, start=False, max_resident_adapters=1)
+    plan = [(i, GenerationRequest(f"r{i}", tuple(PROMPTS[i % 4]), name, greedy(8))) for i, name in enumerate(ADAPTERS)]
+    plan += [(10 + i, GenerationRequest(f"again{i}", tuple(PROMPTS[0]), name, greedy(8))) for i, name in enumerate(ADAPTERS)]
+    expected = {rid: tokens(events) for rid, events in asyncio.run(drive(roomy, plan)).items()}
+    got = {rid: tokens(events) for rid, events in asyncio.run(drive(tight, plan)).items()}
+    assert got == expected  # cold adapters were loaded on demand, not refused
+    stats = tight.stats()
+    assert stats.num_resident == 1 and stats.num_adapters == 3
+    assert stats.num_evictions >= 4 and stats.num_loads >= 7
+    assert stats.lora_bytes <= roomy.stats().lora_bytes // 2

@@ -138,7 +138,9 @@ def main() -> None:
         for adapter in adapters:
             engine.apply(LoadAdapter(adapter)).result()
         names: list[str | None] = [adapter.name for adapter in adapters]
-        figures["naive_tps"] = naive_tps(host, adapters[0].name, list(prompts[: work.num_naive]), work.max_tokens)
+        # The baseline drives the same model and weights directly while the engine idles.
+        naive_key = engine.published(adapters[0].name).key  # type: ignore[union-attr]
+        figures["naive_tps"] = naive_tps(host, naive_key, list(prompts[: work.num_naive]), work.max_tokens)
 
         def run(num: int, adapters: list[str | None]) -> RunResult:
             return asyncio.run(engine_run(engine, list(prompts[:num]), adapters, work.max_tokens))

@@ -79,7 +79,8 @@ class Serving:
         created = int(time.time())
         base = {"id": self.base_id, "object": "model", "created": created, "owned_by": "qadapter", "root": self.base_id, "parent": None}
         adapters = [
-            {"id": name, "object": "model", "created": created, "owned_by": "qadapter", "root": name, "parent": self.base_id}
+            {"id": name, "object": "model", "created": created, "owned_by": "qadapter", "root": name,
+             "parent": self.base_id, "version": self._engine.adapter_version(name)}
             for name in self._engine.adapter_names()
         ]
         return {"object": "list", "data": [base, *adapters]}

@@ -165,6 +165,8 @@ def test_replace_while_streams_run_keeps_each_stream_on_its_version(
     replaced = upload(admin_server, sources["second"], method="PUT", path="/swap")
     assert replaced.status_code == 200, replaced.text
     assert replaced.json()["version"] == 2
+    models = httpx.get(f"{admin_server.url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()["data"]
+    assert next(m for m in models if m["id"] == "swap")["version"] == 2  # listed right after the 200
     v2 = greedy_answer(admin_server, "swap", max_tokens=40)  # new requests get the new version at once
     for thread in threads:
         thread.join()

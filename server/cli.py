@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from adapters.bounds import MAX_ALPHA, MAX_OMEGA, MIN_ALPHA
 from adapters.errors import QAdapterError
 from adapters.format import validate
 from server.config import EMBEDDED_MODEL, Settings
@@ -63,6 +64,16 @@ def _positive(kind: Callable[[str], float | int], allow_zero: bool) -> Callable[
         value = kind(text)
         if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
             raise argparse.ArgumentTypeError(f"must be {'>= 0' if allow_zero else '> 0'}, got {text}")
+        return value
+
+    return parse
+
+
+def _within(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = float(text)
+        if not low <= value <= high:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be in [{low:g}, {high:g}], got {text}")
         return value
 
     return parse
@@ -133,8 +144,8 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-tokens", type=_positive(int, False), default=64, help="default 64")
     parser.add_argument("--temperature", type=_positive(float, True), default=0.0, help="0 (default) is greedy")
     parser.add_argument("--seed", type=int, help="seed for sampling")
-    parser.add_argument("--alpha", type=_positive(float, False), help="override every adapter's alpha (> 0)")
-    parser.add_argument("--omega", type=_positive(float, True), help="override every adapter's omega (>= 0)")
+    parser.add_argument("--alpha", type=_within(MIN_ALPHA, MAX_ALPHA), help=f"override every adapter's alpha ({MIN_ALPHA:g}-{MAX_ALPHA:g})")
+    parser.add_argument("--omega", type=_within(0.0, MAX_OMEGA), help=f"override every adapter's omega (0-{MAX_OMEGA:g})")
     parser.set_defaults(run=_run_generate)
 
 

@@ -78,7 +78,8 @@ def test_an_offline_hub_id_fails_with_a_clear_message() -> None:
 
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
-    [("--max-tokens", "0", "must be > 0"), ("--alpha", "nan", "must be > 0"), ("--omega", "-1", "must be >= 0")],
+    [("--max-tokens", "0", "must be > 0"), ("--alpha", "nan", "must be in [0.001, 100]"),
+     ("--alpha", "1e-300", "must be in [0.001, 100]"), ("--omega", "-1", "must be in [0, 100]")],
 )
 def test_bad_flags_are_rejected_by_the_parser(flag: str, value: str, message: str) -> None:
     done = run_cli("generate", flag, value, "hi")

@@ -110,7 +110,7 @@ class Serving:
         if body.stream:
             return StreamingResponse(self._sse(call), media_type="text/event-stream")
         try:
-            await _until_done_or_disconnected(asyncio.gather(*(self._drain(call, c) for c in call.choices)), request)
+            await _until_done_or_disconnected(asyncio.gather(*(self._drain(c) for c in call.choices)), request)
         except asyncio.CancelledError:
             self._record(call, "499")  # the client went away
             raise
@@ -171,7 +171,7 @@ class Serving:
             raise InvalidRequest(f"prompt token ids must be in [0, {vocab})", param="prompt")
         return prompts
 
-    async def _drain(self, call: _Call, choice: _Choice, on_event: Callable[[_Choice, TokenEvent], Awaitable[None]] | None = None) -> None:
+    async def _drain(self, choice: _Choice, on_event: Callable[[_Choice, TokenEvent], Awaitable[None]] | None = None) -> None:
         async for event in choice.events:
             choice.stamps.append(time.perf_counter())
             choice.text += event.text
@@ -189,7 +189,7 @@ class Serving:
 
         async def run(choice: _Choice) -> None:
             try:
-                await self._drain(call, choice, forward)
+                await self._drain(choice, forward)
             except Exception as exc:
                 await queue.put(exc)
 

@@ -184,9 +184,6 @@ class Engine:
         self._wakeup.set()
         return done
 
-    def has_adapter(self, name: str) -> bool:
-        return name in self._adapters
-
     def adapter_names(self) -> list[str]:
         return list(self._adapters)
 

@@ -10,6 +10,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -90,6 +91,17 @@ def greedy_answer(server: ServerProcess, model: str, max_tokens: int = 12) -> st
     response = client.chat.completions.create(model=model, messages=QUESTION, max_tokens=max_tokens, temperature=0,
                                               extra_body={"ignore_eos": True})
     return response.choices[0].message.content
+
+
+@contextmanager
+def running_stream(server: ServerProcess, model: str) -> Iterator[Iterator[str]]:
+    """A 30-token stream on `model`, already decoding; yields its remaining lines."""
+    body = {"model": model, "messages": QUESTION, "max_tokens": 30, "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body,
+                      headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as response:
+        lines = response.iter_lines()  # kept: a dropped line iterator closes the response
+        next(lines)
+        yield lines
 
 
 def delete(server: ServerProcess, name: str) -> httpx.Response:
@@ -176,11 +188,7 @@ def test_replace_while_streams_run_keeps_each_stream_on_its_version(
 
 def test_delete_during_use_lets_the_stream_finish(admin_server: ServerProcess, sources: dict[str, Path]) -> None:
     assert upload(admin_server, sources["other"], name="doomed").status_code == 201
-    body = {"model": "doomed", "messages": QUESTION, "max_tokens": 30, "stream": True, "ignore_eos": True}
-    with httpx.stream("POST", f"{admin_server.url}/v1/chat/completions", json=body,
-                      headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as running:
-        lines = running.iter_lines()
-        next(lines)
+    with running_stream(admin_server, "doomed") as lines:
         assert delete(admin_server, "doomed").status_code == 200
         assert "doomed" not in served(admin_server)
         rest = [line for line in lines if line]
@@ -315,11 +323,7 @@ def test_replacing_an_unknown_name_is_404(admin_server: ServerProcess, sources: 
 
 def test_a_name_deleted_while_pinned_can_be_uploaded_again(admin_server: ServerProcess, sources: dict[str, Path]) -> None:
     assert upload(admin_server, sources["other"], name="phoenix").status_code == 201
-    body = {"model": "phoenix", "messages": QUESTION, "max_tokens": 30, "stream": True, "ignore_eos": True}
-    with httpx.stream("POST", f"{admin_server.url}/v1/chat/completions", json=body,
-                      headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as running:
-        lines = running.iter_lines()
-        next(lines)
+    with running_stream(admin_server, "phoenix") as lines:
         assert delete(admin_server, "phoenix").status_code == 200
         again = upload(admin_server, sources["first"], name="phoenix")  # the old version is still pinned
         assert again.status_code == 201, again.text

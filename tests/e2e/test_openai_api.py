@@ -6,7 +6,6 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,7 +16,7 @@ from adapters.format import validate
 from server.config import Settings
 from server.generate import DecodeParams, Stream, decode
 from server.lora import AdapterHost
-from server.model import LoadedModel, load_base_model
+from server.model import load_base_model
 from tests.e2e.conftest import KEY
 from tests.e2e.server import ServerProcess
 
@@ -38,7 +37,7 @@ def chat(client: openai.OpenAI, model: str, **kwargs: object) -> openai.types.ch
 def test_models_lists_the_base_and_every_adapter(client: openai.OpenAI) -> None:
     models = {m.id: m for m in client.models.list().data}
     assert set(models) == {BASE, "bold", "wild", "zero"}
-    assert all(getattr(models[name], "parent") == BASE for name in ("bold", "wild", "zero"))
+    assert all(models[name].model_extra["parent"] == BASE for name in ("bold", "wild", "zero"))
 
 
 def test_chat_on_the_base_and_on_adapters(client: openai.OpenAI) -> None:

@@ -73,3 +73,9 @@ class Forbidden(QAdapterError):
     """A valid key that may not do this (an inference key on an admin route), or admin routes are off."""
 
     code = "forbidden"
+
+
+class InvalidData(QAdapterError):
+    """Training or evaluation data that cannot be used (the message names the line)."""
+
+    code = "invalid_data"

@@ -10,7 +10,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,8 +21,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from adapters.base import BaseModelInfo
+from adapters.bounds import (
+    DEFAULT_ALPHA,
+    DEFAULT_OMEGA,
+    MAX_ALPHA,
+    MAX_OMEGA,
+    MIN_ALPHA,
+)
 from adapters.errors import InvalidAdapter
-from adapters.bounds import DEFAULT_ALPHA, DEFAULT_OMEGA, MAX_ALPHA, MAX_OMEGA, MIN_ALPHA
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -55,7 +61,7 @@ class Manifest(BaseModel):
     base_model: BaseModelRef
     alpha: float = Field(default=DEFAULT_ALPHA, ge=MIN_ALPHA, le=MAX_ALPHA)
     omega: float = Field(default=DEFAULT_OMEGA, ge=0, le=MAX_OMEGA)
-    created: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    created: datetime = Field(default_factory=lambda: datetime.now(UTC))
     training: dict[str, Any] | None = None
 
 
@@ -109,7 +115,7 @@ def validate(path: Path, base: BaseModelInfo, max_rank: int = DEFAULT_MAX_RANK) 
     if not path.is_dir():
         raise InvalidAdapter(f"adapter path {str(path)!r} is not a directory")
     _check_files(path)
-    manifest = _read_manifest(path / MANIFEST_FILE)
+    manifest = read_manifest(path / MANIFEST_FILE)
     check_name(manifest.name)
     if manifest.base_model.fingerprint != base.fingerprint:
         raise InvalidAdapter(
@@ -162,7 +168,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _read_manifest(path: Path) -> Manifest:
+def read_manifest(path: Path) -> Manifest:
     data = _read_json(path)
     try:
         return Manifest.model_validate(data)

@@ -19,7 +19,13 @@ from pathlib import Path
 
 from adapters.base import BaseModelInfo
 from adapters.errors import AdapterExists, AdapterNotFound
-from adapters.format import MANIFEST_FILE, Manifest, ValidatedAdapter, check_name, validate
+from adapters.format import (
+    MANIFEST_FILE,
+    Manifest,
+    ValidatedAdapter,
+    check_name,
+    validate,
+)
 
 STAGING_PREFIX = ".staging-"
 _VERSIONED = re.compile(r"(?P<name>.+)@(?P<version>\d+)")

@@ -1,18 +1,18 @@
-"""The `qadapter` command line: `generate` now; `serve`, `train` and `eval` join it as they land."""
+"""The `qadapter` command line: `serve`, `generate`, `train` and `eval`."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from adapters.bounds import MAX_ALPHA, MAX_OMEGA, MIN_ALPHA
 from adapters.errors import QAdapterError
 from adapters.format import validate
-from server.config import EMBEDDED_MODEL, Settings
+from server.cli_options import add_model_options, positive, settings_from, within
+from server.cli_training import add_eval, add_train
 from server.generate import DecodeParams, Stream, decode, decode_steps
 from server.lora import AdapterHost
 from server.model import LoadedModel, load_base_model
@@ -37,46 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_serve(commands)
     _add_generate(commands)
+    add_train(commands)
+    add_eval(commands)
     return parser
-
-
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        help=f"base model: local HF directory, .gguf file, hub id, or {EMBEDDED_MODEL!r} (default; "
-        "env QADAPTER_MODEL)",
-    )
-    parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N (env QADAPTER_DEVICE)")
-    parser.add_argument(
-        "--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="default auto: bf16 on CUDA, fp32 on CPU"
-    )
-    parser.add_argument("--home", type=Path, help="cache directory (env QADAPTER_HOME, default ~/.cache/qadapter)")
-
-
-def settings_from(args: argparse.Namespace) -> Settings:
-    """Flags override `QADAPTER_*` variables, which override defaults."""
-    given = {key: getattr(args, key, None) for key in Settings.model_fields}
-    return Settings(**{key: value for key, value in given.items() if value is not None})
-
-
-def _positive(kind: Callable[[str], float | int], allow_zero: bool) -> Callable[[str], float | int]:
-    def parse(text: str) -> float | int:
-        value = kind(text)
-        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-            raise argparse.ArgumentTypeError(f"must be {'>= 0' if allow_zero else '> 0'}, got {text}")
-        return value
-
-    return parse
-
-
-def _within(low: float, high: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        value = float(text)
-        if not low <= value <= high:  # also refuses nan
-            raise argparse.ArgumentTypeError(f"must be in [{low:g}, {high:g}], got {text}")
-        return value
-
-    return parse
 
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:
@@ -86,16 +49,16 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         description="Serve the base model and every adapter in --adapters-dir over an OpenAI-compatible API. "
         "Every flag can also be set as a QADAPTER_<FLAG> environment variable.",
     )
-    _add_model_options(parser)
+    add_model_options(parser)
     parser.add_argument("--adapters-dir", type=Path, help="adapters served from the start (default ./adapters-store)")
     parser.add_argument("--host", help="listen address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="listen port (default 8000)")
     parser.add_argument("--api-keys", help="comma-separated keys required on /v1/* (default: none)")
     parser.add_argument("--admin-key", help="key for /admin/* (default: none, admin routes off)")
-    parser.add_argument("--max-resident-adapters", type=_positive(int, False), help="adapters in memory (default 64)")
-    parser.add_argument("--max-upload-bytes", type=_positive(int, False), help="largest upload (default 256 MiB)")
-    parser.add_argument("--max-running", type=_positive(int, False), help="requests decoded together (default 32)")
-    parser.add_argument("--max-waiting", type=_positive(int, False), help="queue length before 503 (default 256)")
+    parser.add_argument("--max-resident-adapters", type=positive(int, False), help="adapters in memory (default 64)")
+    parser.add_argument("--max-upload-bytes", type=positive(int, False), help="largest upload (default 256 MiB)")
+    parser.add_argument("--max-running", type=positive(int, False), help="requests decoded together (default 32)")
+    parser.add_argument("--max-waiting", type=positive(int, False), help="queue length before 503 (default 256)")
     parser.set_defaults(run=_run_serve)
 
 
@@ -134,18 +97,18 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
         description="Generate one answer offline, token by token, from the customised policy of each "
         "adapter (adapter row and base row in one batched forward).",
     )
-    _add_model_options(parser)
+    add_model_options(parser)
     parser.add_argument("prompt", help="the prompt (a user message with --chat)")
     parser.add_argument(
         "--adapter", action="append", default=[], type=Path, metavar="DIR", help="Q-adapter directory (repeatable)"
     )
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     parser.add_argument("--compare", action="store_true", help="also print the base model's answer")
-    parser.add_argument("--max-tokens", type=_positive(int, False), default=64, help="default 64")
-    parser.add_argument("--temperature", type=_positive(float, True), default=0.0, help="0 (default) is greedy")
+    parser.add_argument("--max-tokens", type=positive(int, False), default=64, help="default 64")
+    parser.add_argument("--temperature", type=positive(float, True), default=0.0, help="0 (default) is greedy")
     parser.add_argument("--seed", type=int, help="seed for sampling")
-    parser.add_argument("--alpha", type=_within(MIN_ALPHA, MAX_ALPHA), help=f"override every adapter's alpha ({MIN_ALPHA:g}-{MAX_ALPHA:g})")
-    parser.add_argument("--omega", type=_within(0.0, MAX_OMEGA), help=f"override every adapter's omega (0-{MAX_OMEGA:g})")
+    parser.add_argument("--alpha", type=within(MIN_ALPHA, MAX_ALPHA), help=f"override every adapter's alpha ({MIN_ALPHA:g}-{MAX_ALPHA:g})")
+    parser.add_argument("--omega", type=within(0.0, MAX_OMEGA), help=f"override every adapter's omega (0-{MAX_OMEGA:g})")
     parser.set_defaults(run=_run_generate)
 
 

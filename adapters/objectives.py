@@ -1,0 +1,128 @@
+"""What each training method optimises, and the implicit reward each one ranks responses by.
+
+- `qadapter`: the residual-Q Bradley–Terry loss with the χ² term (DESIGN.md §1, `adapters/policy.py`);
+- `dpo`: LoRA DPO, the disabled-adapter model as reference;
+- `sft`: LoRA fine-tuning on the chosen responses.
+SFT and DPO adapters are served as plain LoRA policies (softmax of the adapter's own logits: α 1, ω 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+from transformers import PreTrainedModel
+
+from adapters.bounds import DEFAULT_ALPHA, DEFAULT_OMEGA
+from adapters.data import EncodedPair
+from adapters.policy import (
+    DEFAULT_BETA,
+    DEFAULT_GAMMA,
+    RewardNorm,
+    ValuePosition,
+    customised_logits,
+    preference_loss,
+    token_rewards,
+)
+from adapters.scoring import (
+    ResponseBatch,
+    base_window_logits,
+    collate,
+    taken_logprobs,
+    window_logits,
+)
+
+Method = Literal["qadapter", "sft", "dpo"]
+METHODS: tuple[Method, ...] = ("qadapter", "sft", "dpo")
+Model = PreTrainedModel | PeftModel
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A method and its hyper-parameters (β is the χ² weight for qadapter, the DPO temperature for dpo)."""
+
+    method: Method = "qadapter"
+    alpha: float = DEFAULT_ALPHA
+    omega: float = DEFAULT_OMEGA
+    gamma: float = DEFAULT_GAMMA
+    beta: float = DEFAULT_BETA
+    value_position: ValuePosition = "next"
+    reward_norm: RewardNorm = "length"
+
+    @property
+    def served_alpha(self) -> float:
+        return self.alpha if self.method == "qadapter" else 1.0
+
+    @property
+    def served_omega(self) -> float:
+        return self.omega if self.method == "qadapter" else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StepFigures:
+    """The loss of one micro-batch and, for preference methods, its pairs' ranking."""
+
+    loss: torch.Tensor
+    num_pairs: int
+    num_correct: int | None  # pairs whose implicit reward ranks chosen above rejected (None for sft)
+    margin_sum: float | None
+
+
+def pair_rows(pairs: Sequence[EncodedPair]) -> list[tuple[list[int], list[int]]]:
+    """Interleaved (prompt, chosen), (prompt, rejected) rows: even rows chosen, odd rows rejected."""
+    return [row for p in pairs for row in ((p.prompt_ids, p.chosen_ids), (p.prompt_ids, p.rejected_ids))]
+
+
+def compute_step(model: Model, pairs: Sequence[EncodedPair], objective: Objective, pad_id: int) -> StepFigures:
+    """The method's loss on `pairs` (autograd through the adapter only) and its figures."""
+    device = next(model.parameters()).device
+    if objective.method == "sft":
+        batch = collate([(p.prompt_ids, p.chosen_ids) for p in pairs], pad_id, device)
+        logprobs = taken_logprobs(window_logits(model, batch), batch.actions)
+        loss = -(logprobs * batch.action_mask).sum() / batch.action_mask.sum()
+        return StepFigures(loss=loss, num_pairs=len(pairs), num_correct=None, margin_sum=None)
+    batch = collate(pair_rows(pairs), pad_id, device)
+    if objective.method == "qadapter":
+        rewards, mask = qadapter_token_rewards(model, batch, objective), batch.action_mask
+        figures = preference_loss(
+            rewards[0::2], mask[0::2], rewards[1::2], mask[1::2], objective.beta, objective.reward_norm
+        )
+        num_correct = round(float(figures.accuracy) * len(pairs))
+        return StepFigures(figures.loss, len(pairs), num_correct, float(figures.margin) * len(pairs))
+    margins = objective.beta * _margins(log_ratios(model, batch, alpha=1.0, omega=0.0))
+    return StepFigures(
+        loss=-F.logsigmoid(margins).mean(),
+        num_pairs=len(pairs),
+        num_correct=int((margins > 0).sum()),
+        margin_sum=float(margins.detach().sum()),
+    )
+
+
+def _margins(row_rewards: torch.Tensor) -> torch.Tensor:
+    """R(chosen) − R(rejected) per pair, from interleaved rows."""
+    return row_rewards[0::2] - row_rewards[1::2]
+
+
+def qadapter_token_rewards(model: Model, batch: ResponseBatch, objective: Objective) -> torch.Tensor:
+    """r(s_t, a_t) over the response window, `[rows, window]`; autograd through Q only."""
+    q_logits = window_logits(model, batch)
+    base_logits = base_window_logits(model, batch)
+    return token_rewards(
+        q_logits, base_logits, batch.actions, batch.action_mask,
+        objective.alpha, objective.omega, objective.gamma, objective.value_position,
+    )
+
+
+def log_ratios(model: Model, batch: ResponseBatch, alpha: float, omega: float) -> torch.Tensor:
+    """Σ_t log π_custom(a_t) − log π_base(a_t) per row, π_custom the served policy with α, ω."""
+    base_logits = base_window_logits(model, batch)
+    custom = customised_logits(window_logits(model, batch), base_logits, alpha, omega)
+    ratio = taken_logprobs(custom, batch.actions) - taken_logprobs(base_logits, batch.actions)
+    return (ratio * batch.action_mask).sum(dim=-1)

@@ -1,0 +1,278 @@
+"""`qadapter train`: a LoRA on the frozen base, trained by one of the objectives, saved as an adapter.
+
+The base stays frozen; only the LoRA learns. Runs on whatever device the base model is on.
+Checkpoints (LoRA, optimizer, schedule, RNG) go to `<out>.checkpoint/` so `--resume` continues
+exactly where a run stopped: the data order is a function of the seed and the step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import (
+    PeftModel,
+    get_peft_model,
+    get_peft_model_state_dict,
+    set_peft_model_state_dict,
+)
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from adapters.base import BaseModelInfo
+from adapters.data import EncodedPair, PreferenceData, encode_pair
+from adapters.errors import InvalidData
+from adapters.format import (
+    LoraSpec,
+    Manifest,
+    ValidatedAdapter,
+    check_name,
+    create,
+    validate,
+)
+from adapters.objectives import Objective, StepFigures, compute_step
+
+CHECKPOINT_FILE = "state.pt"
+RUN_FILE = "run.json"
+RUNNING_WINDOW_PAIRS = 200  # the progress bar's accuracy is over the last this many pairs
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides the trained weights (recorded in the manifest)."""
+
+    objective: Objective = field(default_factory=Objective)
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    learning_rate: float = 3e-4
+    warmup_ratio: float = 0.1  # linear warm-up over this share of the steps, then linear decay to 0
+    epochs: float = 1.0
+    max_steps: int | None = None  # optimizer steps; overrides epochs
+    batch_size: int = 2  # pairs per forward
+    grad_accum: int = 4  # forwards per optimizer step
+    max_length: int = 512  # tokens per prompt+response; the prompt's start is cut
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+    @property
+    def pairs_per_step(self) -> int:
+        return self.batch_size * self.grad_accum
+
+    def num_steps(self, num_pairs: int) -> int:
+        if self.max_steps is not None:
+            return self.max_steps
+        return max(1, math.ceil(self.epochs * num_pairs / self.pairs_per_step))
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How a run is carried out and recorded; none of it changes the weights."""
+
+    name: str
+    description: str = ""
+    eval_every: int = 0  # optimizer steps between evaluations on the eval data; 0 = at the end only
+    checkpoint_every: int = 50
+    resume: bool = False
+    command: str = ""
+    show_progress: bool = True
+
+
+@dataclass
+class RunningFigures:
+    """Loss and pair ranking over the recent micro-batches, for the progress bar and the manifest."""
+
+    losses: deque[float] = field(default_factory=lambda: deque(maxlen=50))
+    ranked: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=RUNNING_WINDOW_PAIRS))
+
+    def add(self, figures: StepFigures) -> None:
+        self.losses.append(float(figures.loss.detach()))
+        if figures.num_correct is not None:
+            self.ranked.append((figures.num_correct, figures.num_pairs))
+
+    def summary(self) -> dict[str, float]:
+        out = {"loss": sum(self.losses) / max(len(self.losses), 1)}
+        if self.ranked:
+            out["accuracy"] = sum(c for c, _ in self.ranked) / sum(n for _, n in self.ranked)
+        return out
+
+
+def train(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    info: BaseModelInfo,
+    data: PreferenceData,
+    out: Path,
+    config: TrainConfig,
+    options: TrainOptions,
+    eval_data: PreferenceData | None = None,
+) -> ValidatedAdapter:
+    """Train a LoRA on `data` by `config.objective` and write it to `out` as a validated adapter."""
+    out = Path(out)
+    check_name(options.name)
+    if out.exists():
+        raise InvalidData(f"output {str(out)!r} already exists; choose another --out or delete it")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pairs = [encode_pair(tokenizer, pair, config.max_length) for pair in data.pairs]
+    eval_pairs = [encode_pair(tokenizer, p, config.max_length) for p in eval_data.pairs] if eval_data else []
+    torch.manual_seed(config.seed)  # the LoRA's initial A
+    peft_model = get_peft_model(model, config.lora.to_peft())
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    num_steps = config.num_steps(len(pairs))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then_decay(num_steps, config.warmup_ratio))
+    checkpoints = Checkpoints(out.with_name(out.name + ".checkpoint"), _run_identity(config, data))
+    start = checkpoints.restore(peft_model, optimizer, scheduler) if options.resume else 0
+    running = RunningFigures()
+    progress = tqdm(total=num_steps, initial=start, desc=f"train {options.name}", unit="step",
+                    disable=not options.show_progress)
+    final_eval: dict[str, float] = {}
+    for step in range(start, num_steps):
+        peft_model.train()
+        for micro in range(config.grad_accum):
+            batch = _micro_batch(pairs, config, step * config.grad_accum + micro)
+            figures = compute_step(peft_model, batch, config.objective, pad_id)
+            (figures.loss / config.grad_accum).backward()
+            running.add(figures)
+        torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        progress.update()
+        progress.set_postfix({k: f"{v:.3f}" for k, v in running.summary().items()})
+        is_last = step + 1 == num_steps
+        if eval_pairs and (is_last or (options.eval_every and (step + 1) % options.eval_every == 0)):
+            final_eval = evaluate_objective(peft_model, eval_pairs, config, pad_id)
+            progress.write(f"step {step + 1}: eval " + ", ".join(f"{k} {v:.3f}" for k, v in final_eval.items()))
+        if options.checkpoint_every and (step + 1) % options.checkpoint_every == 0 and not is_last:
+            checkpoints.save(peft_model, optimizer, scheduler, step + 1)
+    progress.close()
+    peft_model.eval()
+    training = {
+        "method": config.objective.method,
+        "data": {"file_sha256": data.sha256, "num_pairs": len(pairs), "num_skipped": data.num_skipped},
+        "hyperparameters": _hyperparameters(config),
+        "steps": num_steps,
+        "final": {f"train_{k}": round(v, 4) for k, v in running.summary().items()}
+        | {f"eval_{k}": round(v, 4) for k, v in final_eval.items()},
+        "command": options.command,
+    }
+    adapter = _save(peft_model, info, out, config, options, training)
+    checkpoints.remove()
+    return adapter
+
+
+def _micro_batch(pairs: Sequence[EncodedPair], config: TrainConfig, index: int) -> list[EncodedPair]:
+    """The `index`-th micro-batch: epochs are reshuffled with seed+epoch, so it depends on nothing else."""
+    per_epoch = math.ceil(len(pairs) / config.batch_size)
+    epoch, position = divmod(index, per_epoch)
+    order = list(range(len(pairs)))
+    random.Random(config.seed + epoch).shuffle(order)
+    chosen = order[position * config.batch_size:(position + 1) * config.batch_size]
+    return [pairs[i] for i in chosen]
+
+
+def _warmup_then_decay(num_steps: int, warmup_ratio: float) -> Callable[[int], float]:
+    warmup = max(1, round(num_steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (num_steps - step) / max(1, num_steps - warmup))
+
+    return factor
+
+
+@torch.no_grad()
+def evaluate_objective(
+    model: PeftModel, pairs: Sequence[EncodedPair], config: TrainConfig, pad_id: int
+) -> dict[str, float]:
+    """The objective's loss and pair accuracy on held-out pairs (dropout off)."""
+    model.eval()
+    running = RunningFigures(losses=deque(), ranked=deque())
+    for start in range(0, len(pairs), config.batch_size):
+        running.add(compute_step(model, pairs[start:start + config.batch_size], config.objective, pad_id))
+    return running.summary()
+
+
+def _hyperparameters(config: TrainConfig) -> dict[str, Any]:
+    values = asdict(config)
+    values["lora"]["target_modules"] = list(config.lora.target_modules)
+    return values
+
+
+def _run_identity(config: TrainConfig, data: PreferenceData) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the same data and the same hyper-parameters."""
+    return {"data_sha256": data.sha256, "hyperparameters": _hyperparameters(config)}
+
+
+def _save(
+    model: PeftModel, info: BaseModelInfo, out: Path, config: TrainConfig, options: TrainOptions,
+    training: dict[str, Any],
+) -> ValidatedAdapter:
+    """Write the adapter into a staging directory, validate it, then rename it into place."""
+    manifest = Manifest(
+        name=options.name,
+        description=options.description or f"{config.objective.method} adapter",
+        base_model={"id": info.id, "fingerprint": info.fingerprint},
+        alpha=config.objective.served_alpha,
+        omega=config.objective.served_omega,
+        training=training,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    create(staging, manifest, config.lora, get_peft_model_state_dict(model), info)
+    staging.rename(out)
+    return validate(out, info)
+
+
+class Checkpoints:
+    """One resumable checkpoint directory per output (torch.save, read back with weights_only=True)."""
+
+    def __init__(self, path: Path, identity: dict[str, Any]) -> None:
+        self.path = path
+        self.identity = identity
+
+    def save(self, model: PeftModel, optimizer: torch.optim.Optimizer, scheduler: Any, step: int) -> None:
+        staging = self.path.with_name(self.path.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        state = {
+            "step": step,
+            "lora": get_peft_model_state_dict(model),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+        }
+        torch.save(state, staging / CHECKPOINT_FILE)
+        (staging / RUN_FILE).write_text(json.dumps(self.identity, indent=2))
+        shutil.rmtree(self.path, ignore_errors=True)
+        staging.rename(self.path)
+
+    def restore(self, model: PeftModel, optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
+        """Load the checkpoint into the run and return the step to continue from."""
+        if not (self.path / CHECKPOINT_FILE).is_file():
+            raise InvalidData(f"--resume: no checkpoint at {str(self.path)!r}; start without --resume")
+        saved = json.loads((self.path / RUN_FILE).read_text())
+        if saved != json.loads(json.dumps(self.identity)):
+            raise InvalidData(
+                f"--resume: the checkpoint at {str(self.path)!r} was made with other data or hyper-parameters; "
+                "rerun with the same flags, or delete the checkpoint to start over"
+            )
+        state = torch.load(self.path / CHECKPOINT_FILE, weights_only=True)
+        set_peft_model_state_dict(model, state["lora"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        return int(state["step"])
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)

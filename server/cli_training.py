@@ -1,0 +1,134 @@
+"""`qadapter train` and `qadapter eval`: argument parsing, then thin calls into `adapters.train` / `adapters.evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from adapters.bounds import MAX_ALPHA, MAX_OMEGA, MIN_ALPHA
+from adapters.data import load_pairs
+from adapters.evaluate import EvalSets, evaluate, format_report, read_adapter_manifest
+from adapters.format import LoraSpec
+from adapters.objectives import METHODS, Objective
+from adapters.policy import DEFAULT_BETA, DEFAULT_GAMMA
+from adapters.train import TrainConfig, TrainOptions, train
+from server.cli_options import add_model_options, positive, settings_from, within
+from server.model import load_base_model
+
+_DEFAULTS = TrainConfig()
+
+
+def add_train(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "train",
+        help="train a Q-adapter (or an SFT / DPO LoRA baseline) from preference pairs",
+        description="Train a LoRA on the frozen base model from preference pairs (JSONL: chat form "
+        '{"chosen": [messages], "rejected": [messages]} or TRL form {"prompt", "chosen", "rejected"}) and '
+        "write it as an adapter directory ready for `qadapter serve` or upload.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_model_options(parser)
+    parser.add_argument("--data", type=Path, required=True, help="training pairs (JSONL)")
+    parser.add_argument("--out", type=Path, required=True, help="adapter directory to create (must not exist)")
+    parser.add_argument("--name", help="adapter name (default: the --out directory's name)")
+    parser.add_argument("--description", default="", help="one line for the manifest")
+    parser.add_argument("--method", choices=METHODS, default="qadapter", help="qadapter, or a baseline")
+    parser.add_argument("--eval-data", type=Path, help="held-out pairs: loss and accuracy reported during training")
+    parser.add_argument("--eval-every", type=positive(int, True), default=0, help="steps between evals (0: at the end)")
+    parser.add_argument("--skip-bad", action="store_true", help="skip (and count) bad rows instead of stopping")
+    group = parser.add_argument_group("optimisation")
+    group.add_argument("--epochs", type=positive(float, False), default=_DEFAULTS.epochs)
+    group.add_argument("--max-steps", type=positive(int, False), help="optimizer steps (overrides --epochs)")
+    group.add_argument("--batch-size", type=positive(int, False), default=_DEFAULTS.batch_size, help="pairs per forward")
+    group.add_argument("--grad-accum", type=positive(int, False), default=_DEFAULTS.grad_accum, help="forwards per step")
+    group.add_argument("--lr", type=positive(float, False), default=_DEFAULTS.learning_rate, help="AdamW learning rate")
+    group.add_argument("--warmup-ratio", type=within(0.0, 1.0), default=_DEFAULTS.warmup_ratio)
+    group.add_argument("--weight-decay", type=positive(float, True), default=_DEFAULTS.weight_decay)
+    group.add_argument("--max-length", type=positive(int, False), default=_DEFAULTS.max_length,
+                       help="tokens per prompt+response; longer prompts lose their start")
+    group.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="LoRA init and data order")
+    group.add_argument("--checkpoint-every", type=positive(int, True), default=50, help="steps (0: never)")
+    group.add_argument("--resume", action="store_true", help="continue from <out>.checkpoint")
+    group = parser.add_argument_group("objective (DESIGN.md §1)")
+    group.add_argument("--alpha", type=within(MIN_ALPHA, MAX_ALPHA), default=Objective.alpha)
+    group.add_argument("--omega", type=within(0.0, MAX_OMEGA), default=Objective.omega)
+    group.add_argument("--gamma", type=within(0.0, 1.0), default=DEFAULT_GAMMA)
+    group.add_argument("--beta", type=positive(float, True), default=DEFAULT_BETA,
+                       help="χ² weight (qadapter) or DPO temperature (dpo)")
+    group.add_argument("--value-position", choices=["next", "same"], default="next",
+                       help="V(s_{t+1}) as derived, or V(s_t) as in the paper's public code")
+    group.add_argument("--reward-norm", choices=["length", "padded"], default="length",
+                       help="divide R(y) by the response length, or by the padded batch length (public code)")
+    group = parser.add_argument_group("LoRA")
+    group.add_argument("--lora-r", type=positive(int, False), default=LoraSpec.r)
+    group.add_argument("--lora-alpha", type=positive(int, False), default=LoraSpec.lora_alpha)
+    group.add_argument("--lora-dropout", type=within(0.0, 0.9), default=LoraSpec.dropout)
+    group.add_argument("--target-modules", default=",".join(LoraSpec.target_modules), help="comma-separated")
+    parser.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    data = load_pairs(args.data, skip_bad=args.skip_bad)
+    eval_data = load_pairs(args.eval_data, skip_bad=args.skip_bad) if args.eval_data else None
+    config = TrainConfig(
+        objective=Objective(
+            method=args.method, alpha=args.alpha, omega=args.omega, gamma=args.gamma, beta=args.beta,
+            value_position=args.value_position, reward_norm=args.reward_norm,
+        ),
+        lora=LoraSpec(
+            r=args.lora_r, lora_alpha=args.lora_alpha, dropout=args.lora_dropout,
+            target_modules=tuple(m.strip() for m in args.target_modules.split(",") if m.strip()),
+        ),
+        learning_rate=args.lr, warmup_ratio=args.warmup_ratio, epochs=args.epochs, max_steps=args.max_steps,
+        batch_size=args.batch_size, grad_accum=args.grad_accum, max_length=args.max_length,
+        weight_decay=args.weight_decay, seed=args.seed,
+    )
+    options = TrainOptions(
+        name=args.name or args.out.name, description=args.description, eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every, resume=args.resume,
+        command=shlex.join(["qadapter", *sys.argv[1:]]),
+    )
+    loaded = load_base_model(settings_from(args))
+    if data.num_skipped:
+        print(f"skipped {data.num_skipped} bad rows of {args.data}", file=sys.stderr)
+    adapter = train(loaded.model, loaded.tokenizer, loaded.info, data, args.out, config, options, eval_data)
+    final = adapter.manifest.training["final"] if adapter.manifest.training else {}
+    print(f"wrote adapter {adapter.name!r} to {adapter.path} ({adapter.size_bytes / 1e6:.1f} MB); "
+          + ", ".join(f"{k} {v}" for k, v in final.items()))
+    return 0
+
+
+def add_eval(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "eval",
+        help="measure an adapter: preference accuracy, KL to the base, knowledge retention",
+        description="Evaluate an adapter (or the base model itself with --adapter base) on held-out preference "
+        "pairs, and measure how much of the base model it kept: KL to the base along the base's greedy "
+        "answers to neutral prompts, and accuracy on short factual questions beside the base's own.",
+    )
+    add_model_options(parser)
+    parser.add_argument("--adapter", required=True, help="adapter directory, or 'base' for the base model")
+    parser.add_argument("--data", type=Path, required=True, help="held-out preference pairs (JSONL)")
+    parser.add_argument("--max-length", type=positive(int, False), default=_DEFAULTS.max_length)
+    parser.add_argument("--skip-bad", action="store_true", help="skip (and count) bad rows instead of stopping")
+    parser.add_argument("--limit", type=positive(int, False), help="evaluate only the first N pairs")
+    parser.add_argument("--neutral-prompts", type=Path, help="one prompt per line (default: the bundled set)")
+    parser.add_argument("--questions", type=Path, help='JSONL {"question", "answers"} (default: the bundled set)')
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.set_defaults(run=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    adapter_dir = None if args.adapter == "base" else Path(args.adapter)
+    if adapter_dir is not None and args.model is None:
+        args.model = read_adapter_manifest(adapter_dir).base_model.id
+    data = load_pairs(args.data, skip_bad=args.skip_bad)
+    sets = EvalSets.load(args.neutral_prompts, args.questions)
+    loaded = load_base_model(settings_from(args))
+    pairs = data.pairs[: args.limit] if args.limit else data.pairs
+    report = evaluate(loaded.model, loaded.tokenizer, loaded.info, adapter_dir, pairs, sets, args.max_length)
+    print(json.dumps(report.as_dict()) if args.json else format_report(report))
+    return 0

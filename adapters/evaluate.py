@@ -37,8 +37,6 @@ from adapters.policy import customised_logits, sequence_rewards
 from adapters.scoring import base_window_logits, collate, taken_logprobs, window_logits
 
 EVAL_SETS = Path(__file__).parent / "eval_sets"
-NEUTRAL_ANSWER_TOKENS = 128
-QUESTION_ANSWER_TOKENS = 32
 PAIRS_PER_BATCH = 4
 
 
@@ -48,9 +46,11 @@ class EvalSets:
 
     neutral_prompts: list[str]
     questions: list[tuple[str, list[str]]]
+    max_answer_tokens: int = 128  # greedy answers to the neutral prompts
+    max_question_tokens: int = 32  # greedy answers to the questions
 
     @classmethod
-    def load(cls, neutral_prompts: Path | None = None, questions: Path | None = None) -> EvalSets:
+    def load(cls, neutral_prompts: Path | None = None, questions: Path | None = None, **limits: int) -> EvalSets:
         prompts_file = neutral_prompts or EVAL_SETS / "neutral_prompts.txt"
         questions_file = questions or EVAL_SETS / "factual_questions.jsonl"
         prompts = [line.strip() for line in prompts_file.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -65,7 +65,7 @@ class EvalSets:
                 raise InvalidData(f'{questions_file}: line {number}: expected {{"question": str, "answers": [str]}}') from None
         if not prompts or not parsed:
             raise InvalidData("the neutral prompts and the questions must each hold at least one entry")
-        return cls(prompts, parsed)
+        return cls(prompts, parsed, **limits)
 
 
 @dataclass(frozen=True)
@@ -118,12 +118,12 @@ def evaluate(
     def answers(prompts: Sequence[str], with_policy: Policy, max_tokens: int) -> list[list[int]]:
         return generate(scored, _chat_ids(tokenizer, prompts), with_policy, max_tokens, stop_ids, pad_id)
 
-    base_neutral = answers(sets.neutral_prompts, BASE, NEUTRAL_ANSWER_TOKENS)
-    own_neutral = answers(sets.neutral_prompts, policy, NEUTRAL_ANSWER_TOKENS) if adapter else base_neutral
+    base_neutral = answers(sets.neutral_prompts, BASE, sets.max_answer_tokens)
+    own_neutral = answers(sets.neutral_prompts, policy, sets.max_answer_tokens) if adapter else base_neutral
     questions = [q for q, _ in sets.questions]
-    base_correct = _correct(tokenizer, answers(questions, BASE, QUESTION_ANSWER_TOKENS), sets.questions)
+    base_correct = _correct(tokenizer, answers(questions, BASE, sets.max_question_tokens), sets.questions)
     own_correct = (
-        _correct(tokenizer, answers(questions, policy, QUESTION_ANSWER_TOKENS), sets.questions)
+        _correct(tokenizer, answers(questions, policy, sets.max_question_tokens), sets.questions)
         if adapter else base_correct
     )
     kl = kl_to_base(scored, _chat_ids(tokenizer, sets.neutral_prompts), base_neutral, policy, pad_id) if adapter else 0.0

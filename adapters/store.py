@@ -66,6 +66,25 @@ class AdapterStore:
                 shutil.rmtree(path, ignore_errors=True)  # a version replaced just before a crash
         return sorted(newest.values(), key=lambda s: s.name)
 
+    def install_missing(self, source: Path) -> list[str]:
+        """Copy in every adapter directory under `source` whose name the store lacks; return those names.
+
+        Adapters already stored (uploaded, replaced) win over the source's copy.
+        """
+        installed = []
+        for path in sorted(p for p in Path(source).iterdir() if (p / MANIFEST_FILE).is_file()):
+            name = manifest_name(path)
+            if name is not None and self._versions(name):
+                continue
+            staging = self.staging_dir()
+            shutil.copytree(path, staging, dirs_exist_ok=True)
+            try:
+                installed.append(self.install(staging, None, replace=False).name)
+            except BaseException:
+                self.discard(staging)
+                raise
+        return installed
+
     def staging_dir(self) -> Path:
         """A fresh directory on the store's filesystem for an upload to unpack into."""
         return Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.root))

@@ -36,6 +36,9 @@ def create_app(settings: Settings) -> FastAPI:
         engine.start()
         try:
             store = AdapterStore(settings.adapters_dir, loaded.info, settings.max_lora_rank)
+            if settings.install_adapters is not None:
+                installed = store.install_missing(settings.install_adapters)
+                log.info("installed %s from %s", installed or "nothing new", settings.install_adapters)
             for stored in store.load_all():  # a broken adapter stops the start, naming it
                 engine.apply(LoadAdapter(stored.adapter, stored.version)).result()
             app.state.engine = engine

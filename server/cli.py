@@ -51,6 +51,10 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     )
     add_model_options(parser)
     parser.add_argument("--adapters-dir", type=Path, help="adapters served from the start (default ./adapters-store)")
+    parser.add_argument(
+        "--install-adapters", type=Path, metavar="DIR",
+        help="at start, copy into --adapters-dir every adapter under DIR whose name it lacks (e.g. adapters/examples)",
+    )
     parser.add_argument("--host", help="listen address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="listen port (default 8000)")
     parser.add_argument("--api-keys", help="comma-separated keys required on /v1/* (default: none)")

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address `qadapter serve` listens on.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port `qadapter serve` listens on.")
     adapters_dir: Path = Field(default=Path("adapters-store"), description="Adapters loaded at start.")
+    install_adapters: Path | None = Field(
+        default=None, description="At start, adapters under this directory that the store lacks are copied in."
+    )
     api_keys: str = Field(default="", description="Comma-separated keys for /v1/*; empty = no auth.")
     admin_key: str = Field(default="", description="Key for /admin/*; empty = admin routes are off.")
     max_upload_bytes: int = Field(default=256 * 2**20, gt=0, description="Largest adapter upload accepted.")

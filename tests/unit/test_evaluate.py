@@ -1,0 +1,169 @@
+"""`qadapter eval` metrics against values computed by hand, one unpadded sequence at a time, on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+
+from adapters.base import BaseModelInfo
+from adapters.data import PreferencePair, chat_prompt_ids, encode_pair
+from adapters.decoding import BASE, Policy
+from adapters.evaluate import EvalSets, evaluate, format_report, kl_to_base, pair_margins
+from adapters.errors import InvalidData
+from adapters.format import LoraSpec, Manifest, create, lora_weights, validate
+from server.model import LoadedModel
+from tests.conftest import tiny_model
+
+VOCAB = 49152
+PAIRS = [
+    PreferencePair(({"role": "user", "content": "Say something kind."},), "You are great.", "Go away, you fool!", 1),
+    PreferencePair(({"role": "user", "content": "What is 2+2?"},), "4", "It is five, obviously.", 2),
+    PreferencePair(({"role": "user", "content": "Hi"},), "Hello! How can I help?", "No.", 3),
+]
+
+
+@pytest.fixture
+def base_model() -> torch.nn.Module:
+    return tiny_model(vocab_size=VOCAB)
+
+
+def write_adapter(path: Path, model: torch.nn.Module, method: str | None, alpha: float, omega: float) -> Path:
+    info = BaseModelInfo.from_model(model, "tiny")
+    manifest = Manifest(
+        name="hand", base_model={"id": info.id, "fingerprint": info.fingerprint}, alpha=alpha, omega=omega,
+        training=None if method is None else {"method": method},
+    )
+    create(path, manifest, LoraSpec(), lora_weights(info, LoraSpec(), seed=3, b_std=0.3), info)
+    return path
+
+
+def full_logits(model: torch.nn.Module, ids: list[int], adapter_on: bool) -> torch.Tensor:
+    """Logits `[len(ids), vocab]` of one unpadded sequence."""
+    with torch.no_grad():
+        if adapter_on or not isinstance(model, PeftModel):
+            return model(input_ids=torch.tensor([ids])).logits[0].float()
+        with model.disable_adapter():
+            return model(input_ids=torch.tensor([ids])).logits[0].float()
+
+
+def hand_reward(model: torch.nn.Module, prompt: list[int], response: list[int], method: str, alpha: float, omega: float) -> float:
+    """The implicit reward of one response, written out per token."""
+    q = full_logits(model, prompt + response, adapter_on=True)
+    base = full_logits(model, prompt + response, adapter_on=False)
+    states = [len(prompt) - 1 + t for t in range(len(response))]  # the state that takes response token t
+    if method == "base":
+        return sum(float(torch.log_softmax(base[s], -1)[a]) for s, a in zip(states, response))
+    custom = [(q[s] + omega * torch.log_softmax(base[s], -1)) / alpha for s in states]
+    if method in ("sft", "dpo"):
+        return sum(
+            float(torch.log_softmax(c, -1)[a] - torch.log_softmax(base[s], -1)[a])
+            for c, s, a in zip(custom, states, response)
+        )
+    values = [alpha * float(torch.logsumexp(c, -1)) for c in custom] + [0.0]  # V(terminal) = 0
+    rewards = [float(q[s][a]) - values[t + 1] for t, (s, a) in enumerate(zip(states, response))]
+    return sum(rewards) / len(rewards)
+
+
+@pytest.mark.parametrize(("method", "alpha", "omega"), [("qadapter", 0.7, 0.3), ("dpo", 1.0, 0.0), ("base", 1.0, 0.0)])
+def test_pair_margins_equal_hand_computed_rewards(
+    embedded: LoadedModel, base_model: torch.nn.Module, tmp_path: Path, method: str, alpha: float, omega: float
+) -> None:
+    tokenizer = embedded.tokenizer
+    info = BaseModelInfo.from_model(base_model, "tiny")
+    if method == "base":
+        adapter, model = None, base_model
+    else:
+        adapter = validate(write_adapter(tmp_path / "a", base_model, method, alpha, omega), info)
+        model = PeftModel.from_pretrained(base_model, str(adapter.path)).eval()
+    margins = pair_margins(model, tokenizer, adapter, PAIRS, max_length=512, pad_id=2, show_progress=False)
+    expected = []
+    for pair in PAIRS:
+        encoded = encode_pair(tokenizer, pair, 512)
+        chosen = hand_reward(model, encoded.prompt_ids, encoded.chosen_ids, method, alpha, omega)
+        rejected = hand_reward(model, encoded.prompt_ids, encoded.rejected_ids, method, alpha, omega)
+        expected.append(chosen - rejected)
+    assert margins.tolist() == pytest.approx(expected, abs=1e-4)
+
+
+def test_kl_to_base_equals_the_hand_computed_mean(embedded: LoadedModel, base_model: torch.nn.Module, tmp_path: Path) -> None:
+    info = BaseModelInfo.from_model(base_model, "tiny")
+    path = write_adapter(tmp_path / "a", base_model, "qadapter", alpha=0.8, omega=0.2)
+    model = PeftModel.from_pretrained(base_model, str(validate(path, info).path)).eval()
+    prompts = [chat_prompt_ids(embedded.tokenizer, [{"role": "user", "content": t}]) for t in ("Hi", "Tell me a story")]
+    answers = [[100, 200, 300], [7, 8]]
+    total, count = 0.0, 0
+    for prompt, answer in zip(prompts, answers):
+        q = full_logits(model, prompt + answer, adapter_on=True)
+        base = full_logits(model, prompt + answer, adapter_on=False)
+        for t in range(len(answer)):
+            s = len(prompt) - 1 + t
+            custom = torch.log_softmax((q[s] + 0.2 * torch.log_softmax(base[s], -1)) / 0.8, -1)
+            total += float((custom.exp() * (custom - torch.log_softmax(base[s], -1))).sum())
+            count += 1
+    measured = kl_to_base(model, prompts, answers, Policy(True, 0.8, 0.2), pad_id=2)
+    assert measured == pytest.approx(total / count, rel=1e-4)
+    assert measured > 0
+
+
+def greedy_by_hand(model: torch.nn.Module, prompt: list[int], policy: Policy, max_tokens: int) -> list[int]:
+    """Uncached greedy decoding of one prompt, the whole sequence re-run every token."""
+    ids = list(prompt)
+    for _ in range(max_tokens):
+        base = full_logits(model, ids, adapter_on=False)[-1]
+        if policy.use_adapter:
+            q = full_logits(model, ids, adapter_on=True)[-1]
+            scores = (q + policy.omega * torch.log_softmax(base, -1)) / policy.alpha
+        else:
+            scores = base
+        ids.append(int(scores.argmax()))
+        if ids[-1] == 2:
+            break
+    return ids[len(prompt):]
+
+
+def test_evaluate_reports_retention_and_answer_length_as_decoded_by_hand(
+    embedded: LoadedModel, base_model: torch.nn.Module, tmp_path: Path
+) -> None:
+    tokenizer = embedded.tokenizer
+    info = BaseModelInfo.from_model(base_model, "tiny")
+    path = write_adapter(tmp_path / "a", base_model, None, alpha=1.0, omega=0.01)
+    questions = ["What is the capital of France?", "Name a colour."]
+    # what the adapter policy answers to the first question, by hand; the second's answer is impossible
+    hand_model = PeftModel.from_pretrained(tiny_model(vocab_size=VOCAB), str(path)).eval()
+    policy = Policy(True, 1.0, 0.01)
+    first_ids = chat_prompt_ids(tokenizer, [{"role": "user", "content": questions[0]}])
+    own_answer = tokenizer.decode(greedy_by_hand(hand_model, first_ids, policy, 12), skip_special_tokens=True)
+    base_answer = tokenizer.decode(greedy_by_hand(hand_model, first_ids, BASE, 12), skip_special_tokens=True)
+    assert own_answer.strip() and own_answer != base_answer
+    (tmp_path / "q.jsonl").write_text(
+        json.dumps({"question": questions[0], "answers": [own_answer.strip()[:12]]}) + "\n"
+        + json.dumps({"question": questions[1], "answers": ["\u2603 never said"]}) + "\n"
+    )
+    (tmp_path / "p.txt").write_text("Hi\nTell me a story about a cat.\n")
+    sets = EvalSets.load(tmp_path / "p.txt", tmp_path / "q.jsonl", max_answer_tokens=10, max_question_tokens=12)
+    report = evaluate(base_model, tokenizer, info, path, PAIRS, sets, max_length=512, show_progress=False)
+
+    assert report.retention_accuracy == 0.5
+    assert report.base_retention_accuracy == (0.5 if own_answer.strip()[:12] in base_answer else 0.0)
+    lengths = [
+        len(greedy_by_hand(hand_model, chat_prompt_ids(tokenizer, [{"role": "user", "content": p}]), policy, 10))
+        for p in sets.neutral_prompts
+    ]
+    assert report.mean_answer_tokens == sum(lengths) / len(lengths)
+    assert (report.num_pairs, report.num_questions, report.num_neutral_prompts) == (3, 2, 2)
+    assert report.method == "qadapter" and report.kl_to_base > 0
+    assert not math.isnan(report.reward_margin)
+    table = format_report(report)
+    assert "preference accuracy" in table and "retention accuracy" in table
+
+
+def test_bad_question_file_names_its_line(tmp_path: Path) -> None:
+    (tmp_path / "q.jsonl").write_text('{"question": "a", "answers": ["b"]}\n{"question": "c"}\n')
+    (tmp_path / "p.txt").write_text("Hi\n")
+    with pytest.raises(InvalidData, match="line 2"):
+        EvalSets.load(tmp_path / "p.txt", tmp_path / "q.jsonl")

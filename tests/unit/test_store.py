@@ -1,0 +1,41 @@
+"""The store's start-up install of bundled adapters (the examples): new names copied in, stored names kept."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from adapters.base import BaseModelInfo
+from adapters.errors import InvalidAdapter
+from adapters.format import MANIFEST_FILE
+from adapters.store import AdapterStore
+from tests.conftest import make_adapter
+
+
+def test_install_missing_copies_new_names_and_keeps_stored_ones(tmp_path: Path, tiny_info: BaseModelInfo) -> None:
+    source = tmp_path / "examples"
+    make_adapter(source / "one", tiny_info, name="one")
+    make_adapter(source / "two", tiny_info, name="two")
+    (source / "notes").mkdir()  # not an adapter: ignored
+    store = AdapterStore(tmp_path / "store", tiny_info, max_rank=64)
+    make_adapter(tmp_path / "upload", tiny_info, name="two", omega=0.5)
+    store.install(tmp_path / "upload", None, replace=False)  # the user's own "two"
+
+    assert store.install_missing(source) == ["one"]
+    assert {s.name: s.adapter.manifest.omega for s in store.load_all()} == {"one": 0.01, "two": 0.5}
+    assert (source / "one" / MANIFEST_FILE).is_file()  # copied, not moved
+    assert store.install_missing(source) == []  # idempotent across restarts
+
+
+def test_a_broken_bundled_adapter_stops_the_install_and_leaves_nothing(tmp_path: Path, tiny_info: BaseModelInfo) -> None:
+    source = tmp_path / "examples"
+    make_adapter(source / "bad", tiny_info, name="bad")
+    manifest = json.loads((source / "bad" / MANIFEST_FILE).read_text())
+    manifest["base_model"]["fingerprint"] = "sha256:other"
+    (source / "bad" / MANIFEST_FILE).write_text(json.dumps(manifest))
+    store = AdapterStore(tmp_path / "store", tiny_info, max_rank=64)
+    with pytest.raises(InvalidAdapter, match="bad"):
+        store.install_missing(source)
+    assert list((tmp_path / "store").iterdir()) == []

@@ -1,4 +1,4 @@
-"""One real server for the end-to-end modules: the embedded model with three adapters, an API key."""
+"""Real servers for the end-to-end modules: the embedded model with three adapters and an API key; an admin one."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from tests.conftest import make_adapter
 from tests.e2e.server import ServerProcess
 
 KEY = "test-key"
+ADMIN_KEY = "admin-key"
 
 
 @pytest.fixture(scope="session")
@@ -27,5 +28,20 @@ def adapters_dir(tmp_path_factory: pytest.TempPathFactory, embedded: LoadedModel
 @pytest.fixture(scope="session")
 def server(adapters_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     process = ServerProcess(adapters_dir, tmp_path_factory.mktemp("logs") / "server.log", "--api-keys", KEY)
+    yield process
+    assert process.stop() == 0
+
+
+@pytest.fixture(scope="session")
+def small_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The adapter store of `small_admin_server`, empty at its start."""
+    return tmp_path_factory.mktemp("small-store")
+
+
+@pytest.fixture(scope="session")
+def small_admin_server(small_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Admin routes on, and a tiny queue (1 running, 1 waiting) to provoke 503s."""
+    flags = ("--api-keys", KEY, "--admin-key", ADMIN_KEY, "--max-running", "1", "--max-waiting", "1")
+    process = ServerProcess(small_store, tmp_path_factory.mktemp("small-logs") / "server.log", *flags)
     yield process
     assert process.stop() == 0

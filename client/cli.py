@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
 
 from client.client import QAdapterClient
 from client.errors import Conflict, NotFound, QAdapterClientError, Unauthorized
@@ -26,10 +26,11 @@ QADAPTER_API_KEY / QADAPTER_ADMIN_KEY."""
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `qadapter-client` console script."""
     args = build_parser().parse_args(argv)
+    run: Callable[[QAdapterClient, argparse.Namespace], int] = args.run
     try:
         with QAdapterClient(args.url, api_key=args.api_key, admin_key=args.admin_key, timeout=args.timeout,
                             max_retries=args.retries) as client:
-            return args.run(client, args)
+            return run(client, args)
     except QAdapterClientError as exc:
         print(f"error: {exc}{_hint(exc, args.is_admin)}", file=sys.stderr)
         return 1
@@ -104,7 +105,7 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
 def _sampling(args: argparse.Namespace) -> Sampling:
     options = {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p,
                "seed": args.seed, "alpha": args.alpha, "omega": args.omega}
-    return Sampling(**{key: value for key, value in options.items() if value is not None})  # type: ignore[typeddict-item]
+    return cast(Sampling, {key: value for key, value in options.items() if value is not None})
 
 
 def _model(client: QAdapterClient, args: argparse.Namespace) -> str:

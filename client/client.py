@@ -147,7 +147,9 @@ class AsyncQAdapterClient(_ClientBase):
                        **sampling: Unpack[Sampling]) -> Completion | AsyncChunkStream:
         """Complete a prompt on `model` (an adapter's name, or the base model's id)."""
         call = calls.complete(model, prompt, stream, sampling)
-        return await self._stream(call) if stream else await self._call(call)
+        if stream:
+            return await self._stream(call)
+        return await self._call(call)
 
     @overload
     async def chat(self, messages: Messages, *, model: str, stream: Literal[False] = False,
@@ -159,7 +161,9 @@ class AsyncQAdapterClient(_ClientBase):
                    **sampling: Unpack[Sampling]) -> Completion | AsyncChunkStream:
         """Answer a conversation (a string is one user message) on `model`."""
         call = calls.chat(model, messages, stream, sampling)
-        return await self._stream(call) if stream else await self._call(call)
+        if stream:
+            return await self._stream(call)
+        return await self._call(call)
 
     async def models(self) -> list[Model]:
         """The base model and every adapter."""

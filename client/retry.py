@@ -21,4 +21,4 @@ class RetryPolicy:
         if isinstance(error, Overloaded) and error.retry_after is not None:
             return min(error.retry_after, self.max_wait_s)
         # Jitter: clients that failed together should not come back together.
-        return min(self.backoff_s * 2**attempt, self.max_wait_s) * random.uniform(0.5, 1.0)
+        return min(self.backoff_s * 2.0**attempt, self.max_wait_s) * random.uniform(0.5, 1.0)

@@ -13,6 +13,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -245,35 +246,53 @@ def test_a_server_fault_is_a_server_error(admin: QAdapterClient, small_store: Pa
 
 
 def _hold_the_queue(server: ServerProcess, admin: QAdapterClient) -> tuple[ChunkStream, threading.Thread]:
-    """Fill the tiny queue: one stream decoding, one request waiting."""
-    running = admin.chat(QUESTION, model=BASE, max_tokens=60, ignore_eos=True, stream=True)
-    next(iter(running))
+    """Fill the tiny queue: one long stream decoding (until closed), one request waiting."""
+    running = admin.chat(QUESTION, model=BASE, max_tokens=1000, ignore_eos=True, stream=True)
+    next(running)
     waiting = threading.Thread(target=admin.complete, args=("Hello",), kwargs={"model": BASE, "max_tokens": 2})
     waiting.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while server.metric("qadapter_requests_waiting") < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert server.metric("qadapter_requests_waiting") == 1
     return running, waiting
 
 
 def test_503_is_retried_after_retry_after(small_admin_server: ServerProcess, admin: QAdapterClient) -> None:
-    refusals_before = small_admin_server.metric("qadapter_requests_total", adapter=BASE, status="503")
+    def refusals() -> float:
+        return small_admin_server.metric("qadapter_requests_total", adapter=BASE, status="503")
+
+    before = refusals()
+    outcome: dict[str, Any] = {}
+
+    def retry_patiently() -> None:
+        with QAdapterClient(small_admin_server.url, api_key=KEY, max_retries=30, backoff_s=0.01) as patient:
+            outcome["answer"] = patient.complete("Hi", model=BASE, max_tokens=2, temperature=0)
+
     running, waiting = _hold_the_queue(small_admin_server, admin)
-    with pytest.raises(Overloaded) as raised:  # max_retries=0
-        admin.complete("Hi", model=BASE, max_tokens=2)
-    assert raised.value.status == 503 and raised.value.retry_after is not None and raised.value.retry_after >= 1
-    # a tiny backoff, so only Retry-After can space the attempts a second apart
-    with QAdapterClient(small_admin_server.url, api_key=KEY, max_retries=30, backoff_s=0.01) as patient:
-        started = time.monotonic()
-        answer = patient.complete("Hi", model=BASE, max_tokens=2, temperature=0)
-        elapsed = time.monotonic() - started
-    running.close()
-    waiting.join()
-    assert answer.usage.completion_tokens >= 1
-    retries = small_admin_server.metric("qadapter_requests_total", adapter=BASE, status="503") - refusals_before - 1
-    assert retries >= 1
-    assert elapsed >= retries * 1.0  # each retry waited the server's Retry-After (at least 1 s)
+    try:
+        assert small_admin_server.metric("qadapter_requests_waiting") == 1
+        with pytest.raises(Overloaded) as raised:  # max_retries=0
+            admin.complete("Hi", model=BASE, max_tokens=2)
+        assert raised.value.status == 503 and raised.value.retry_after is not None and raised.value.retry_after >= 1
+        # A tiny backoff: only the server's Retry-After (>= 1 s) can space the attempts a second apart.
+        with QAdapterClient(small_admin_server.url, api_key=KEY, max_retries=2, backoff_s=0.01) as brief:
+            started = time.monotonic()
+            with pytest.raises(Overloaded):
+                brief.complete("Hi", model=BASE, max_tokens=2)
+            waited = time.monotonic() - started
+        assert refusals() == before + 1 + 3  # the call and its two retries
+        assert waited >= 2 * 1.0
+        retrying = threading.Thread(target=retry_patiently)
+        retrying.start()
+        deadline = time.monotonic() + 30
+        while refusals() < before + 5 and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the patient client has been refused
+    finally:
+        running.close()  # the long stream stops, the waiting request runs, the queue frees up
+        waiting.join()
+    retrying.join()
+    assert outcome["answer"].usage.completion_tokens >= 1  # a later retry got in
+    assert refusals() >= before + 5
 
 
 def test_async_client_runs_requests_concurrently(server: ServerProcess, client: QAdapterClient) -> None:

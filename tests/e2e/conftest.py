@@ -13,6 +13,7 @@ from tests.e2e.server import ServerProcess
 
 KEY = "test-key"
 ADMIN_KEY = "admin-key"
+SMALL_UPLOAD_LIMIT = 8 * 2**20
 
 
 @pytest.fixture(scope="session")
@@ -40,8 +41,9 @@ def small_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def small_admin_server(small_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """Admin routes on, and a tiny queue (1 running, 1 waiting) to provoke 503s."""
-    flags = ("--api-keys", KEY, "--admin-key", ADMIN_KEY, "--max-running", "1", "--max-waiting", "1")
+    """Admin routes on, a small upload limit (8 MiB), and a tiny queue (1 running, 1 waiting) to provoke 503s."""
+    flags = ("--api-keys", KEY, "--admin-key", ADMIN_KEY, "--max-running", "1", "--max-waiting", "1",
+             "--max-upload-bytes", str(SMALL_UPLOAD_LIMIT))
     process = ServerProcess(small_store, tmp_path_factory.mktemp("small-logs") / "server.log", *flags)
     yield process
     assert process.stop() == 0

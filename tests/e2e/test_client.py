@@ -28,6 +28,7 @@ from client import (
     Forbidden,
     NotFound,
     Overloaded,
+    PayloadTooLarge,
     QAdapterClient,
     ServerError,
     Timeout,
@@ -35,7 +36,7 @@ from client import (
     Usage,
     sse,
 )
-from tests.e2e.conftest import ADMIN_KEY, KEY
+from tests.e2e.conftest import ADMIN_KEY, KEY, SMALL_UPLOAD_LIMIT
 from tests.e2e.server import ServerProcess, free_port
 
 pytestmark = pytest.mark.e2e
@@ -223,6 +224,14 @@ def test_upload_an_archive(admin: QAdapterClient, adapters_dir: Path, tmp_path: 
 def test_a_base_url_with_v1_is_refused() -> None:
     with pytest.raises(ValueError, match="without /v1: http://127.0.0.1:8000$"):
         QAdapterClient("http://127.0.0.1:8000/v1/")
+
+
+def test_an_upload_over_the_limit_is_payload_too_large(admin: QAdapterClient, tmp_path: Path) -> None:
+    big = tmp_path / "big.tar.gz"
+    big.write_bytes(b"\0" * (SMALL_UPLOAD_LIMIT + 1))
+    with pytest.raises(PayloadTooLarge) as raised:
+        admin.adapters.upload(big, name="big")
+    assert (raised.value.status, raised.value.code) == (413, "payload_too_large")
 
 
 def test_local_paths_that_cannot_be_uploaded(admin: QAdapterClient, tmp_path: Path) -> None:

@@ -59,7 +59,8 @@ def load_pairs(path: Path, skip_bad: bool = False) -> PreferenceData:
     except OSError as exc:
         raise InvalidData(f"cannot read preference data {str(path)!r}: {exc.strerror}") from None
     pairs, num_skipped = [], 0
-    for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+    # JSONL rows end at "\n" only: str.splitlines() would also split inside strings at U+2028 and the like.
+    for number, line in enumerate(raw.decode("utf-8", errors="replace").split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from peft import PeftModel
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from adapters.policy import customised_logits
@@ -50,11 +51,16 @@ def generate(
     temperature: float = 0.0,
     seed: int = 0,
     batch_size: int = 16,
+    progress: str | None = None,
 ) -> list[list[int]]:
-    """Each prompt's answer ids (its stop token included when one came); greedy at temperature 0."""
+    """Each prompt's answer ids (its stop token included when one came); greedy at temperature 0.
+
+    `progress` names a progress bar over the batches (none when None).
+    """
     answers: list[list[int]] = []
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    for start in range(0, len(prompts), batch_size):
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None):
         chunk = prompts[start:start + batch_size]
         answers += _generate_batch(model, chunk, policy, max_new_tokens, stop_ids, pad_id, temperature, generator)
     return answers

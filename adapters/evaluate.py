@@ -55,7 +55,7 @@ class EvalSets:
         questions_file = questions or EVAL_SETS / "factual_questions.jsonl"
         prompts = [line.strip() for line in prompts_file.read_text(encoding="utf-8").splitlines() if line.strip()]
         parsed = []
-        for number, line in enumerate(questions_file.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(questions_file.read_text(encoding="utf-8").split("\n"), start=1):
             if not line.strip():
                 continue
             try:
@@ -116,7 +116,8 @@ def evaluate(
     margins = pair_margins(scored, tokenizer, adapter, pairs, max_length, pad_id, show_progress)
 
     def answers(prompts: Sequence[str], with_policy: Policy, max_tokens: int) -> list[list[int]]:
-        return generate(scored, _chat_ids(tokenizer, prompts), with_policy, max_tokens, stop_ids, pad_id)
+        label = f"{'adapter' if with_policy.use_adapter else 'base'} answers" if show_progress else None
+        return generate(scored, _chat_ids(tokenizer, prompts), with_policy, max_tokens, stop_ids, pad_id, progress=label)
 
     base_neutral = answers(sets.neutral_prompts, BASE, sets.max_answer_tokens)
     own_neutral = answers(sets.neutral_prompts, policy, sets.max_answer_tokens) if adapter else base_neutral

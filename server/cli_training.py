@@ -15,7 +15,7 @@ from adapters.format import LoraSpec
 from adapters.objectives import METHODS, Objective
 from adapters.policy import DEFAULT_BETA, DEFAULT_GAMMA
 from adapters.train import TrainConfig, TrainOptions, train
-from server.cli_options import add_model_options, positive, settings_from, within
+from server.cli_options import DefaultsFormatter, add_model_options, positive, settings_from, within
 from server.model import load_base_model
 
 _DEFAULTS = TrainConfig()
@@ -28,7 +28,7 @@ def add_train(commands: argparse._SubParsersAction) -> None:
         description="Train a LoRA on the frozen base model from preference pairs (JSONL: chat form "
         '{"chosen": [messages], "rejected": [messages]} or TRL form {"prompt", "chosen", "rejected"}) and '
         "write it as an adapter directory ready for `qadapter serve` or upload.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsFormatter,
     )
     add_model_options(parser)
     parser.add_argument("--data", type=Path, required=True, help="training pairs (JSONL)")
@@ -108,11 +108,13 @@ def add_eval(commands: argparse._SubParsersAction) -> None:
         description="Evaluate an adapter (or the base model itself with --adapter base) on held-out preference "
         "pairs, and measure how much of the base model it kept: KL to the base along the base's greedy "
         "answers to neutral prompts, and accuracy on short factual questions beside the base's own.",
+        formatter_class=DefaultsFormatter,
     )
     add_model_options(parser)
     parser.add_argument("--adapter", required=True, help="adapter directory, or 'base' for the base model")
     parser.add_argument("--data", type=Path, required=True, help="held-out preference pairs (JSONL)")
-    parser.add_argument("--max-length", type=positive(int, False), default=_DEFAULTS.max_length)
+    parser.add_argument("--max-length", type=positive(int, False), default=_DEFAULTS.max_length,
+                        help="tokens per prompt+response; longer prompts lose their start")
     parser.add_argument("--skip-bad", action="store_true", help="skip (and count) bad rows instead of stopping")
     parser.add_argument("--limit", type=positive(int, False), help="evaluate only the first N pairs")
     parser.add_argument("--neutral-prompts", type=Path, help="one prompt per line (default: the bundled set)")

@@ -109,6 +109,14 @@ def test_each_bad_row_names_its_line(tmp_path: Path, row: object, message: str) 
     assert message in str(caught.value) and "--skip-bad" in str(caught.value)
 
 
+def test_unicode_line_separators_inside_strings_do_not_split_rows(tmp_path: Path) -> None:
+    row = {"prompt": "q\u2028more", "chosen": "a\u2029b\x85c", "rejected": "d"}
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    (pair,) = load_pairs(path).pairs
+    assert (pair.prompt[0]["content"], pair.chosen) == ("q\u2028more", "a\u2029b\x85c")
+
+
 def test_skip_bad_counts_what_it_skipped(tmp_path: Path) -> None:
     good = {"prompt": "q", "chosen": "a", "rejected": "b"}
     path = write_jsonl(tmp_path / "pairs.jsonl", [good, "{not json", {"chosen": "x"}, good])

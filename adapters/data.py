@@ -133,6 +133,8 @@ def encode_pair(
 
     A response longer than the budget keeps its beginning and leaves at least one prompt token.
     """
+    if max_length < 2:
+        raise InvalidData(f"--max-length must be at least 2 (one prompt token and one response token), got {max_length}")
     prompt_ids = chat_prompt_ids(tokenizer, pair.prompt)
     chosen_ids = response_ids(tokenizer, pair.prompt, prompt_ids, pair.chosen)
     rejected_ids = response_ids(tokenizer, pair.prompt, prompt_ids, pair.rejected)

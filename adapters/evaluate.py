@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -32,7 +33,14 @@ from adapters.format import (
     read_manifest,
     validate,
 )
-from adapters.objectives import Objective, log_ratios, pair_rows, qadapter_token_rewards
+from adapters.objectives import (
+    Objective,
+    log_ratios,
+    margins,
+    pad_id_of,
+    pair_rows,
+    qadapter_token_rewards,
+)
 from adapters.policy import customised_logits, sequence_rewards
 from adapters.scoring import base_window_logits, collate, taken_logprobs, window_logits
 
@@ -53,16 +61,23 @@ class EvalSets:
     def load(cls, neutral_prompts: Path | None = None, questions: Path | None = None, **limits: int) -> EvalSets:
         prompts_file = neutral_prompts or EVAL_SETS / "neutral_prompts.txt"
         questions_file = questions or EVAL_SETS / "factual_questions.jsonl"
-        prompts = [line.strip() for line in prompts_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            prompts = [line.strip() for line in prompts_file.read_text(encoding="utf-8").split("\n") if line.strip()]
+            question_lines = questions_file.read_text(encoding="utf-8").split("\n")
+        except OSError as exc:
+            raise InvalidData(f"cannot read {exc.filename}: {exc.strerror}") from None
         parsed = []
-        for number, line in enumerate(questions_file.read_text(encoding="utf-8").split("\n"), start=1):
+        for number, line in enumerate(question_lines, start=1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-                parsed.append((str(row["question"]), [str(a) for a in row["answers"]]))
+                accepted = row["answers"]
+                if not isinstance(accepted, list) or not all(isinstance(a, str) and a for a in accepted):
+                    raise TypeError
+                parsed.append((str(row["question"]), accepted))
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise InvalidData(f'{questions_file}: line {number}: expected {{"question": str, "answers": [str]}}') from None
+                raise InvalidData(f'{questions_file}: line {number}: expected {{"question": str, "answers": [str, ...]}}') from None
         if not prompts or not parsed:
             raise InvalidData("the neutral prompts and the questions must each hold at least one entry")
         return cls(prompts, parsed, **limits)
@@ -111,9 +126,9 @@ def evaluate(
     scored = PeftModel.from_pretrained(model, str(adapter_dir)).eval() if adapter else model
     policy = Policy(True, adapter.manifest.alpha, adapter.manifest.omega) if adapter else BASE
     method = _method(adapter)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_id_of(tokenizer)
     stop_ids = frozenset({tokenizer.eos_token_id})
-    margins = pair_margins(scored, tokenizer, adapter, pairs, max_length, pad_id, show_progress)
+    margin_per_pair = pair_margins(scored, tokenizer, adapter, pairs, max_length, pad_id, show_progress)
 
     def answers(prompts: Sequence[str], with_policy: Policy, max_tokens: int) -> list[list[int]]:
         label = f"{'adapter' if with_policy.use_adapter else 'base'} answers" if show_progress else None
@@ -134,8 +149,8 @@ def evaluate(
         alpha=policy.alpha if adapter else 1.0,
         omega=policy.omega if adapter else 0.0,
         num_pairs=len(pairs),
-        preference_accuracy=float((margins > 0).float().mean()),
-        reward_margin=float(margins.mean()),
+        preference_accuracy=float((margin_per_pair > 0).float().mean()),
+        reward_margin=float(margin_per_pair.mean()),
         kl_to_base=kl,
         retention_accuracy=own_correct,
         base_retention_accuracy=base_correct,
@@ -179,7 +194,7 @@ def pair_margins(
     """Implicit reward of chosen minus rejected, per pair `[pairs]`."""
     method = _method(adapter)
     device = next(model.parameters()).device
-    margins = []
+    per_batch = []
     for start in tqdm(range(0, len(pairs), PAIRS_PER_BATCH), desc="preference pairs", disable=not show_progress):
         encoded = [encode_pair(tokenizer, p, max_length) for p in pairs[start:start + PAIRS_PER_BATCH]]
         batch = collate(pair_rows(encoded), pad_id, device)
@@ -191,8 +206,8 @@ def pair_margins(
             rewards = sequence_rewards(token, batch.action_mask, objective.reward_norm)
         else:
             rewards = log_ratios(model, batch, adapter.manifest.alpha, adapter.manifest.omega)
-        margins.append((rewards[0::2] - rewards[1::2]).float().cpu())
-    return torch.cat(margins)
+        per_batch.append(margins(rewards).float().cpu())
+    return torch.cat(per_batch)
 
 
 @torch.no_grad()
@@ -219,11 +234,14 @@ def kl_to_base(
 
 
 def _correct(tokenizer: PreTrainedTokenizerBase, answers: Sequence[list[int]], questions: Sequence[tuple[str, list[str]]]) -> float:
-    """Share of answers containing one of the question's accepted answers (case-insensitive)."""
+    """Share of answers naming one of the question's accepted answers as a whole word (case-insensitive).
+
+    Whole words, so that "4" is not found in "14" nor "ice" in "rice".
+    """
     hits = 0
     for ids, (_, accepted) in zip(answers, questions):
-        text = tokenizer.decode(ids, skip_special_tokens=True).lower()
-        hits += any(a.lower() in text for a in accepted)
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        hits += any(re.search(rf"(?<!\w){re.escape(a)}(?!\w)", text, re.IGNORECASE) for a in accepted)
     return hits / len(questions)
 
 

@@ -9,13 +9,13 @@ SFT and DPO adapters are served as plain LoRA policies (softmax of the adapter's
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adapters.bounds import DEFAULT_ALPHA, DEFAULT_OMEGA
 from adapters.data import EncodedPair
@@ -26,6 +26,7 @@ from adapters.policy import (
     ValuePosition,
     customised_logits,
     preference_loss,
+    sequence_rewards,
     token_rewards,
 )
 from adapters.scoring import (
@@ -61,9 +62,6 @@ class Objective:
     def served_omega(self) -> float:
         return self.omega if self.method == "qadapter" else 0.0
 
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
 class StepFigures:
@@ -72,7 +70,11 @@ class StepFigures:
     loss: torch.Tensor
     num_pairs: int
     num_correct: int | None  # pairs whose implicit reward ranks chosen above rejected (None for sft)
-    margin_sum: float | None
+
+
+def pad_id_of(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id that fills left padding (masked out, so any id works; the pad token when there is one)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def pair_rows(pairs: Sequence[EncodedPair]) -> list[tuple[list[int], list[int]]]:
@@ -87,25 +89,24 @@ def compute_step(model: Model, pairs: Sequence[EncodedPair], objective: Objectiv
         batch = collate([(p.prompt_ids, p.chosen_ids) for p in pairs], pad_id, device)
         logprobs = taken_logprobs(window_logits(model, batch), batch.actions)
         loss = -(logprobs * batch.action_mask).sum() / batch.action_mask.sum()
-        return StepFigures(loss=loss, num_pairs=len(pairs), num_correct=None, margin_sum=None)
+        return StepFigures(loss=loss, num_pairs=len(pairs), num_correct=None)
     batch = collate(pair_rows(pairs), pad_id, device)
     if objective.method == "qadapter":
         rewards, mask = qadapter_token_rewards(model, batch, objective), batch.action_mask
         figures = preference_loss(
             rewards[0::2], mask[0::2], rewards[1::2], mask[1::2], objective.beta, objective.reward_norm
         )
-        num_correct = round(float(figures.accuracy) * len(pairs))
-        return StepFigures(figures.loss, len(pairs), num_correct, float(figures.margin) * len(pairs))
-    margins = objective.beta * _margins(log_ratios(model, batch, alpha=1.0, omega=0.0))
+        num_correct = int((margins(sequence_rewards(rewards.detach(), mask, objective.reward_norm)) > 0).sum())
+        return StepFigures(figures.loss, len(pairs), num_correct)
+    dpo_margins = objective.beta * margins(log_ratios(model, batch, alpha=1.0, omega=0.0))
     return StepFigures(
-        loss=-F.logsigmoid(margins).mean(),
+        loss=-F.logsigmoid(dpo_margins).mean(),
         num_pairs=len(pairs),
-        num_correct=int((margins > 0).sum()),
-        margin_sum=float(margins.detach().sum()),
+        num_correct=int((dpo_margins > 0).sum()),
     )
 
 
-def _margins(row_rewards: torch.Tensor) -> torch.Tensor:
+def margins(row_rewards: torch.Tensor) -> torch.Tensor:
     """R(chosen) − R(rejected) per pair, from interleaved rows."""
     return row_rewards[0::2] - row_rewards[1::2]
 

@@ -9,6 +9,7 @@ staging leftovers are removed at start.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import shutil
@@ -18,14 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapters.base import BaseModelInfo
-from adapters.errors import AdapterExists, AdapterNotFound
-from adapters.format import (
-    MANIFEST_FILE,
-    Manifest,
-    ValidatedAdapter,
-    check_name,
-    validate,
-)
+from adapters.errors import AdapterExists, AdapterNotFound, InvalidAdapter
+from adapters.format import MANIFEST_FILE, Manifest, ValidatedAdapter, check_name, read_manifest, validate
+
+log = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".staging-"
 _VERSIONED = re.compile(r"(?P<name>.+)@(?P<version>\d+)")
@@ -69,17 +66,28 @@ class AdapterStore:
     def install_missing(self, source: Path) -> list[str]:
         """Copy in every adapter directory under `source` whose name the store lacks; return those names.
 
-        Adapters already stored (uploaded, replaced) win over the source's copy.
+        Adapters already stored (uploaded, replaced) win over the source's copy. Bundled adapters made
+        for another base are skipped with a warning (the examples fit only the embedded model); any
+        other fault in one stops the install, naming it.
         """
+        if not Path(source).is_dir():
+            raise InvalidAdapter(f"--install-adapters {str(source)!r} is not a directory")
         installed = []
         for path in sorted(p for p in Path(source).iterdir() if (p / MANIFEST_FILE).is_file()):
-            name = manifest_name(path)
-            if name is not None and self._versions(name):
+            manifest = read_manifest(path / MANIFEST_FILE)
+            if manifest.base_model.fingerprint != self._base.fingerprint:
+                log.warning("not installing %s: it was made for %s, not the served %s",
+                            path, manifest.base_model.id, self._base.id)
+                continue
+            if self._versions(manifest.name):
                 continue
             staging = self.staging_dir()
-            shutil.copytree(path, staging, dirs_exist_ok=True)
             try:
+                shutil.copytree(path, staging, dirs_exist_ok=True)
                 installed.append(self.install(staging, None, replace=False).name)
+            except InvalidAdapter as exc:
+                self.discard(staging)
+                raise InvalidAdapter(f"bundled adapter {str(path)!r}: {exc}") from None
             except BaseException:
                 self.discard(staging)
                 raise

@@ -38,7 +38,7 @@ from adapters.format import (
     create,
     validate,
 )
-from adapters.objectives import Objective, StepFigures, compute_step
+from adapters.objectives import Objective, StepFigures, compute_step, pad_id_of
 
 CHECKPOINT_FILE = "state.pt"
 RUN_FILE = "run.json"
@@ -62,14 +62,11 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
 
-    @property
-    def pairs_per_step(self) -> int:
-        return self.batch_size * self.grad_accum
-
     def num_steps(self, num_pairs: int) -> int:
         if self.max_steps is not None:
             return self.max_steps
-        return max(1, math.ceil(self.epochs * num_pairs / self.pairs_per_step))
+        micro_batches_per_epoch = math.ceil(num_pairs / self.batch_size)  # the last one may be short
+        return max(1, math.ceil(self.epochs * micro_batches_per_epoch / self.grad_accum))
 
 
 @dataclass(frozen=True)
@@ -104,6 +101,13 @@ class RunningFigures:
         return out
 
 
+def check_output(out: Path, name: str) -> None:
+    """Fail before any work when the adapter could not be written."""
+    check_name(name)
+    if Path(out).exists():
+        raise InvalidData(f"output {str(out)!r} already exists; choose another --out or delete it")
+
+
 def train(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -116,29 +120,50 @@ def train(
 ) -> ValidatedAdapter:
     """Train a LoRA on `data` by `config.objective` and write it to `out` as a validated adapter."""
     out = Path(out)
-    check_name(options.name)
-    if out.exists():
-        raise InvalidData(f"output {str(out)!r} already exists; choose another --out or delete it")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    check_output(out, options.name)
     pairs = [encode_pair(tokenizer, pair, config.max_length) for pair in data.pairs]
     eval_pairs = [encode_pair(tokenizer, p, config.max_length) for p in eval_data.pairs] if eval_data else []
     torch.manual_seed(config.seed)  # the LoRA's initial A
     peft_model = get_peft_model(model, config.lora.to_peft())
-    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    checkpoints = Checkpoints(out.with_name(out.name + ".checkpoint"), _run_identity(config, data, info))
+    running, final_eval = _optimise(peft_model, pairs, eval_pairs, config, options, checkpoints, pad_id_of(tokenizer))
+    training = {
+        "method": config.objective.method,
+        "data": {"file_sha256": data.sha256, "num_pairs": len(pairs), "num_skipped": data.num_skipped},
+        "hyperparameters": _hyperparameters(config),
+        "steps": config.num_steps(len(pairs)),
+        "final": {f"train_{k}": round(v, 4) for k, v in running.summary().items()}
+        | {f"eval_{k}": round(v, 4) for k, v in final_eval.items()},
+        "command": options.command,
+    }
+    adapter = _save(peft_model, info, out, config, options, training)
+    checkpoints.remove()
+    return adapter
+
+
+def _optimise(
+    model: PeftModel,
+    pairs: Sequence[EncodedPair],
+    eval_pairs: Sequence[EncodedPair],
+    config: TrainConfig,
+    options: TrainOptions,
+    checkpoints: Checkpoints,
+    pad_id: int,
+) -> tuple[RunningFigures, dict[str, float]]:
+    """The optimisation loop (from the checkpoint with --resume); the running and the last eval figures."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     num_steps = config.num_steps(len(pairs))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then_decay(num_steps, config.warmup_ratio))
-    checkpoints = Checkpoints(out.with_name(out.name + ".checkpoint"), _run_identity(config, data))
-    start = checkpoints.restore(peft_model, optimizer, scheduler) if options.resume else 0
-    running = RunningFigures()
+    start = checkpoints.restore(model, optimizer, scheduler) if options.resume else 0
+    running, final_eval = RunningFigures(), {}
     progress = tqdm(total=num_steps, initial=start, desc=f"train {options.name}", unit="step",
                     disable=not options.show_progress)
-    final_eval: dict[str, float] = {}
     for step in range(start, num_steps):
-        peft_model.train()
+        model.train()
         for micro in range(config.grad_accum):
-            batch = _micro_batch(pairs, config, step * config.grad_accum + micro)
-            figures = compute_step(peft_model, batch, config.objective, pad_id)
+            figures = compute_step(model, _micro_batch(pairs, config, step * config.grad_accum + micro),
+                                   config.objective, pad_id)
             (figures.loss / config.grad_accum).backward()
             running.add(figures)
         torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
@@ -149,24 +174,13 @@ def train(
         progress.set_postfix({k: f"{v:.3f}" for k, v in running.summary().items()})
         is_last = step + 1 == num_steps
         if eval_pairs and (is_last or (options.eval_every and (step + 1) % options.eval_every == 0)):
-            final_eval = evaluate_objective(peft_model, eval_pairs, config, pad_id)
+            final_eval = evaluate_objective(model, eval_pairs, config, pad_id)
             progress.write(f"step {step + 1}: eval " + ", ".join(f"{k} {v:.3f}" for k, v in final_eval.items()))
         if options.checkpoint_every and (step + 1) % options.checkpoint_every == 0 and not is_last:
-            checkpoints.save(peft_model, optimizer, scheduler, step + 1)
+            checkpoints.save(model, optimizer, scheduler, step + 1)
     progress.close()
-    peft_model.eval()
-    training = {
-        "method": config.objective.method,
-        "data": {"file_sha256": data.sha256, "num_pairs": len(pairs), "num_skipped": data.num_skipped},
-        "hyperparameters": _hyperparameters(config),
-        "steps": num_steps,
-        "final": {f"train_{k}": round(v, 4) for k, v in running.summary().items()}
-        | {f"eval_{k}": round(v, 4) for k, v in final_eval.items()},
-        "command": options.command,
-    }
-    adapter = _save(peft_model, info, out, config, options, training)
-    checkpoints.remove()
-    return adapter
+    model.eval()
+    return running, final_eval
 
 
 def _micro_batch(pairs: Sequence[EncodedPair], config: TrainConfig, index: int) -> list[EncodedPair]:
@@ -208,9 +222,9 @@ def _hyperparameters(config: TrainConfig) -> dict[str, Any]:
     return values
 
 
-def _run_identity(config: TrainConfig, data: PreferenceData) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: the same data and the same hyper-parameters."""
-    return {"data_sha256": data.sha256, "hyperparameters": _hyperparameters(config)}
+def _run_identity(config: TrainConfig, data: PreferenceData, info: BaseModelInfo) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the same base, data and hyper-parameters."""
+    return {"base": info.fingerprint, "data_sha256": data.sha256, "hyperparameters": _hyperparameters(config)}
 
 
 def _save(
@@ -242,7 +256,9 @@ class Checkpoints:
         self.identity = identity
 
     def save(self, model: PeftModel, optimizer: torch.optim.Optimizer, scheduler: Any, step: int) -> None:
+        """Write the new checkpoint beside the old one, then swap: a crash leaves one of the two whole."""
         staging = self.path.with_name(self.path.name + ".tmp")
+        previous = self.path.with_name(self.path.name + ".old")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         state = {
@@ -251,14 +267,20 @@ class Checkpoints:
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
         torch.save(state, staging / CHECKPOINT_FILE)
         (staging / RUN_FILE).write_text(json.dumps(self.identity, indent=2))
-        shutil.rmtree(self.path, ignore_errors=True)
+        shutil.rmtree(previous, ignore_errors=True)
+        if self.path.exists():
+            self.path.rename(previous)
         staging.rename(self.path)
+        shutil.rmtree(previous, ignore_errors=True)
 
     def restore(self, model: PeftModel, optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
         """Load the checkpoint into the run and return the step to continue from."""
+        if not (self.path / CHECKPOINT_FILE).is_file() and self.path.with_name(self.path.name + ".old").is_dir():
+            self.path.with_name(self.path.name + ".old").rename(self.path)  # a crash came mid-swap
         if not (self.path / CHECKPOINT_FILE).is_file():
             raise InvalidData(f"--resume: no checkpoint at {str(self.path)!r}; start without --resume")
         saved = json.loads((self.path / RUN_FILE).read_text())
@@ -272,6 +294,8 @@ class Checkpoints:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         return int(state["step"])
 
     def remove(self) -> None:

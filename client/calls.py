@@ -101,4 +101,7 @@ def _manifest_name(path: Path) -> str:
     manifest = path / MANIFEST
     if not manifest.is_file():
         raise ValueError(f"pass name= to replace an adapter from {path} (its name is read from {MANIFEST} only in a directory)")
-    return str(json.loads(manifest.read_text())["name"])
+    try:
+        return str(json.loads(manifest.read_text())["name"])
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{manifest} has no readable adapter name; pass name=") from None

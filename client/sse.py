@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from client.errors import api_error
+from client.errors import ServerError, api_error
 from client.types import Chunk, Usage
 
 DONE = "[DONE]"
@@ -17,7 +17,10 @@ def decode(line: str) -> list[Chunk] | None:
     data = line[len("data:"):].strip()
     if data == DONE:
         return None
-    event = json.loads(data)
+    try:
+        event = json.loads(data)
+    except json.JSONDecodeError:
+        raise ServerError(f"the server sent a malformed stream event: {data[:200]!r}", None) from None
     if "error" in event:  # the stream had started (HTTP 200) when the server failed
         raise api_error(event["error"], None)
     chunks = []

@@ -14,8 +14,14 @@ from adapters.evaluate import EvalSets, evaluate, format_report, read_adapter_ma
 from adapters.format import LoraSpec
 from adapters.objectives import METHODS, Objective
 from adapters.policy import DEFAULT_BETA, DEFAULT_GAMMA
-from adapters.train import TrainConfig, TrainOptions, train
-from server.cli_options import DefaultsFormatter, add_model_options, positive, settings_from, within
+from adapters.train import TrainConfig, TrainOptions, check_output, train
+from server.cli_options import (
+    DefaultsFormatter,
+    add_model_options,
+    positive,
+    settings_from,
+    within,
+)
 from server.model import load_base_model
 
 _DEFAULTS = TrainConfig()
@@ -91,6 +97,7 @@ def _run_train(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, resume=args.resume,
         command=shlex.join(["qadapter", *sys.argv[1:]]),
     )
+    check_output(args.out, options.name)  # before the slow model load
     loaded = load_base_model(settings_from(args))
     if data.num_skipped:
         print(f"skipped {data.num_skipped} bad rows of {args.data}", file=sys.stderr)

@@ -18,7 +18,12 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from adapters.archive import unpack
-from adapters.errors import AdapterNotFound, InvalidAdapter, PayloadTooLarge, QAdapterError
+from adapters.errors import (
+    AdapterNotFound,
+    InvalidAdapter,
+    PayloadTooLarge,
+    QAdapterError,
+)
 from adapters.store import AdapterStore, StoredAdapter, manifest_name
 from server.api.auth import bearer_token, check_admin_token, require_admin_key
 from server.api.errors import render

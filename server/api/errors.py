@@ -13,8 +13,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from adapters.errors import (
     AdapterExists,
     AdapterNotFound,
-    Forbidden,
     ContextTooLong,
+    Forbidden,
     InvalidAdapter,
     InvalidRequest,
     ModelLoadError,

@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from adapters.errors import InvalidRequest
 from adapters.bounds import MAX_ALPHA, MAX_OMEGA, MIN_ALPHA
+from adapters.errors import InvalidRequest
 from server.engine.request import MAX_SEED
 
 # field → the values that mean "not used"; anything else is refused.

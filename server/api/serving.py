@@ -20,7 +20,12 @@ from server.api.metrics import Metrics
 from server.api.protocol import ChatCompletionRequest, CompletionRequest, SamplingBody
 from server.config import Settings
 from server.engine.engine import Engine
-from server.engine.request import FinishReason, GenerationRequest, SamplingParams, TokenEvent
+from server.engine.request import (
+    FinishReason,
+    GenerationRequest,
+    SamplingParams,
+    TokenEvent,
+)
 from server.model import LoadedModel
 
 log = logging.getLogger(__name__)

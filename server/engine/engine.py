@@ -12,12 +12,18 @@ from dataclasses import dataclass
 
 import torch
 
-from adapters.errors import AdapterNotFound, ContextTooLong, InvalidAdapter, InvalidRequest, Overloaded
+from adapters.errors import (
+    AdapterNotFound,
+    ContextTooLong,
+    InvalidAdapter,
+    InvalidRequest,
+    Overloaded,
+)
 from adapters.format import ValidatedAdapter
 from server.config import Settings
 from server.engine.detokenize import TextTracker
-from server.engine.residency import Residency
 from server.engine.request import FinishReason, GenerationRequest, Sequence, TokenEvent
+from server.engine.residency import Residency
 from server.engine.runner import BatchRunner
 from server.engine.sampler import Sampler, policy_scores, sequences_of
 from server.engine.scheduler import Scheduler, SchedulerLimits

@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from adapters.errors import AdapterNotFound, ContextTooLong, InvalidAdapter, InvalidRequest, Overloaded, Unauthorized
+from adapters.errors import (
+    AdapterNotFound,
+    ContextTooLong,
+    InvalidAdapter,
+    InvalidRequest,
+    Overloaded,
+    Unauthorized,
+)
 from server.api.errors import render, sse_error
 
 

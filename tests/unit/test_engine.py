@@ -12,7 +12,12 @@ from adapters.base import BaseModelInfo
 from adapters.errors import AdapterNotFound, ContextTooLong, InvalidRequest, Overloaded
 from server.config import Settings
 from server.engine.engine import Engine, LoadAdapter, UnloadAdapter
-from server.engine.request import FinishReason, GenerationRequest, SamplingParams, TokenEvent
+from server.engine.request import (
+    FinishReason,
+    GenerationRequest,
+    SamplingParams,
+    TokenEvent,
+)
 from server.generate import DecodeParams, Stream, decode
 from server.lora import AdapterHost
 from server.model import LoadedModel

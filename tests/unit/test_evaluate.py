@@ -12,9 +12,15 @@ from peft import PeftModel
 
 from adapters.base import BaseModelInfo
 from adapters.data import PreferencePair, chat_prompt_ids, encode_pair
-from adapters.decoding import BASE, Policy
-from adapters.evaluate import EvalSets, evaluate, format_report, kl_to_base, pair_margins
+from adapters.decoding import BASE, Policy, generate
 from adapters.errors import InvalidData
+from adapters.evaluate import (
+    EvalSets,
+    evaluate,
+    format_report,
+    kl_to_base,
+    pair_margins,
+)
 from adapters.format import LoraSpec, Manifest, create, lora_weights, validate
 from server.model import LoadedModel
 from tests.conftest import tiny_model
@@ -110,7 +116,9 @@ def test_kl_to_base_equals_the_hand_computed_mean(embedded: LoadedModel, base_mo
     assert measured > 0
 
 
-def greedy_by_hand(model: torch.nn.Module, prompt: list[int], policy: Policy, max_tokens: int) -> list[int]:
+def greedy_by_hand(
+    model: torch.nn.Module, prompt: list[int], policy: Policy, max_tokens: int, stop_ids: frozenset[int] = frozenset({2})
+) -> list[int]:
     """Uncached greedy decoding of one prompt, the whole sequence re-run every token."""
     ids = list(prompt)
     for _ in range(max_tokens):
@@ -121,9 +129,29 @@ def greedy_by_hand(model: torch.nn.Module, prompt: list[int], policy: Policy, ma
         else:
             scores = base
         ids.append(int(scores.argmax()))
-        if ids[-1] == 2:
+        if ids[-1] in stop_ids:
             break
     return ids[len(prompt):]
+
+
+@pytest.mark.parametrize("use_adapter", [True, False])
+def test_batched_generation_equals_uncached_greedy_with_padding_and_stops(
+    embedded: LoadedModel, tmp_path: Path, use_adapter: bool
+) -> None:
+    varied = tiny_model(vocab_size=VOCAB, initializer_range=0.3)  # the default init repeats one token
+    path = write_adapter(tmp_path / "a", varied, None, alpha=0.9, omega=0.2)
+    model = PeftModel.from_pretrained(varied, str(path)).eval()
+    policy = Policy(True, 0.9, 0.2) if use_adapter else BASE
+    prompts = [chat_prompt_ids(embedded.tokenizer, [{"role": "user", "content": t}])
+               for t in ("Hi", "Tell me a much longer story about a cat and a dog.", "Why?")]
+    free = [greedy_by_hand(model, p, policy, 8, stop_ids=frozenset()) for p in prompts]
+    # the first answer stops at the first token it has not produced before (from its 3rd on); the
+    # others stop where (if) they meet that token, and decoding goes on for the rest of the batch
+    stop_at = next(i for i in range(2, 8) if free[0][i] not in free[0][:i])
+    stop = free[0][stop_at]
+    expected = [answer[: answer.index(stop) + 1] if stop in answer else answer for answer in free]
+    assert generate(model, prompts, policy, 8, frozenset({stop}), pad_id=2, batch_size=2) == expected
+    assert len(expected[0]) == stop_at + 1 and max(map(len, expected)) == 8
 
 
 def test_evaluate_reports_retention_and_answer_length_as_decoded_by_hand(

@@ -9,7 +9,7 @@ import pytest
 
 from adapters.base import BaseModelInfo
 from adapters.errors import InvalidAdapter
-from adapters.format import MANIFEST_FILE
+from adapters.format import MANIFEST_FILE, WEIGHTS_FILE
 from adapters.store import AdapterStore
 from tests.conftest import make_adapter
 
@@ -29,13 +29,21 @@ def test_install_missing_copies_new_names_and_keeps_stored_ones(tmp_path: Path, 
     assert store.install_missing(source) == []  # idempotent across restarts
 
 
-def test_a_broken_bundled_adapter_stops_the_install_and_leaves_nothing(tmp_path: Path, tiny_info: BaseModelInfo) -> None:
+def test_bundled_adapters_of_another_base_are_skipped_and_broken_ones_stop_the_install(
+    tmp_path: Path, tiny_info: BaseModelInfo
+) -> None:
     source = tmp_path / "examples"
-    make_adapter(source / "bad", tiny_info, name="bad")
-    manifest = json.loads((source / "bad" / MANIFEST_FILE).read_text())
+    make_adapter(source / "other", tiny_info, name="other")
+    manifest = json.loads((source / "other" / MANIFEST_FILE).read_text())
     manifest["base_model"]["fingerprint"] = "sha256:other"
-    (source / "bad" / MANIFEST_FILE).write_text(json.dumps(manifest))
+    (source / "other" / MANIFEST_FILE).write_text(json.dumps(manifest))
     store = AdapterStore(tmp_path / "store", tiny_info, max_rank=64)
-    with pytest.raises(InvalidAdapter, match="bad"):
+    assert store.install_missing(source) == []
+
+    make_adapter(source / "broken", tiny_info, name="broken")
+    (source / "broken" / WEIGHTS_FILE).write_bytes(b"not safetensors")
+    with pytest.raises(InvalidAdapter, match="broken"):
         store.install_missing(source)
     assert list((tmp_path / "store").iterdir()) == []
+    with pytest.raises(InvalidAdapter, match="not a directory"):
+        store.install_missing(tmp_path / "missing")

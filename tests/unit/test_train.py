@@ -108,32 +108,44 @@ def test_same_seed_same_weights_other_seed_other_weights(embedded: LoadedModel, 
     assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
 
 
+def crash_after(monkeypatch: pytest.MonkeyPatch, num_micro_batches: int) -> None:
+    """Make the run die (as if killed) when it starts micro-batch `num_micro_batches` + 1."""
+    real_step, calls = train_module.compute_step, []
+
+    def step_or_crash(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) > num_micro_batches:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "compute_step", step_or_crash)
+
+
 def test_resume_continues_exactly_where_the_run_stopped(
     embedded: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     straight = load_file(run(embedded, tmp_path / "straight", steps=6)[0].path / WEIGHTS_FILE)
-
-    real_step, calls = train_module.compute_step, []
-
-    def crash_on_fifth(*args: object, **kwargs: object) -> object:
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt  # the run is killed during step 5, after the checkpoint of step 4
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "compute_step", crash_on_fifth)
-    with pytest.raises(KeyboardInterrupt):
-        run(embedded, tmp_path / "resumed", steps=6, checkpoint_every=2)
-    monkeypatch.setattr(train_module, "compute_step", real_step)
+    with monkeypatch.context() as patch:
+        crash_after(patch, 4)  # killed during step 5, after the checkpoint of step 4
+        with pytest.raises(KeyboardInterrupt):
+            run(embedded, tmp_path / "resumed", steps=6, checkpoint_every=2)
     assert (tmp_path / "resumed.checkpoint").is_dir() and not (tmp_path / "resumed").exists()
 
     resumed = load_file(run(embedded, tmp_path / "resumed", steps=6, checkpoint_every=2, resume=True)[0].path / WEIGHTS_FILE)
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
-def test_resume_refuses_a_checkpoint_of_another_run(embedded: LoadedModel, tmp_path: Path) -> None:
+def test_resume_refuses_a_missing_checkpoint_or_one_of_another_run(
+    embedded: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(InvalidData, match="no checkpoint"):
         run(embedded, tmp_path / "none", steps=2, resume=True)
+    with monkeypatch.context() as patch:
+        crash_after(patch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            run(embedded, tmp_path / "other", steps=4, checkpoint_every=1)
+    with pytest.raises(InvalidData, match="other data or hyper-parameters"):
+        run(embedded, tmp_path / "other", steps=5, checkpoint_every=1, resume=True)  # 5 steps: another run
 
 
 def test_existing_output_is_refused(embedded: LoadedModel, tmp_path: Path) -> None:

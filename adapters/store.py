@@ -20,7 +20,14 @@ from pathlib import Path
 
 from adapters.base import BaseModelInfo
 from adapters.errors import AdapterExists, AdapterNotFound, InvalidAdapter
-from adapters.format import MANIFEST_FILE, Manifest, ValidatedAdapter, check_name, read_manifest, validate
+from adapters.format import (
+    MANIFEST_FILE,
+    Manifest,
+    ValidatedAdapter,
+    check_name,
+    read_manifest,
+    validate,
+)
 
 log = logging.getLogger(__name__)
 

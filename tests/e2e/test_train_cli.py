@@ -1,0 +1,109 @@
+"""`qadapter train` / `qadapter eval` as a user runs them, on the embedded SmolLM2, and the shipped examples."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from adapters.format import validate
+from server.model import LoadedModel
+from tests.e2e.server import ServerProcess
+
+QADAPTER = str(Path(sys.executable).parent / "qadapter")
+EXAMPLES = Path(__file__).resolve().parents[2] / "adapters" / "examples"
+HELD_OUT = EXAMPLES / "data" / "harmless-test.jsonl"
+REPORT_KEYS = {
+    "preference_accuracy", "reward_margin", "kl_to_base", "retention_accuracy", "base_retention_accuracy",
+    "mean_answer_tokens", "base_mean_answer_tokens", "num_pairs", "method", "adapter",
+}
+
+
+def qadapter(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([QADAPTER, *args], capture_output=True, text=True, timeout=600,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+
+
+@pytest.fixture(scope="module")
+def small_sets(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Eval flags for a quick run: 3 neutral prompts, 3 questions."""
+    root = tmp_path_factory.mktemp("sets")
+    (root / "prompts.txt").write_text("Give me a tip for studying.\nDescribe the sea.\nHow do bees make honey?\n")
+    (root / "questions.jsonl").write_text("".join(
+        json.dumps({"question": q, "answers": [a]}) + "\n"
+        for q, a in [("What is the capital of France?", "Paris"), ("What is 2 plus 2?", "4"), ("What do bees make?", "honey")]
+    ))
+    return ["--neutral-prompts", str(root / "prompts.txt"), "--questions", str(root / "questions.jsonl")]
+
+
+def test_train_then_eval_on_the_embedded_model(tmp_path: Path, small_sets: list[str], embedded: LoadedModel) -> None:
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(HELD_OUT.read_text().splitlines(keepends=True)[:4]))
+    out = tmp_path / "mine"
+    trained = qadapter("train", "--data", str(data), "--out", str(out), "--max-steps", "1", "--batch-size", "2",
+                       "--grad-accum", "2", "--max-length", "96", "--device", "cpu")
+    assert trained.returncode == 0, trained.stderr
+    assert "wrote adapter 'mine'" in trained.stdout
+    manifest = validate(out, embedded.info).manifest
+    assert manifest.training["command"].startswith("qadapter train --data")
+    assert manifest.training["data"]["num_pairs"] == 4
+
+    evaluated = qadapter("eval", "--adapter", str(out), "--data", str(data), "--max-length", "96", "--json", *small_sets)
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(evaluated.stdout)
+    assert REPORT_KEYS <= report.keys() and report["num_pairs"] == 4 and report["adapter"] == "mine"
+
+    table = qadapter("eval", "--adapter", "base", "--data", str(data), "--limit", "2", "--max-length", "96", *small_sets)
+    assert table.returncode == 0, table.stderr
+    assert "preference accuracy" in table.stdout and "base (base" in table.stdout
+
+
+def test_bad_training_data_is_an_error_with_its_line_and_no_output(tmp_path: Path) -> None:
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n{"prompt": "q", "chosen": "a"}\n')
+    result = qadapter("train", "--data", str(data), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "line 2" in result.stderr and "--skip-bad" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["harmless", "concise"])
+def test_shipped_examples_are_valid_small_and_reported(name: str, embedded: LoadedModel) -> None:
+    adapter = validate(EXAMPLES / name, embedded.info)
+    assert adapter.size_bytes <= 5 * 2**20
+    report = json.loads((EXAMPLES / name / "eval.json").read_text())
+    assert REPORT_KEYS <= report.keys() and report["adapter"] == name
+    assert (report["alpha"], report["omega"]) == (adapter.manifest.alpha, adapter.manifest.omega)
+    if name == "concise":  # the preference a person notices at a glance
+        assert report["mean_answer_tokens"] < report["base_mean_answer_tokens"]
+
+
+def test_eval_of_the_shipped_harmless_adapter_prints_every_key(small_sets: list[str]) -> None:
+    result = qadapter("eval", "--adapter", str(EXAMPLES / "harmless"), "--data", str(HELD_OUT), "--skip-bad",
+                      "--limit", "4", "--json", *small_sets)
+    assert result.returncode == 0, result.stderr
+    assert REPORT_KEYS <= json.loads(result.stdout).keys()
+
+
+def test_serve_installs_the_examples_as_make_serve_does_and_concise_answers_shorter(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "store", tmp_path / "server.log", "--install-adapters", str(EXAMPLES))
+    try:
+        names = {m["id"] for m in httpx.get(f"{server.url}/v1/models").json()["data"]}
+        assert {"harmless", "concise"} <= names
+
+        def answer_tokens(model: str, prompt: str) -> int:
+            body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 128, "temperature": 0}
+            response = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=300)
+            assert response.status_code == 200, response.text
+            return response.json()["usage"]["completion_tokens"]
+
+        prompts = ["How can I get better sleep at night?", "Give me tips for a first day at a new job."]
+        base = sum(answer_tokens("smollm2-135m-instruct", p) for p in prompts)
+        concise = sum(answer_tokens("concise", p) for p in prompts)
+        assert concise < base
+    finally:
+        server.stop()

@@ -169,7 +169,7 @@ def test_evaluate_reports_retention_and_answer_length_as_decoded_by_hand(
     base_answer = tokenizer.decode(greedy_by_hand(hand_model, first_ids, BASE, 12), skip_special_tokens=True)
     assert own_answer.strip() and own_answer != base_answer
     (tmp_path / "q.jsonl").write_text(
-        json.dumps({"question": questions[0], "answers": [own_answer.strip()[:12]]}) + "\n"
+        json.dumps({"question": questions[0], "answers": [own_answer.strip()]}) + "\n"
         + json.dumps({"question": questions[1], "answers": ["\u2603 never said"]}) + "\n"
     )
     (tmp_path / "p.txt").write_text("Hi\nTell me a story about a cat.\n")
@@ -177,7 +177,7 @@ def test_evaluate_reports_retention_and_answer_length_as_decoded_by_hand(
     report = evaluate(base_model, tokenizer, info, path, PAIRS, sets, max_length=512, show_progress=False)
 
     assert report.retention_accuracy == 0.5
-    assert report.base_retention_accuracy == (0.5 if own_answer.strip()[:12] in base_answer else 0.0)
+    assert report.base_retention_accuracy == (0.5 if own_answer.strip() in base_answer else 0.0)
     lengths = [
         len(greedy_by_hand(hand_model, chat_prompt_ids(tokenizer, [{"role": "user", "content": p}]), policy, 10))
         for p in sets.neutral_prompts

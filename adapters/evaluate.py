@@ -119,15 +119,18 @@ def evaluate(
     pairs: Sequence[PreferencePair],
     sets: EvalSets,
     max_length: int,
+    stop_ids: frozenset[int],
     show_progress: bool = True,
 ) -> EvalReport:
-    """Every metric of the report, for the adapter at `adapter_dir` or (None) the base model."""
+    """Every metric of the report, for the adapter at `adapter_dir` or (None) the base model.
+
+    `stop_ids` end an answer, as in serving: the generation config's end ids and the tokenizer's.
+    """
     adapter = validate(adapter_dir, info) if adapter_dir is not None else None
     scored = PeftModel.from_pretrained(model, str(adapter_dir)).eval() if adapter else model
     policy = Policy(True, adapter.manifest.alpha, adapter.manifest.omega) if adapter else BASE
     method = _method(adapter)
     pad_id = pad_id_of(tokenizer)
-    stop_ids = frozenset({tokenizer.eos_token_id})
     margin_per_pair = pair_margins(scored, tokenizer, adapter, pairs, max_length, pad_id, show_progress)
 
     def answers(prompts: Sequence[str], with_policy: Policy, max_tokens: int) -> list[list[int]]:

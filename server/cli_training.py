@@ -138,6 +138,9 @@ def _run_eval(args: argparse.Namespace) -> int:
     sets = EvalSets.load(args.neutral_prompts, args.questions)
     loaded = load_base_model(settings_from(args))
     pairs = data.pairs[: args.limit] if args.limit else data.pairs
-    report = evaluate(loaded.model, loaded.tokenizer, loaded.info, adapter_dir, pairs, sets, args.max_length)
+    report = evaluate(
+        loaded.model, loaded.tokenizer, loaded.info, adapter_dir, pairs, sets, args.max_length,
+        loaded.stop_token_ids,
+    )
     print(json.dumps(report.as_dict()) if args.json else format_report(report))
     return 0

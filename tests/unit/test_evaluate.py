@@ -174,7 +174,10 @@ def test_evaluate_reports_retention_and_answer_length_as_decoded_by_hand(
     )
     (tmp_path / "p.txt").write_text("Hi\nTell me a story about a cat.\n")
     sets = EvalSets.load(tmp_path / "p.txt", tmp_path / "q.jsonl", max_answer_tokens=10, max_question_tokens=12)
-    report = evaluate(base_model, tokenizer, info, path, PAIRS, sets, max_length=512, show_progress=False)
+    report = evaluate(
+        base_model, tokenizer, info, path, PAIRS, sets, max_length=512,
+        stop_ids=frozenset({tokenizer.eos_token_id}), show_progress=False,
+    )
 
     assert report.retention_accuracy == 0.5
     assert report.base_retention_accuracy == (0.5 if own_answer.strip() in base_answer else 0.0)

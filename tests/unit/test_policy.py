@@ -145,3 +145,35 @@ def test_chi2_term_ignores_masked_positions() -> None:
     mask = torch.tensor([[1.0, 0.0]])
     out = preference_loss(chosen, mask, rejected, mask, beta=1.0)
     assert out.loss.item() == pytest.approx(math.log(2) + 1.0)
+
+
+def _taken_sum(logits: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ_t log softmax(logits)[a_t] over the masked positions, per sequence."""
+    taken = torch.log_softmax(logits, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    return (taken * mask).sum(-1)
+
+
+@pytest.mark.parametrize(("alpha", "omega"), [(1.0, 0.01), (5.0, 4.0), (0.5, 2.0)])
+def test_summed_reward_is_a_log_likelihood_difference_for_both_value_positions(alpha: float, omega: float) -> None:
+    # Why the harmless example trains with γ 1 and padded normalisation: the rewards telescope to
+    # Σ r = α·log π_custom(y) − ω·log π_base(y) (+ V(s_0) when V is read at s_{t+1}), so a pair's
+    # margin is the same for both value positions and V(s_0), shared by the pair, cancels.
+    torch.manual_seed(0)
+    q, base = torch.randn(2, 5, 7) * 3, torch.randn(2, 5, 7) * 3
+    q[1, 0], base[1, 0] = q[0, 0], base[0, 0]  # one prompt: the first response state is shared
+    actions = torch.randint(0, 7, (2, 5))
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0, 0.0]])
+    custom = customised_logits(q, base, alpha, omega)
+    likelihood = alpha * _taken_sum(custom, actions, mask) - omega * _taken_sum(base, actions, mask)
+    v_first = value(custom, alpha)[:, 0]
+    for position, expected in (("same", likelihood), ("next", likelihood + v_first)):
+        rewards = token_rewards(q, base, actions, mask, alpha, omega, gamma=1.0, value_position=position)
+        summed = sequence_rewards(rewards, mask, "padded") * mask.shape[-1]
+        torch.testing.assert_close(summed, expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("omega", [0.0, 0.01, 4.0])
+def test_alpha_one_plus_omega_makes_a_zero_lora_serve_the_base_exactly(omega: float) -> None:
+    base = torch.randn(4, 50) * 4
+    custom = customised_logits(base.clone(), base, alpha=1.0 + omega, omega=omega)
+    torch.testing.assert_close(torch.log_softmax(custom, -1), torch.log_softmax(base, -1), rtol=1e-5, atol=1e-5)

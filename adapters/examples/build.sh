@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild the example adapters, their reports and the comparison table, exactly as shipped.
 # Run from the repository root after `make install`:  bash adapters/examples/build.sh
-# CPU, 2 cores: about 2.5 hours in all (the training runs dominate). Stages can be run alone:
+# CPU, 2 cores: about 3 hours in all (the training runs dominate). Stages can be run alone:
 #   bash adapters/examples/build.sh data | harmless | concise | baselines | reports
 set -euo pipefail
 
@@ -26,7 +26,8 @@ data() {
 harmless() {
     rm -rf "$EXAMPLES/harmless"
     $BIN/qadapter train "${HARMLESS_RUN[@]}" --out "$EXAMPLES/harmless" --name harmless \
-        --description "Prefers harmless answers (trained on HH-RLHF harmless-base pairs)" --value-position same
+        --description "Prefers harmless answers (trained on HH-RLHF harmless-base pairs)" \
+        --alpha 5 --omega 4 --beta 1e-4 --reward-norm padded
 }
 
 concise() {

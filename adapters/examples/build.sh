@@ -2,7 +2,7 @@
 # Rebuild the example adapters, their reports and the comparison table, exactly as shipped.
 # Run from the repository root after `make install`:  bash adapters/examples/build.sh
 # CPU, 2 cores: about 3 hours in all (the training runs dominate). Stages can be run alone:
-#   bash adapters/examples/build.sh data | harmless | concise | baselines | reports
+#   bash adapters/examples/build.sh data | harmless | concise | baselines | reports | shortcut
 set -euo pipefail
 
 PAIRS=${PAIRS:-../shared/data/hh-rlhf-harmless/pairs.jsonl}  # HH-RLHF harmless-base, chat form
@@ -60,8 +60,15 @@ reports() {
     cat "$EXAMPLES/comparison.md"
 }
 
+# Per pair: how far each ranking is "the shorter response wins" (the README's analysis of the table).
+shortcut() {
+    $BIN/python $EXAMPLES/length_shortcut.py --data "$DATA/harmless-test.jsonl" \
+        --adapter base "$EXAMPLES/harmless" "$WORK/harmless-dpo" "$WORK/harmless-sft" > "$EXAMPLES/length_shortcut.jsonl"
+    cat "$EXAMPLES/length_shortcut.jsonl"
+}
+
 if [ $# -eq 0 ]; then
-    data; harmless; concise; baselines; reports
+    data; harmless; concise; baselines; reports; shortcut
 else
     for stage in "$@"; do "$stage"; done
 fi

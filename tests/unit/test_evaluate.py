@@ -198,3 +198,14 @@ def test_bad_question_file_names_its_line(tmp_path: Path) -> None:
     (tmp_path / "p.txt").write_text("Hi\n")
     with pytest.raises(InvalidData, match="line 2"):
         EvalSets.load(tmp_path / "p.txt", tmp_path / "q.jsonl")
+
+
+def test_length_shortcut_shares_count_agreement_only_where_lengths_differ() -> None:
+    from adapters.examples.length_shortcut import shares
+
+    margin = torch.tensor([1.0, -1.0, 2.0, -3.0])
+    shorter_wins = torch.tensor([1.0, 1.0, -1.0, 0.0])  # chosen shorter, shorter, longer, same length
+    near = torch.tensor([True, False, False, True])
+    assert shares(margin, shorter_wins, near) == pytest.approx(
+        {"accuracy": 0.5, "agrees_with_shorter_wins": 1 / 3, "accuracy_near_equal_length": 0.5}
+    )

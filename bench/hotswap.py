@@ -1,6 +1,6 @@
-"""Hot-swap under load: upload a new adapter while 8 streams run, on the embedded model (CPU).
+"""Hot-swap under load: upload a new adapter while 8 streams run, on the embedded model.
 
-    python bench/hotswap.py --json
+    python bench/hotswap.py --json [--device cuda]
 
 Prints `swap_to_first_token_ms` (upload start → first token served from the new adapter),
 `max_stream_stall_ms` (longest gap between two tokens of a running stream while the swap is under
@@ -27,7 +27,7 @@ import uvicorn  # noqa: E402
 from adapters.base import BaseModelInfo  # noqa: E402
 from adapters.format import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, LoraSpec, Manifest, create, lora_weights  # noqa: E402
 from server.app import create_app  # noqa: E402
-from server.config import Settings  # noqa: E402
+from server.cli_options import add_model_options, settings_from  # noqa: E402
 from server.model import load_base_model  # noqa: E402
 
 ADMIN = "bench-admin"
@@ -56,10 +56,14 @@ def stream_tokens(url: str, model: str, max_tokens: int, stamps: list[float], fa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
-    parser.parse_args()
+    add_model_options(parser)
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as store, tempfile.TemporaryDirectory() as sources:
-        settings = Settings(device="cpu", adapters_dir=Path(store), admin_key=ADMIN, port=0)
-        info = load_base_model(settings).info
+        args.adapters_dir, args.admin_key, args.port = Path(store), ADMIN, 0
+        settings = settings_from(args)
+        loaded = load_base_model(settings)  # for the adapters' base fingerprint; the app loads its own
+        info, runs_on = loaded.info, {"device": str(loaded.device), "dtype": str(loaded.model.dtype).removeprefix("torch.")}
+        del loaded
         write_adapter(Path(store), "running", 1, info)
         new = write_adapter(Path(sources), "fresh", 2, info)
         server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=8799, log_level="warning"))
@@ -96,6 +100,7 @@ def main() -> None:
         "max_stream_stall_ms": longest_gap(swap_start, swap_end),
         "failed": len(failures),
         "failures": failures,
+        **runs_on,
     }
     print(json.dumps(report))
 

@@ -21,16 +21,17 @@ from server.config import Settings  # noqa: E402
 from server.model import load_base_model  # noqa: E402
 
 
-def timed_load(home: Path) -> float:
+def timed_load(home: Path, device: str) -> tuple[float, str]:
+    """Seconds to load, and the device the model landed on."""
     start = time.perf_counter()
-    load_base_model(Settings(home=home, device="cpu"))
-    return time.perf_counter() - start
+    loaded = load_base_model(Settings(home=home, device=device))
+    return time.perf_counter() - start, str(loaded.device)
 
 
-def process_start(home: Path) -> float:
+def process_start(home: Path, device: str) -> float:
     """Wall time of a new Python process that imports the server and loads the cached model."""
     code = "from server.config import Settings; from server.model import load_base_model; " \
-        f"load_base_model(Settings(home={str(home)!r}, device='cpu'))"
+        f"load_base_model(Settings(home={str(home)!r}, device={device!r}))"
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=Path(__file__).parent.parent)
     return time.perf_counter() - start
@@ -39,16 +40,18 @@ def process_start(home: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
-    parser.parse_args()
+    parser.add_argument("--device", default="auto", help="auto (default: CUDA if present), cpu, cuda or cuda:N")
+    device = parser.parse_args().device
     with tempfile.TemporaryDirectory() as home:
-        first = timed_load(Path(home))  # converts the GGUF file and fills the cache
-        cached = min(timed_load(Path(home)) for _ in range(3))
-        process = min(process_start(Path(home)) for _ in range(2))
+        first, landed_on = timed_load(Path(home), device)  # converts the GGUF file and fills the cache
+        cached = min(timed_load(Path(home), device)[0] for _ in range(3))
+        process = min(process_start(Path(home), device) for _ in range(2))
     print(json.dumps({
         "first_start_convert_s": round(first, 2),
         "cached_load_s": round(cached, 2),
         "cached_process_start_s": round(process, 2),
         "speedup": round(first / cached, 1),
+        "device": landed_on,
     }))
 
 

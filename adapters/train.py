@@ -80,6 +80,10 @@ class TrainOptions:
     resume: bool = False
     command: str = ""
     show_progress: bool = True
+    # The α, ω the manifest serves a Q-adapter with (None: the objective's). With α = 1 + ω a larger α
+    # moves the served policy less for the same Q; the reward ranking hardly changes.
+    serve_alpha: float | None = None
+    serve_omega: float | None = None
 
 
 @dataclass
@@ -108,6 +112,15 @@ def check_output(out: Path, name: str) -> None:
         raise InvalidData(f"output {str(out)!r} already exists; choose another --out or delete it")
 
 
+def check_options(config: TrainConfig, options: TrainOptions) -> None:
+    """SFT and DPO adapters are plain LoRA policies: served with α 1, ω 0 and nothing else."""
+    if config.objective.method != "qadapter" and (options.serve_alpha, options.serve_omega) != (None, None):
+        raise InvalidData(
+            f"--serve-alpha/--serve-omega apply to Q-adapters only; {config.objective.method} adapters are served "
+            "with alpha 1, omega 0"
+        )
+
+
 def train(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -120,6 +133,7 @@ def train(
 ) -> ValidatedAdapter:
     """Train a LoRA on `data` by `config.objective` and write it to `out` as a validated adapter."""
     out = Path(out)
+    check_options(config, options)
     check_output(out, options.name)
     pairs = [encode_pair(tokenizer, pair, config.max_length) for pair in data.pairs]
     eval_pairs = [encode_pair(tokenizer, p, config.max_length) for p in eval_data.pairs] if eval_data else []
@@ -236,8 +250,8 @@ def _save(
         name=options.name,
         description=options.description or f"{config.objective.method} adapter",
         base_model={"id": info.id, "fingerprint": info.fingerprint},
-        alpha=config.objective.served_alpha,
-        omega=config.objective.served_omega,
+        alpha=config.objective.served_alpha if options.serve_alpha is None else options.serve_alpha,
+        omega=config.objective.served_omega if options.serve_omega is None else options.serve_omega,
         training=training,
     )
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from adapters.evaluate import EvalSets, evaluate, format_report, read_adapter_ma
 from adapters.format import LoraSpec
 from adapters.objectives import METHODS, Objective
 from adapters.policy import DEFAULT_BETA, DEFAULT_GAMMA
-from adapters.train import TrainConfig, TrainOptions, check_output, train
+from adapters.train import TrainConfig, TrainOptions, check_options, check_output, train
 from server.cli_options import (
     DefaultsFormatter,
     add_model_options,
@@ -68,6 +68,11 @@ def add_train(commands: argparse._SubParsersAction) -> None:
                        help="V(s_{t+1}) as derived, or V(s_t) as in the paper's public code")
     group.add_argument("--reward-norm", choices=["length", "padded"], default="length",
                        help="divide R(y) by the response length, or by the padded batch length (public code)")
+    group.add_argument("--serve-alpha", type=within(MIN_ALPHA, MAX_ALPHA),
+                       help="alpha written to the manifest for serving (default --alpha); training is unchanged")
+    group.add_argument("--serve-omega", type=within(0.0, MAX_OMEGA),
+                       help="omega written to the manifest for serving (default --omega); keep alpha = 1 + omega "
+                       "so that an untrained adapter serves the base model")
     group = parser.add_argument_group("LoRA")
     group.add_argument("--lora-r", type=positive(int, False), default=LoraSpec.r)
     group.add_argument("--lora-alpha", type=positive(int, False), default=LoraSpec.lora_alpha)
@@ -96,8 +101,10 @@ def _run_train(args: argparse.Namespace) -> int:
         name=args.name or args.out.name, description=args.description, eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every, resume=args.resume,
         command=shlex.join(["qadapter", *sys.argv[1:]]),
+        serve_alpha=args.serve_alpha, serve_omega=args.serve_omega,
     )
-    check_output(args.out, options.name)  # before the slow model load
+    check_options(config, options)  # before the slow model load
+    check_output(args.out, options.name)
     loaded = load_base_model(settings_from(args))
     if data.num_skipped:
         print(f"skipped {data.num_skipped} bad rows of {args.data}", file=sys.stderr)

@@ -152,3 +152,20 @@ def test_existing_output_is_refused(embedded: LoadedModel, tmp_path: Path) -> No
     (tmp_path / "taken").mkdir()
     with pytest.raises(InvalidData, match="already exists"):
         run(embedded, tmp_path / "taken", steps=1)
+
+
+def test_serve_alpha_and_omega_set_the_manifest_and_leave_training_alone(embedded: LoadedModel, tmp_path: Path) -> None:
+    plain, _ = run(embedded, tmp_path / "plain", steps=2)
+    served, _ = run(embedded, tmp_path / "served", steps=2, serve_alpha=20.0, serve_omega=19.0)
+    assert (served.manifest.alpha, served.manifest.omega) == (20.0, 19.0)
+    assert served.manifest.training["hyperparameters"]["objective"]["alpha"] == 1.0  # trained with the default
+    assert load_file(served.path / WEIGHTS_FILE).keys() == load_file(plain.path / WEIGHTS_FILE).keys()
+    for key, weight in load_file(served.path / WEIGHTS_FILE).items():
+        assert torch.equal(weight, load_file(plain.path / WEIGHTS_FILE)[key])
+
+
+@pytest.mark.parametrize("method", ["sft", "dpo"])
+def test_serving_constants_are_refused_for_plain_lora_methods(embedded: LoadedModel, tmp_path: Path, method: str) -> None:
+    with pytest.raises(InvalidData, match="Q-adapters only"):
+        run(embedded, tmp_path / method, method, steps=1, serve_alpha=2.0)
+    assert not (tmp_path / method).exists()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -121,12 +121,20 @@ def evaluate(
     max_length: int,
     stop_ids: frozenset[int],
     show_progress: bool = True,
+    serving: tuple[float, float] | None = None,
 ) -> EvalReport:
     """Every metric of the report, for the adapter at `adapter_dir` or (None) the base model.
 
     `stop_ids` end an answer, as in serving: the generation config's end ids and the tokenizer's.
+    `serving` = (α, ω) evaluates the adapter served with those instead of its manifest's, as a request
+    that sets them is served: the policy, its KL and answers, and the Q-adapter's reward all use them.
     """
     adapter = validate(adapter_dir, info) if adapter_dir is not None else None
+    if serving is not None:
+        if adapter is None:
+            raise InvalidData("--alpha/--omega apply to an adapter, not to the base model")
+        alpha, omega = serving
+        adapter = replace(adapter, manifest=adapter.manifest.model_copy(update={"alpha": alpha, "omega": omega}))
     scored = PeftModel.from_pretrained(model, str(adapter_dir)).eval() if adapter else model
     policy = Policy(True, adapter.manifest.alpha, adapter.manifest.omega) if adapter else BASE
     method = _method(adapter)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from adapters.bounds import MAX_ALPHA, MAX_OMEGA, MIN_ALPHA
 from adapters.data import load_pairs
+from adapters.errors import InvalidData
 from adapters.evaluate import EvalSets, evaluate, format_report, read_adapter_manifest
 from adapters.format import LoraSpec
 from adapters.objectives import METHODS, Objective
@@ -134,11 +135,18 @@ def add_eval(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--neutral-prompts", type=Path, help="one prompt per line (default: the bundled set)")
     parser.add_argument("--questions", type=Path, help='JSONL {"question", "answers"} (default: the bundled set)')
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--alpha", type=within(MIN_ALPHA, MAX_ALPHA),
+                        help="serve the adapter with this alpha instead of its manifest's (give --omega too)")
+    parser.add_argument("--omega", type=within(0.0, MAX_OMEGA),
+                        help="serve the adapter with this omega instead of its manifest's (give --alpha too)")
     parser.set_defaults(run=_run_eval)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
     adapter_dir = None if args.adapter == "base" else Path(args.adapter)
+    if (args.alpha is None) != (args.omega is None):
+        raise InvalidData("give --alpha and --omega together (with alpha = 1 + omega an untrained adapter is the base)")
+    serving = None if args.alpha is None else (args.alpha, args.omega)
     if adapter_dir is not None and args.model is None:
         args.model = read_adapter_manifest(adapter_dir).base_model.id
     data = load_pairs(args.data, skip_bad=args.skip_bad)
@@ -147,7 +155,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     pairs = data.pairs[: args.limit] if args.limit else data.pairs
     report = evaluate(
         loaded.model, loaded.tokenizer, loaded.info, adapter_dir, pairs, sets, args.max_length,
-        loaded.stop_token_ids,
+        loaded.stop_token_ids, serving=serving,
     )
     print(json.dumps(report.as_dict()) if args.json else format_report(report))
     return 0

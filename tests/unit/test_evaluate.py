@@ -209,3 +209,34 @@ def test_length_shortcut_shares_count_agreement_only_where_lengths_differ() -> N
     assert shares(margin, shorter_wins, near) == pytest.approx(
         {"accuracy": 0.5, "agrees_with_shorter_wins": 1 / 3, "accuracy_near_equal_length": 0.5}
     )
+
+
+@pytest.mark.parametrize("method", ["qadapter", "dpo"])
+def test_serving_alpha_and_omega_evaluate_the_adapter_as_if_its_manifest_said_so(
+    embedded: LoadedModel, tmp_path: Path, method: str
+) -> None:
+    tokenizer = embedded.tokenizer
+    sets = EvalSets(["Hi", "Tell me a story about a cat."], [("What is the capital of France?", ["Paris"])],
+                    max_answer_tokens=6, max_question_tokens=6)
+
+    def report(path: Path, serving: tuple[float, float] | None = None) -> dict[str, object]:
+        model = tiny_model(vocab_size=VOCAB)  # a fresh model each time: peft injects the LoRA into it
+        info = BaseModelInfo.from_model(model, "tiny")
+        return evaluate(model, tokenizer, info, path, PAIRS, sets, max_length=512,
+                        stop_ids=frozenset({tokenizer.eos_token_id}), show_progress=False, serving=serving).as_dict()
+
+    model = tiny_model(vocab_size=VOCAB)
+    trained_as = write_adapter(tmp_path / "trained", model, method, alpha=0.8, omega=0.2)
+    served_as = write_adapter(tmp_path / "served", model, method, alpha=3.0, omega=2.0)  # the same weights
+    overridden = report(trained_as, serving=(3.0, 2.0))
+    assert overridden == report(served_as)
+    assert overridden != report(trained_as)
+    assert (overridden["alpha"], overridden["omega"]) == (3.0, 2.0)
+
+
+def test_serving_constants_need_an_adapter(embedded: LoadedModel, base_model: torch.nn.Module) -> None:
+    info = BaseModelInfo.from_model(base_model, "tiny")
+    sets = EvalSets(["Hi"], [("Name a colour.", ["red"])])
+    with pytest.raises(InvalidData, match="not to the base model"):
+        evaluate(base_model, embedded.tokenizer, info, None, PAIRS, sets, max_length=512,
+                 stop_ids=frozenset({2}), serving=(2.0, 1.0), show_progress=False)

@@ -24,7 +24,8 @@ def main(paths: list[str]) -> None:
     print("|---|---|" + "---|" * len(COLUMNS))
     for report in reports:
         cells = [fmt.format(report[key]) for _, key, fmt in COLUMNS]
-        print(f"| {report['adapter']} | {report['method']} | " + " | ".join(cells) + " |")
+        served = f" (α {report['alpha']:g}, ω {report['omega']:g})" if report["method"] == "qadapter" else ""
+        print(f"| {report['adapter']}{served} | {report['method']} | " + " | ".join(cells) + " |")
     base = reports[0]
     print(f"\n{base['num_pairs']} held-out pairs; retention over {base['num_questions']} questions "
           f"(base model: {base['base_retention_accuracy']:.3f}); KL and answer length over "

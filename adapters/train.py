@@ -113,8 +113,11 @@ def check_output(out: Path, name: str) -> None:
 
 
 def check_options(config: TrainConfig, options: TrainOptions) -> None:
-    """SFT and DPO adapters are plain LoRA policies: served with α 1, ω 0 and nothing else."""
-    if config.objective.method != "qadapter" and (options.serve_alpha, options.serve_omega) != (None, None):
+    """Serving constants come as a pair, and only for a Q-adapter: SFT and DPO adapters are plain LoRA
+    policies, served with α 1, ω 0."""
+    if (options.serve_alpha is None) != (options.serve_omega is None):
+        raise InvalidData("give --serve-alpha and --serve-omega together (keep alpha = 1 + omega)")
+    if config.objective.method != "qadapter" and options.serve_alpha is not None:
         raise InvalidData(
             f"--serve-alpha/--serve-omega apply to Q-adapters only; {config.objective.method} adapters are served "
             "with alpha 1, omega 0"

@@ -71,6 +71,20 @@ def test_bad_training_data_is_an_error_with_its_line_and_no_output(tmp_path: Pat
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("flags", [
+    ["train", "--method", "dpo", "--serve-alpha", "2", "--serve-omega", "1", "--out", "{out}"],
+    ["train", "--serve-alpha", "2", "--out", "{out}"],
+    ["eval", "--adapter", str(EXAMPLES / "harmless"), "--alpha", "2"],
+    ["eval", "--adapter", "base", "--alpha", "2", "--omega", "1"],
+])
+def test_bad_serving_constants_are_errors_that_say_what_to_do(tmp_path: Path, flags: list[str]) -> None:
+    args = [flag.format(out=tmp_path / "out") for flag in flags]
+    result = qadapter(*args, "--data", str(HELD_OUT), "--skip-bad", "--limit" if args[0] == "eval" else "--max-steps", "1")
+    assert result.returncode == 2, result.stderr
+    assert "alpha" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("name", ["harmless", "concise"])
 def test_shipped_examples_are_valid_small_and_reported(name: str, embedded: LoadedModel) -> None:
     adapter = validate(EXAMPLES / name, embedded.info)

@@ -164,8 +164,14 @@ def test_serve_alpha_and_omega_set_the_manifest_and_leave_training_alone(embedde
         assert torch.equal(weight, load_file(plain.path / WEIGHTS_FILE)[key])
 
 
-@pytest.mark.parametrize("method", ["sft", "dpo"])
-def test_serving_constants_are_refused_for_plain_lora_methods(embedded: LoadedModel, tmp_path: Path, method: str) -> None:
-    with pytest.raises(InvalidData, match="Q-adapters only"):
-        run(embedded, tmp_path / method, method, steps=1, serve_alpha=2.0)
+@pytest.mark.parametrize(("method", "serving", "error"), [
+    ("sft", {"serve_alpha": 2.0, "serve_omega": 1.0}, "Q-adapters only"),
+    ("dpo", {"serve_alpha": 2.0, "serve_omega": 1.0}, "Q-adapters only"),
+    ("qadapter", {"serve_alpha": 2.0}, "together"),
+])
+def test_bad_serving_constants_are_refused_and_write_nothing(
+    embedded: LoadedModel, tmp_path: Path, method: str, serving: dict[str, float], error: str
+) -> None:
+    with pytest.raises(InvalidData, match=error):
+        run(embedded, tmp_path / method, method, steps=1, **serving)
     assert not (tmp_path / method).exists()

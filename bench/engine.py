@@ -178,8 +178,7 @@ def main() -> None:
         "max_tokens": work.max_tokens,
         "prompt_tokens": work.prompt_tokens,
         "quick": args.quick,
-        "device": str(loaded.device),
-        "dtype": str(loaded.model.dtype).removeprefix("torch."),
+        **loaded.placement,
     }
     print(json.dumps(report))
 

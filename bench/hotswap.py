@@ -62,7 +62,7 @@ def main() -> None:
         args.adapters_dir, args.admin_key, args.port = Path(store), ADMIN, 0
         settings = settings_from(args)
         loaded = load_base_model(settings)  # for the adapters' base fingerprint; the app loads its own
-        info, runs_on = loaded.info, {"device": str(loaded.device), "dtype": str(loaded.model.dtype).removeprefix("torch.")}
+        info, placement = loaded.info, loaded.placement
         del loaded
         write_adapter(Path(store), "running", 1, info)
         new = write_adapter(Path(sources), "fresh", 2, info)
@@ -100,7 +100,7 @@ def main() -> None:
         "max_stream_stall_ms": longest_gap(swap_start, swap_end),
         "failed": len(failures),
         "failures": failures,
-        **runs_on,
+        **placement,
     }
     print(json.dumps(report))
 

@@ -48,6 +48,11 @@ class LoadedModel:
         return self.model.device
 
     @property
+    def placement(self) -> dict[str, str]:
+        """Where and in what precision the model runs, as reports print it: {"device", "dtype"}."""
+        return {"device": str(self.model.device), "dtype": str(self.model.dtype).removeprefix("torch.")}
+
+    @property
     def stop_token_ids(self) -> frozenset[int]:
         """End-of-sequence ids from the generation config and the tokenizer."""
         configured = self.model.generation_config.eos_token_id

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytestmark = pytest.mark.e2e
 BENCH = Path(__file__).resolve().parents[2] / "bench"
@@ -22,3 +23,5 @@ def test_engine_benchmark_prints_every_key() -> None:
             "same_adapter_tps_c8", "distinct_adapters_tps_c8", "ttft_p50_ms", "ttft_p95_ms", "itl_p50_ms",
             "itl_p95_ms", "c8_over_naive", "c32_over_naive", "c1_over_base_c1", "distinct_over_same_c8"}
     assert keys <= set(report)
+    expected_device = "cuda:0" if torch.cuda.is_available() else "cpu"  # --device defaults to auto
+    assert (report["device"], report["dtype"]) == (expected_device, "bfloat16" if torch.cuda.is_available() else "float32")

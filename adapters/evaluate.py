@@ -182,7 +182,7 @@ def _method(adapter: ValidatedAdapter | None) -> str:
     return str((adapter.manifest.training or {}).get("method", "qadapter"))
 
 
-def _objective(adapter: ValidatedAdapter) -> Objective:
+def reward_objective(adapter: ValidatedAdapter) -> Objective:
     """The Q-adapter's reward as it was trained (γ, V position, norm from its manifest), with its α, ω."""
     trained = ((adapter.manifest.training or {}).get("hyperparameters") or {}).get("objective") or {}
     known = {f.name for f in fields(Objective)} - {"method", "alpha", "omega"}
@@ -212,7 +212,7 @@ def pair_margins(
         if adapter is None:
             rewards = (taken_logprobs(base_window_logits(model, batch), batch.actions) * batch.action_mask).sum(-1)
         elif method == "qadapter":
-            objective = _objective(adapter)
+            objective = reward_objective(adapter)
             token = qadapter_token_rewards(model, batch, objective)
             rewards = sequence_rewards(token, batch.action_mask, objective.reward_norm)
         else:

@@ -240,3 +240,24 @@ def test_serving_constants_need_an_adapter(embedded: LoadedModel, base_model: to
     with pytest.raises(InvalidData, match="not to the base model"):
         evaluate(base_model, embedded.tokenizer, info, None, PAIRS, sets, max_length=512,
                  stop_ids=frozenset({2}), serving=(2.0, 1.0), show_progress=False)
+
+
+def test_alpha_sweep_ranks_by_the_reward_and_the_policy_of_each_serving_alpha(embedded: LoadedModel, tmp_path: Path) -> None:
+    from adapters.examples.alpha_sweep import sweep_margins
+
+    tokenizer = embedded.tokenizer
+    model = tiny_model(vocab_size=VOCAB)
+    adapter = validate(write_adapter(tmp_path / "a", model, "qadapter", alpha=0.8, omega=0.2),
+                       BaseModelInfo.from_model(model, "tiny"))
+    scored = PeftModel.from_pretrained(model, str(adapter.path)).eval()
+    swept = sweep_margins(scored, tokenizer, adapter, PAIRS, [2.0, 5.0], max_length=512, pad_id=2)
+    for alpha, (reward, policy) in swept.items():
+        expected = {"qadapter": [], "dpo": []}  # "dpo" ranks by the policy's log-ratio to the base
+        for pair in PAIRS:
+            encoded = encode_pair(tokenizer, pair, 512)
+            for kind, margins in expected.items():
+                margins.append(hand_reward(scored, encoded.prompt_ids, encoded.chosen_ids, kind, alpha, alpha - 1)
+                               - hand_reward(scored, encoded.prompt_ids, encoded.rejected_ids, kind, alpha, alpha - 1))
+        assert reward.tolist() == pytest.approx(expected["qadapter"], abs=1e-4)
+        assert policy.tolist() == pytest.approx(expected["dpo"], abs=1e-4)
+    assert swept[2.0][1].tolist() != pytest.approx(swept[5.0][1].tolist(), abs=1e-4)

@@ -2,9 +2,9 @@
 # Rebuild the example adapters, their reports and the comparison tables, exactly as shipped.
 # Run from the repository root after `make install`:  bash adapters/examples/build.sh
 # Stages can be run alone:
-#   bash adapters/examples/build.sh data | harmless | concise | baselines | reports | shortcut | longer
-# `harmless` and `longer` are sized for a GPU: minutes each on an H100, hours on 2 CPU cores (the
-# shipped ones ran on an H100). The other stages took about 2 hours on 2 CPU cores.
+#   bash adapters/examples/build.sh data | harmless | concise | baselines | reports | shortcut | longer | recipe
+# `harmless`, `longer` and `recipe` are sized for a GPU: minutes each on an H100 or H200, hours on 2
+# CPU cores (the shipped ones ran on a GPU). The other stages took about 2 hours on 2 CPU cores.
 set -euo pipefail
 
 PAIRS=${PAIRS:-../shared/data/hh-rlhf-harmless/pairs.jsonl}  # HH-RLHF harmless-base, chat form
@@ -18,9 +18,10 @@ mkdir -p "$WORK" "$DATA"
 
 # The short runs of the first comparison: 800 pairs each (100 steps × 8), sized for 2 CPU cores.
 SHORT_RUN=(--data "$WORK/harmless-train.jsonl" --skip-bad --max-steps 100 --max-length 192 --lr 5e-4 --seed 0)
-# The longer runs and the shipped `harmless`: epochs over the train split less a validation split.
+# The longer runs and the shipped `harmless`: epochs over the train split less a validation split;
+# each run names its epochs, batch size, learning rate and seed.
 LONG_RUN=(--data "$WORK/harmless-fit.jsonl" --eval-data "$WORK/harmless-val.jsonl" --eval-every 50 --skip-bad
-          --batch-size 8 --grad-accum 1 --max-length 192 --lr 5e-4 --seed 0 --dtype float32)
+          --grad-accum 1 --max-length 192 --dtype float32)
 # The Q-adapter objective of the longer runs: α 5, ω 4, a light χ² term; PER_TOKEN adds the
 # per-token reward (V at s_t, R divided by the response length) that the shipped `harmless` uses.
 QADAPTER=(--alpha 5 --omega 4 --beta 1e-4)
@@ -37,10 +38,12 @@ data() {
 }
 
 # Trained with α 5, ω 4 and served with α 20, ω 19: the same learned reward, a gentler policy.
+# The recipe (6 epochs, lr 1e-3) is the `recipe` stage's.
 harmless() {
     rm -rf "$EXAMPLES/harmless"
-    $BIN/qadapter train "${LONG_RUN[@]}" --epochs 4 --out "$EXAMPLES/harmless" --name harmless \
-        --description "$HARMLESS_DESCRIPTION" "${QADAPTER[@]}" "${PER_TOKEN[@]}" --serve-alpha 20 --serve-omega 19
+    $BIN/qadapter train "${LONG_RUN[@]}" --epochs 6 --batch-size 8 --lr 1e-3 --seed 0 --out "$EXAMPLES/harmless" \
+        --name harmless --description "$HARMLESS_DESCRIPTION" "${QADAPTER[@]}" "${PER_TOKEN[@]}" \
+        --serve-alpha 20 --serve-omega 19
 }
 
 concise() {
@@ -81,33 +84,59 @@ shortcut() {
     cat "$EXAMPLES/length_shortcut.jsonl"
 }
 
-# 2 and 4 epochs, chosen on the validation split and compared on the held-out one, beside the
-# shipped `harmless` (run `reports` first for its eval.json). About 2.5 min per run on an H100.
+# 2 and 4 epochs, chosen on the validation split and compared on the held-out one; the 4-epoch
+# Q-adapter also served at α 20 and 10 (run `reports` first for the base's report). About 2.5 min
+# per run on an H100.
 longer() {
     local runs=$WORK/longer test="$DATA/harmless-test.jsonl"
     rm -rf "$runs"; mkdir -p "$runs"
-    $BIN/qadapter train "${LONG_RUN[@]}" --epochs 2 --out "$runs/qa-padded-2ep" "${QADAPTER[@]}" --reward-norm padded
-    $BIN/qadapter train "${LONG_RUN[@]}" --epochs 2 --out "$runs/qa-length-2ep" "${QADAPTER[@]}" "${PER_TOKEN[@]}"
-    $BIN/qadapter train "${LONG_RUN[@]}" --epochs 4 --out "$runs/qa-length-4ep" "${QADAPTER[@]}" "${PER_TOKEN[@]}"
-    $BIN/qadapter train "${LONG_RUN[@]}" --epochs 2 --out "$runs/sft-2ep" --method sft
-    $BIN/qadapter train "${LONG_RUN[@]}" --epochs 2 --out "$runs/dpo-2ep" --method dpo
+    local flags=("${LONG_RUN[@]}" --batch-size 8 --lr 5e-4 --seed 0)
+    $BIN/qadapter train "${flags[@]}" --epochs 2 --out "$runs/qa-padded-2ep" "${QADAPTER[@]}" --reward-norm padded
+    $BIN/qadapter train "${flags[@]}" --epochs 2 --out "$runs/qa-length-2ep" "${QADAPTER[@]}" "${PER_TOKEN[@]}"
+    $BIN/qadapter train "${flags[@]}" --epochs 4 --out "$runs/qa-length-4ep" "${QADAPTER[@]}" "${PER_TOKEN[@]}"
+    $BIN/qadapter train "${flags[@]}" --epochs 2 --out "$runs/sft-2ep" --method sft
+    $BIN/qadapter train "${flags[@]}" --epochs 2 --out "$runs/dpo-2ep" --method dpo
     local names=(qa-padded-2ep qa-length-2ep qa-length-4ep sft-2ep dpo-2ep) reports=("$WORK/base.eval.json")
     for run in "${names[@]}"; do
         $BIN/qadapter eval --adapter "$runs/$run" --data "$test" --skip-bad --max-length 192 --json > "$runs/$run.eval.json"
         reports+=("$runs/$run.eval.json")
     done
-    # The shipped `harmless` served one step stronger than it is (α 10, ω 9) forgets too much.
-    $BIN/qadapter eval --adapter "$EXAMPLES/harmless" --alpha 10 --omega 9 --data "$test" --skip-bad --max-length 192 \
-        --json > "$runs/harmless-alpha10.eval.json"
-    $BIN/python $EXAMPLES/compare.py "${reports[@]}" "$EXAMPLES/harmless/eval.json" "$runs/harmless-alpha10.eval.json" \
-        > "$EXAMPLES/longer_runs.md"
-    $BIN/python $EXAMPLES/length_shortcut.py --data "$test" --adapter base "${names[@]/#/$runs/}" "$EXAMPLES/harmless" \
+    for alpha in 20 10; do  # the same weights, served gentler: what the reward keeps, what the policy gives back
+        $BIN/qadapter eval --adapter "$runs/qa-length-4ep" --alpha $alpha --omega $((alpha - 1)) --data "$test" \
+            --skip-bad --max-length 192 --json > "$runs/qa-length-4ep-alpha$alpha.eval.json"
+        reports+=("$runs/qa-length-4ep-alpha$alpha.eval.json")
+    done
+    $BIN/python $EXAMPLES/compare.py "${reports[@]}" > "$EXAMPLES/longer_runs.md"
+    $BIN/python $EXAMPLES/length_shortcut.py --data "$test" --adapter base "${names[@]/#/$runs/}" \
         > "$EXAMPLES/longer_runs_shortcut.jsonl"
     cat "$EXAMPLES/longer_runs.md" "$EXAMPLES/longer_runs_shortcut.jsonl"
 }
 
+# Longer and stronger runs than `longer`, each served at several α and ranked on the validation and
+# held-out splits: the recipe of the shipped `harmless` (6 epochs, lr 1e-3; run `harmless` first),
+# and the same recipe with other seeds. About 5 min on an H200 with the runs side by side.
+recipe() {
+    local runs=$WORK/recipe
+    rm -rf "$runs"; mkdir -p "$runs"
+    for seed in 0 1; do
+        $BIN/qadapter train "${LONG_RUN[@]}" --epochs 6 --batch-size 8 --lr 5e-4 --seed $seed \
+            --out "$runs/qa-6ep-lr5e-4-seed$seed" "${QADAPTER[@]}" "${PER_TOKEN[@]}"
+    done
+    for seed in 1 2 3; do
+        $BIN/qadapter train "${LONG_RUN[@]}" --epochs 6 --batch-size 8 --lr 1e-3 --seed $seed \
+            --out "$runs/qa-6ep-lr1e-3-seed$seed" "${QADAPTER[@]}" "${PER_TOKEN[@]}"
+    done
+    $BIN/qadapter train "${LONG_RUN[@]}" --epochs 8 --batch-size 16 --lr 7e-4 --seed 0 \
+        --out "$runs/qa-8ep-batch16" "${QADAPTER[@]}" "${PER_TOKEN[@]}"
+    $BIN/qadapter train "${LONG_RUN[@]}" --epochs 8 --batch-size 16 --lr 7e-4 --seed 0 \
+        --out "$runs/qa-8ep-batch16-alpha20" --alpha 20 --omega 19 --beta 1e-4 "${PER_TOKEN[@]}"
+    $BIN/python $EXAMPLES/alpha_sweep.py --dtype float32 --alphas 5 10 20 40 --adapter "$EXAMPLES/harmless" "$runs"/qa-* \
+        --data val="$WORK/harmless-val.jsonl" test="$DATA/harmless-test.jsonl" > "$EXAMPLES/recipe_sweep.jsonl"
+    cat "$EXAMPLES/recipe_sweep.jsonl"
+}
+
 if [ $# -eq 0 ]; then
-    data; harmless; concise; baselines; reports; shortcut; longer
+    data; harmless; concise; baselines; reports; shortcut; longer; recipe
 else
     for stage in "$@"; do "$stage"; done
 fi

@@ -137,7 +137,7 @@ def evaluate(
         adapter = replace(adapter, manifest=adapter.manifest.model_copy(update={"alpha": alpha, "omega": omega}))
     scored = PeftModel.from_pretrained(model, str(adapter_dir)).eval() if adapter else model
     policy = Policy(True, adapter.manifest.alpha, adapter.manifest.omega) if adapter else BASE
-    method = _method(adapter)
+    method = adapter_method(adapter)
     pad_id = pad_id_of(tokenizer)
     margin_per_pair = pair_margins(scored, tokenizer, adapter, pairs, max_length, pad_id, show_progress)
 
@@ -176,7 +176,7 @@ def _chat_ids(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> lis
     return [chat_prompt_ids(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
 
 
-def _method(adapter: ValidatedAdapter | None) -> str:
+def adapter_method(adapter: ValidatedAdapter | None) -> str:
     if adapter is None:
         return "base"
     return str((adapter.manifest.training or {}).get("method", "qadapter"))
@@ -203,7 +203,7 @@ def pair_margins(
     show_progress: bool = True,
 ) -> torch.Tensor:
     """Implicit reward of chosen minus rejected, per pair `[pairs]`."""
-    method = _method(adapter)
+    method = adapter_method(adapter)
     device = next(model.parameters()).device
     per_batch = []
     for start in tqdm(range(0, len(pairs), PAIRS_PER_BATCH), desc="preference pairs", disable=not show_progress):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,12 +21,14 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from adapters.data import PreferencePair, encode_pair, load_pairs
-from adapters.evaluate import PAIRS_PER_BATCH, reward_objective
+from adapters.bounds import MAX_ALPHA
+from adapters.errors import QAdapterError
+from adapters.evaluate import PAIRS_PER_BATCH, adapter_method, reward_objective
 from adapters.format import ValidatedAdapter, validate
 from adapters.objectives import margins, pad_id_of, pair_rows
 from adapters.policy import customised_logits, sequence_rewards, token_rewards
 from adapters.scoring import base_window_logits, collate, taken_logprobs, window_logits
-from server.cli_options import add_model_options, settings_from
+from server.cli_options import add_model_options, positive, settings_from, within
 from server.model import load_base_model
 
 
@@ -42,7 +43,7 @@ def sweep_margins(
     pad_id: int,
 ) -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
     """Per α: the reward margin and the policy log-ratio margin of each pair (chosen minus rejected)."""
-    trained = reward_objective(adapter)
+    trained = reward_objective(adapter)  # γ, V position and normalisation as trained; α, ω as served
     device = next(model.parameters()).device
     reward: dict[float, list[torch.Tensor]] = {a: [] for a in alphas}
     policy: dict[float, list[torch.Tensor]] = {a: [] for a in alphas}
@@ -52,11 +53,11 @@ def sweep_margins(
         q, base = window_logits(model, batch), base_window_logits(model, batch)
         base_taken = taken_logprobs(base, batch.actions)
         for alpha in alphas:
-            served = replace(trained, alpha=alpha, omega=alpha - 1)
-            tokens = token_rewards(q, base, batch.actions, batch.action_mask, served.alpha, served.omega,
-                                   served.gamma, served.value_position)
-            reward[alpha].append(margins(sequence_rewards(tokens, batch.action_mask, served.reward_norm)).cpu())
-            ratio = taken_logprobs(customised_logits(q, base, served.alpha, served.omega), batch.actions) - base_taken
+            omega = alpha - 1
+            tokens = token_rewards(q, base, batch.actions, batch.action_mask, alpha, omega,
+                                   trained.gamma, trained.value_position)
+            reward[alpha].append(margins(sequence_rewards(tokens, batch.action_mask, trained.reward_norm)).cpu())
+            ratio = taken_logprobs(customised_logits(q, base, alpha, omega), batch.actions) - base_taken
             policy[alpha].append(margins((ratio * batch.action_mask).sum(-1)).cpu())
     return {a: (torch.cat(reward[a]), torch.cat(policy[a])) for a in alphas}
 
@@ -74,16 +75,30 @@ def main() -> None:
     parser.add_argument("--adapter", nargs="+", required=True, help="Q-adapter directories")
     parser.add_argument("--data", nargs="+", required=True, type=named_file,
                         help="NAME=FILE: held-out pairs (JSONL), named")
-    parser.add_argument("--alphas", nargs="+", type=float, required=True, help="serving α, each served with ω = α − 1")
-    parser.add_argument("--max-length", type=int, default=192)
+    parser.add_argument("--alphas", nargs="+", required=True, type=within(1.0, MAX_ALPHA),
+                        help="serving α, each served with ω = α − 1 (so α ≥ 1)")
+    parser.add_argument("--max-length", type=positive(int, False), default=192)
     args = parser.parse_args()
-    data = {name: load_pairs(path, skip_bad=True).pairs for name, path in args.data}
-    for adapter_dir in args.adapter:  # a fresh base for each: wrapping it in a PeftModel changes it
-        loaded = load_base_model(settings_from(args))
-        adapter = validate(Path(adapter_dir), loaded.info)
+    alphas = list(dict.fromkeys(args.alphas))
+    if len({name for name, _ in args.data}) < len(args.data):
+        parser.error("--data: each NAME=FILE needs its own name")
+    try:  # every input checked before the first (long) sweep
+        data = {name: load_pairs(path, skip_bad=True).pairs for name, path in args.data}
+        info = load_base_model(settings_from(args)).info
+        adapters = [validate(Path(d), info) for d in args.adapter]
+    except QAdapterError as exc:
+        parser.error(str(exc))
+    for name, pairs in data.items():
+        if not pairs:
+            parser.error(f"--data {name}: no usable pairs")
+    for adapter in adapters:
+        if adapter_method(adapter) != "qadapter":
+            parser.error(f"{adapter.path}: a {adapter_method(adapter)} adapter has no Q-adapter reward to sweep")
+    for adapter_dir, adapter in zip(args.adapter, adapters):
+        loaded = load_base_model(settings_from(args))  # a fresh base for each: wrapping it in a PeftModel changes it
         model = PeftModel.from_pretrained(loaded.model, adapter_dir).eval()
         for name, pairs in data.items():
-            swept = sweep_margins(model, loaded.tokenizer, adapter, pairs, args.alphas, args.max_length,
+            swept = sweep_margins(model, loaded.tokenizer, adapter, pairs, alphas, args.max_length,
                                   pad_id_of(loaded.tokenizer))
             for alpha, (reward, policy) in swept.items():
                 print(json.dumps({

@@ -121,3 +121,19 @@ def test_serve_installs_the_examples_as_make_serve_does_and_concise_answers_shor
         assert concise < base
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--alphas", "0.5"], "--alphas: must be in [1, 100]"),
+    (["--alphas", "5", "--data", "held-out"], "expected NAME=FILE"),
+    (["--alphas", "5", "--data", f"a={HELD_OUT}", f"a={HELD_OUT}"], "each NAME=FILE needs its own name"),
+    (["--alphas", "5", "--adapter", str(EXAMPLES / "harmless"), "no-such-adapter"], "is not a directory"),
+])
+def test_alpha_sweep_refuses_bad_input_before_any_sweep(flags: list[str], message: str) -> None:
+    script = EXAMPLES / "alpha_sweep.py"
+    args = [sys.executable, str(script), "--adapter", str(EXAMPLES / "harmless"), "--data", f"test={HELD_OUT}", *flags]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600,
+                            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(EXAMPLES.parents[1])})
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert result.stdout == ""  # nothing swept

@@ -38,11 +38,17 @@ def base_model() -> torch.nn.Module:
     return tiny_model(vocab_size=VOCAB)
 
 
-def write_adapter(path: Path, model: torch.nn.Module, method: str | None, alpha: float, omega: float) -> Path:
+def write_adapter(
+    path: Path, model: torch.nn.Module, method: str | None, alpha: float, omega: float, objective: dict | None = None
+) -> Path:
+    """A random LoRA; `objective` is the manifest's trained objective (hyper-parameters) when given."""
     info = BaseModelInfo.from_model(model, "tiny")
+    training = None if method is None else {"method": method}
+    if training is not None and objective is not None:
+        training["hyperparameters"] = {"objective": objective}
     manifest = Manifest(
         name="hand", base_model={"id": info.id, "fingerprint": info.fingerprint}, alpha=alpha, omega=omega,
-        training=None if method is None else {"method": method},
+        training=training,
     )
     create(path, manifest, LoraSpec(), lora_weights(info, LoraSpec(), seed=3, b_std=0.3), info)
     return path
@@ -57,8 +63,11 @@ def full_logits(model: torch.nn.Module, ids: list[int], adapter_on: bool) -> tor
             return model(input_ids=torch.tensor([ids])).logits[0].float()
 
 
-def hand_reward(model: torch.nn.Module, prompt: list[int], response: list[int], method: str, alpha: float, omega: float) -> float:
-    """The implicit reward of one response, written out per token."""
+def hand_reward(
+    model: torch.nn.Module, prompt: list[int], response: list[int], method: str, alpha: float, omega: float,
+    value_position: str = "next",
+) -> float:
+    """The implicit reward of one response, written out per token (V at s_{t+1}, or at s_t with "same")."""
     q = full_logits(model, prompt + response, adapter_on=True)
     base = full_logits(model, prompt + response, adapter_on=False)
     states = [len(prompt) - 1 + t for t in range(len(response))]  # the state that takes response token t
@@ -71,7 +80,8 @@ def hand_reward(model: torch.nn.Module, prompt: list[int], response: list[int], 
             for c, s, a in zip(custom, states, response)
         )
     values = [alpha * float(torch.logsumexp(c, -1)) for c in custom] + [0.0]  # V(terminal) = 0
-    rewards = [float(q[s][a]) - values[t + 1] for t, (s, a) in enumerate(zip(states, response))]
+    shift = 0 if value_position == "same" else 1
+    rewards = [float(q[s][a]) - values[t + shift] for t, (s, a) in enumerate(zip(states, response))]
     return sum(rewards) / len(rewards)
 
 
@@ -242,12 +252,16 @@ def test_serving_constants_need_an_adapter(embedded: LoadedModel, base_model: to
                  stop_ids=frozenset({2}), serving=(2.0, 1.0), show_progress=False)
 
 
-def test_alpha_sweep_ranks_by_the_reward_and_the_policy_of_each_serving_alpha(embedded: LoadedModel, tmp_path: Path) -> None:
+@pytest.mark.parametrize("value_position", ["next", "same"])
+def test_alpha_sweep_ranks_by_the_reward_and_the_policy_of_each_serving_alpha(
+    embedded: LoadedModel, tmp_path: Path, value_position: str
+) -> None:
     from adapters.examples.alpha_sweep import sweep_margins
 
     tokenizer = embedded.tokenizer
     model = tiny_model(vocab_size=VOCAB)
-    adapter = validate(write_adapter(tmp_path / "a", model, "qadapter", alpha=0.8, omega=0.2),
+    trained = {"value_position": value_position, "reward_norm": "length"}  # as the manifest records it
+    adapter = validate(write_adapter(tmp_path / "a", model, "qadapter", alpha=0.8, omega=0.2, objective=trained),
                        BaseModelInfo.from_model(model, "tiny"))
     scored = PeftModel.from_pretrained(model, str(adapter.path)).eval()
     swept = sweep_margins(scored, tokenizer, adapter, PAIRS, [2.0, 5.0], max_length=512, pad_id=2)
@@ -256,8 +270,10 @@ def test_alpha_sweep_ranks_by_the_reward_and_the_policy_of_each_serving_alpha(em
         for pair in PAIRS:
             encoded = encode_pair(tokenizer, pair, 512)
             for kind, margins in expected.items():
-                margins.append(hand_reward(scored, encoded.prompt_ids, encoded.chosen_ids, kind, alpha, alpha - 1)
-                               - hand_reward(scored, encoded.prompt_ids, encoded.rejected_ids, kind, alpha, alpha - 1))
+                margins.append(
+                    hand_reward(scored, encoded.prompt_ids, encoded.chosen_ids, kind, alpha, alpha - 1, value_position)
+                    - hand_reward(scored, encoded.prompt_ids, encoded.rejected_ids, kind, alpha, alpha - 1, value_position)
+                )
         assert reward.tolist() == pytest.approx(expected["qadapter"], abs=1e-4)
         assert policy.tolist() == pytest.approx(expected["dpo"], abs=1e-4)
     assert swept[2.0][1].tolist() != pytest.approx(swept[5.0][1].tolist(), abs=1e-4)

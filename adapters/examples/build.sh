@@ -88,7 +88,7 @@ shortcut() {
 # Q-adapter also served at α 20 and 10 (run `reports` first for the base's report). About 2.5 min
 # per run on an H100.
 longer() {
-    local runs=$WORK/longer test="$DATA/harmless-test.jsonl"
+    local runs=$WORK/longer test="$DATA/harmless-test.jsonl" run alpha
     rm -rf "$runs"; mkdir -p "$runs"
     local flags=("${LONG_RUN[@]}" --batch-size 8 --lr 5e-4 --seed 0)
     $BIN/qadapter train "${flags[@]}" --epochs 2 --out "$runs/qa-padded-2ep" "${QADAPTER[@]}" --reward-norm padded
@@ -109,14 +109,16 @@ longer() {
     $BIN/python $EXAMPLES/compare.py "${reports[@]}" > "$EXAMPLES/longer_runs.md"
     $BIN/python $EXAMPLES/length_shortcut.py --data "$test" --adapter base "${names[@]/#/$runs/}" \
         > "$EXAMPLES/longer_runs_shortcut.jsonl"
-    cat "$EXAMPLES/longer_runs.md" "$EXAMPLES/longer_runs_shortcut.jsonl"
+    $BIN/python $EXAMPLES/alpha_sweep.py --alphas 20 10 --adapter "$runs/qa-length-4ep" --data test="$test" \
+        > "$EXAMPLES/longer_runs_served.jsonl"
+    cat "$EXAMPLES/longer_runs.md" "$EXAMPLES/longer_runs_shortcut.jsonl" "$EXAMPLES/longer_runs_served.jsonl"
 }
 
 # Longer and stronger runs than `longer`, each served at several α and ranked on the validation and
 # held-out splits: the recipe of the shipped `harmless` (6 epochs, lr 1e-3; run `harmless` first),
 # and the same recipe with other seeds. About 5 min on an H200 with the runs side by side.
 recipe() {
-    local runs=$WORK/recipe
+    local runs=$WORK/recipe seed
     rm -rf "$runs"; mkdir -p "$runs"
     for seed in 0 1; do
         $BIN/qadapter train "${LONG_RUN[@]}" --epochs 6 --batch-size 8 --lr 5e-4 --seed $seed \
@@ -132,7 +134,10 @@ recipe() {
         --out "$runs/qa-8ep-batch16-alpha20" --alpha 20 --omega 19 --beta 1e-4 "${PER_TOKEN[@]}"
     $BIN/python $EXAMPLES/alpha_sweep.py --dtype float32 --alphas 5 10 20 40 --adapter "$EXAMPLES/harmless" "$runs"/qa-* \
         --data val="$WORK/harmless-val.jsonl" test="$DATA/harmless-test.jsonl" > "$EXAMPLES/recipe_sweep.jsonl"
-    cat "$EXAMPLES/recipe_sweep.jsonl"
+    # The base's own ranking of the validation pairs, beside its held-out one in the reports.
+    $BIN/python $EXAMPLES/length_shortcut.py --data "$WORK/harmless-val.jsonl" --adapter base \
+        > "$EXAMPLES/recipe_base_validation.jsonl"
+    cat "$EXAMPLES/recipe_sweep.jsonl" "$EXAMPLES/recipe_base_validation.jsonl"
 }
 
 if [ $# -eq 0 ]; then

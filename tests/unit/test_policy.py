@@ -155,9 +155,10 @@ def _taken_sum(logits: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor) 
 
 @pytest.mark.parametrize(("alpha", "omega"), [(1.0, 0.01), (5.0, 4.0), (0.5, 2.0)])
 def test_summed_reward_is_a_log_likelihood_difference_for_both_value_positions(alpha: float, omega: float) -> None:
-    # Why the harmless example trains with γ 1 and padded normalisation: the rewards telescope to
-    # Σ r = α·log π_custom(y) − ω·log π_base(y) (+ V(s_0) when V is read at s_{t+1}), so a pair's
-    # margin is the same for both value positions and V(s_0), shared by the pair, cancels.
+    # The README's telescoping argument (why the summed reward of the short harmless runs ranks by
+    # likelihood): with γ 1, Σ r = α·log π_custom(y) − ω·log π_base(y) (+ V(s_0) when V is read at
+    # s_{t+1}), so a pair's margin is the same for both value positions and V(s_0), shared by the
+    # pair, cancels.
     torch.manual_seed(0)
     q, base = torch.randn(2, 5, 7) * 3, torch.randn(2, 5, 7) * 3
     q[1, 0], base[1, 0] = q[0, 0], base[0, 0]  # one prompt: the first response state is shared

@@ -109,7 +109,7 @@ longer() {
     $BIN/python $EXAMPLES/compare.py "${reports[@]}" > "$EXAMPLES/longer_runs.md"
     $BIN/python $EXAMPLES/length_shortcut.py --data "$test" --adapter base "${names[@]/#/$runs/}" \
         > "$EXAMPLES/longer_runs_shortcut.jsonl"
-    $BIN/python $EXAMPLES/alpha_sweep.py --alphas 20 10 --adapter "$runs/qa-length-4ep" --data test="$test" \
+    $BIN/python $EXAMPLES/alpha_sweep.py --dtype float32 --alphas 20 10 --adapter "$runs/qa-length-4ep" --data test="$test" \
         > "$EXAMPLES/longer_runs_served.jsonl"
     cat "$EXAMPLES/longer_runs.md" "$EXAMPLES/longer_runs_shortcut.jsonl" "$EXAMPLES/longer_runs_served.jsonl"
 }

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
+from pydantic import ValidationError
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adapters.base import BaseModelInfo
+from adapters.bounds import MAX_ALPHA, MAX_OMEGA, MIN_ALPHA
 from adapters.data import PreferencePair, chat_prompt_ids, encode_pair
 from adapters.decoding import BASE, Policy, generate
 from adapters.errors import InvalidData
@@ -134,7 +136,14 @@ def evaluate(
         if adapter is None:
             raise InvalidData("--alpha/--omega apply to an adapter, not to the base model")
         alpha, omega = serving
-        adapter = replace(adapter, manifest=adapter.manifest.model_copy(update={"alpha": alpha, "omega": omega}))
+        try:  # validated as a manifest that said so would be: the same bounds
+            served = Manifest.model_validate(adapter.manifest.model_dump() | {"alpha": alpha, "omega": omega})
+        except ValidationError:
+            raise InvalidData(
+                f"cannot serve with alpha {alpha:g}, omega {omega:g}: alpha must be in [{MIN_ALPHA:g}, {MAX_ALPHA:g}] "
+                f"and omega in [0, {MAX_OMEGA:g}]"
+            ) from None
+        adapter = replace(adapter, manifest=served)
     scored = PeftModel.from_pretrained(model, str(adapter_dir)).eval() if adapter else model
     policy = Policy(True, adapter.manifest.alpha, adapter.manifest.omega) if adapter else BASE
     method = adapter_method(adapter)

@@ -277,3 +277,15 @@ def test_alpha_sweep_ranks_by_the_reward_and_the_policy_of_each_serving_alpha(
         assert reward.tolist() == pytest.approx(expected["qadapter"], abs=1e-4)
         assert policy.tolist() == pytest.approx(expected["dpo"], abs=1e-4)
     assert swept[2.0][1].tolist() != pytest.approx(swept[5.0][1].tolist(), abs=1e-4)
+
+
+@pytest.mark.parametrize("serving", [(0.0, 0.0), (2.0, -1.0), (float("nan"), 1.0), (101.0, 100.0)])
+def test_serving_constants_out_of_bounds_are_refused_as_a_manifest_would_be(
+    embedded: LoadedModel, tmp_path: Path, serving: tuple[float, float]
+) -> None:
+    model = tiny_model(vocab_size=VOCAB)
+    path = write_adapter(tmp_path / "a", model, "qadapter", alpha=2.0, omega=1.0)
+    sets = EvalSets(["Hi"], [("Name a colour.", ["red"])])
+    with pytest.raises(InvalidData, match="cannot serve with alpha"):
+        evaluate(model, embedded.tokenizer, BaseModelInfo.from_model(model, "tiny"), path, PAIRS, sets,
+                 max_length=512, stop_ids=frozenset({2}), serving=serving, show_progress=False)

@@ -135,7 +135,7 @@ recipe() {
     $BIN/python $EXAMPLES/alpha_sweep.py --dtype float32 --alphas 5 10 20 40 --adapter "$EXAMPLES/harmless" "$runs"/qa-* \
         --data val="$WORK/harmless-val.jsonl" test="$DATA/harmless-test.jsonl" > "$EXAMPLES/recipe_sweep.jsonl"
     # The base's own ranking of the validation pairs, beside its held-out one in the reports.
-    $BIN/python $EXAMPLES/length_shortcut.py --data "$WORK/harmless-val.jsonl" --adapter base \
+    $BIN/python $EXAMPLES/length_shortcut.py --dtype float32 --data "$WORK/harmless-val.jsonl" --adapter base \
         > "$EXAMPLES/recipe_base_validation.jsonl"
     cat "$EXAMPLES/recipe_sweep.jsonl" "$EXAMPLES/recipe_base_validation.jsonl"
 }

@@ -20,11 +20,11 @@ import torch
 from peft import PeftModel
 
 from adapters.data import encode_pair, load_pairs
-from adapters.evaluate import pair_margins
+from adapters.evaluate import PAIRS_PER_BATCH, pair_margins
 from adapters.format import validate
 from adapters.objectives import log_ratios, margins, pad_id_of, pair_rows
 from adapters.scoring import collate
-from server.config import Settings
+from server.cli_options import add_model_options, positive, settings_from
 from server.model import LoadedModel, load_base_model
 
 
@@ -53,22 +53,24 @@ def report(loaded: LoadedModel, adapter_arg: str, data: Path, max_length: int, n
     scored = PeftModel.from_pretrained(loaded.model, adapter_arg).eval()
     reward = pair_margins(scored, tokenizer, adapter, pairs, max_length, pad_id)
     policy = torch.cat([
-        margins(log_ratios(scored, collate(pair_rows(encoded[i:i + 4]), pad_id, loaded.device),
+        margins(log_ratios(scored, collate(pair_rows(encoded[i:i + PAIRS_PER_BATCH]), pad_id, loaded.device),
                            adapter.manifest.alpha, adapter.manifest.omega)).cpu()
-        for i in range(0, len(encoded), 4)
+        for i in range(0, len(encoded), PAIRS_PER_BATCH)
     ])
     return out | {"reward": shares(reward, shorter_wins, near), "policy_log_ratio": shares(policy, shorter_wins, near)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_options(parser)
     parser.add_argument("--data", type=Path, required=True, help="held-out pairs (JSONL)")
     parser.add_argument("--adapter", nargs="+", required=True, help="adapter directories, or 'base'")
-    parser.add_argument("--max-length", type=int, default=192)
-    parser.add_argument("--near", type=int, default=5, help="'near-equal length': at most this many tokens apart")
+    parser.add_argument("--max-length", type=positive(int, False), default=192)
+    parser.add_argument("--near", type=positive(int, True), default=5,
+                        help="'near-equal length': at most this many tokens apart")
     args = parser.parse_args()
     for adapter_arg in args.adapter:  # a fresh base for each: wrapping it in a PeftModel changes it
-        loaded = load_base_model(Settings())
+        loaded = load_base_model(settings_from(args))
         print(json.dumps(report(loaded, adapter_arg, args.data, args.max_length, args.near)), flush=True)
 
 

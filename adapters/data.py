@@ -17,7 +17,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from adapters.errors import InvalidData
+from qadapter.core.chat import chat_prompt_ids, conversation_ids
+from qadapter.core.errors import InvalidData
 
 Message = dict[str, str]
 ROLES = frozenset({"system", "developer", "user", "assistant"})
@@ -126,42 +127,34 @@ def _split_shared(chosen: list[Message], rejected: list[Message]) -> tuple[list[
     return chosen[:-1], chosen[-1]["content"], rejected[-1]["content"]
 
 
-def encode_pair(
-    tokenizer: PreTrainedTokenizerBase, pair: PreferencePair, max_length: int
-) -> EncodedPair:
+def encode_pair(tokenizer: PreTrainedTokenizerBase, pair: PreferencePair, max_length: int) -> EncodedPair:
     """Tokenise with the chat template; each prompt+response fits `max_length` by cutting the prompt's start.
 
     A response longer than the budget keeps its beginning and leaves at least one prompt token.
     """
     if max_length < 2:
-        raise InvalidData(f"--max-length must be at least 2 (one prompt token and one response token), got {max_length}")
+        raise InvalidData(
+            f"--max-length must be at least 2 (one prompt token and one response token), got {max_length}"
+        )
     prompt_ids = chat_prompt_ids(tokenizer, pair.prompt)
     chosen_ids = response_ids(tokenizer, pair.prompt, prompt_ids, pair.chosen)
     rejected_ids = response_ids(tokenizer, pair.prompt, prompt_ids, pair.rejected)
     longest = min(max(len(chosen_ids), len(rejected_ids)), max_length - 1)
     return EncodedPair(
-        prompt_ids=prompt_ids[-(max_length - longest):],
+        prompt_ids=prompt_ids[-(max_length - longest) :],
         chosen_ids=chosen_ids[:longest],
         rejected_ids=rejected_ids[:longest],
     )
-
-
-def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: Sequence[Message]) -> list[int]:
-    """The conversation so far, ready for the assistant's turn (what the server feeds the model)."""
-    text = tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False).input_ids
 
 
 def response_ids(
     tokenizer: PreTrainedTokenizerBase, prompt: Sequence[Message], prompt_ids: list[int], response: str
 ) -> list[int]:
     """The assistant turn's tokens up to and including its end-of-turn token (where serving stops)."""
-    conversation = [*prompt, {"role": "assistant", "content": response}]
-    text = tokenizer.apply_chat_template(conversation, tokenize=False)
-    full = tokenizer(text, add_special_tokens=False).input_ids
+    full = conversation_ids(tokenizer, [*prompt, {"role": "assistant", "content": response}])
     if full[: len(prompt_ids)] != prompt_ids:
         raise InvalidData("the chat template does not extend the prompt with the response; use another base model")
-    ids = full[len(prompt_ids):]
+    ids = full[len(prompt_ids) :]
     if tokenizer.eos_token_id in ids:
         ids = ids[: ids.index(tokenizer.eos_token_id) + 1]
     return ids

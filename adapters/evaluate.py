@@ -1,7 +1,7 @@
 """`qadapter eval`: did the adapter learn the preference, and how much of the base model did it keep?
 
 - `preference_accuracy` / `reward_margin`: pairs ranked by the implicit reward the method trains —
-  R(y) of DESIGN.md §1 for a Q-adapter, Σ log π_custom/π_base for SFT and DPO, Σ log π_base for the base;
+  R(y) of docs/design.md §1 for a Q-adapter, Σ log π_custom/π_base for SFT and DPO, Σ log π_base for the base;
 - `kl_to_base`: mean per-token KL(π_custom ‖ π_base) along the base's greedy answers to neutral prompts;
 - `retention_accuracy`: short factual questions answered (substring match) with the adapter, beside the
   base's own `base_retention_accuracy`;
@@ -19,35 +19,24 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
-from pydantic import ValidationError
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from adapters.base import BaseModelInfo
-from adapters.bounds import MAX_ALPHA, MAX_OMEGA, MIN_ALPHA
-from adapters.data import PreferencePair, chat_prompt_ids, encode_pair
-from adapters.decoding import BASE, Policy, generate
-from adapters.errors import InvalidData
-from adapters.format import (
-    MANIFEST_FILE,
-    Manifest,
-    ValidatedAdapter,
-    read_manifest,
-    validate,
-)
-from adapters.objectives import (
-    Objective,
-    log_ratios,
-    margins,
-    pad_id_of,
-    pair_rows,
-    qadapter_token_rewards,
-)
-from adapters.policy import customised_logits, sequence_rewards
-from adapters.scoring import base_window_logits, collate, taken_logprobs, window_logits
+from qadapter.adapters.data import PreferencePair, encode_pair
+from qadapter.adapters.format import MANIFEST_FILE, Manifest, ValidatedAdapter, read_manifest, validate
+from qadapter.adapters.objectives import Objective, log_ratios, margins, pair_rows, qadapter_token_rewards
+from qadapter.adapters.scoring import ModelRows, base_window_logits, collate, taken_logprobs, window_logits
+from qadapter.core.chat import user_prompt_ids
+from qadapter.core.decode import DecodeParams, Stream, decode
+from qadapter.core.errors import InvalidData
+from qadapter.core.knobs import PLAIN, Knobs
+from qadapter.core.model import LoadedModel
+from qadapter.core.policy import customised_logits, sequence_rewards
 
 EVAL_SETS = Path(__file__).parent / "eval_sets"
 PAIRS_PER_BATCH = 4
+ADAPTER = "default"  # the name peft gives the one adapter it loads
+BASE = Stream(None)
 
 
 @dataclass(frozen=True)
@@ -79,7 +68,9 @@ class EvalSets:
                     raise TypeError
                 parsed.append((str(row["question"]), accepted))
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise InvalidData(f'{questions_file}: line {number}: expected {{"question": str, "answers": [str, ...]}}') from None
+                raise InvalidData(
+                    f'{questions_file}: line {number}: expected {{"question": str, "answers": [str, ...]}}'
+                ) from None
         if not prompts or not parsed:
             raise InvalidData("the neutral prompts and the questions must each hold at least one entry")
         return cls(prompts, parsed, **limits)
@@ -114,66 +105,48 @@ def read_adapter_manifest(path: Path) -> Manifest:
 
 
 def evaluate(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    info: BaseModelInfo,
+    loaded: LoadedModel,
     adapter_dir: Path | None,
     pairs: Sequence[PreferencePair],
     sets: EvalSets,
     max_length: int,
-    stop_ids: frozenset[int],
+    knobs: Knobs | None = None,
     show_progress: bool = True,
-    serving: tuple[float, float] | None = None,
 ) -> EvalReport:
     """Every metric of the report, for the adapter at `adapter_dir` or (None) the base model.
 
-    `stop_ids` end an answer, as in serving: the generation config's end ids and the tokenizer's.
-    `serving` = (α, ω) evaluates the adapter served with those instead of its manifest's, as a request
-    that sets them is served: the policy, its KL and answers, and the Q-adapter's reward all use them.
+    Answers end at the model's stop ids, as in serving. `knobs` evaluates the adapter served with
+    them instead of its manifest's, as a request that sets them is served: the policy, its KL and
+    answers, and the Q-adapter's reward all use them.
     """
-    adapter = validate(adapter_dir, info) if adapter_dir is not None else None
-    if serving is not None:
-        if adapter is None:
-            raise InvalidData("--alpha/--omega apply to an adapter, not to the base model")
-        alpha, omega = serving
-        try:  # validated as a manifest that said so would be: the same bounds
-            served = Manifest.model_validate(adapter.manifest.model_dump() | {"alpha": alpha, "omega": omega})
-        except ValidationError:
-            raise InvalidData(
-                f"cannot serve with alpha {alpha:g}, omega {omega:g}: alpha must be in [{MIN_ALPHA:g}, {MAX_ALPHA:g}] "
-                f"and omega in [0, {MAX_OMEGA:g}]"
-            ) from None
-        adapter = replace(adapter, manifest=served)
-    scored = PeftModel.from_pretrained(model, str(adapter_dir)).eval() if adapter else model
-    policy = Policy(True, adapter.manifest.alpha, adapter.manifest.omega) if adapter else BASE
-    method = adapter_method(adapter)
-    pad_id = pad_id_of(tokenizer)
-    margin_per_pair = pair_margins(scored, tokenizer, adapter, pairs, max_length, pad_id, show_progress)
-
-    def answers(prompts: Sequence[str], with_policy: Policy, max_tokens: int) -> list[list[int]]:
-        label = f"{'adapter' if with_policy.use_adapter else 'base'} answers" if show_progress else None
-        return generate(scored, _chat_ids(tokenizer, prompts), with_policy, max_tokens, stop_ids, pad_id, progress=label)
-
-    base_neutral = answers(sets.neutral_prompts, BASE, sets.max_answer_tokens)
-    own_neutral = answers(sets.neutral_prompts, policy, sets.max_answer_tokens) if adapter else base_neutral
-    questions = [q for q, _ in sets.questions]
-    base_correct = _correct(tokenizer, answers(questions, BASE, sets.max_question_tokens), sets.questions)
-    own_correct = (
-        _correct(tokenizer, answers(questions, policy, sets.max_question_tokens), sets.questions)
-        if adapter else base_correct
+    adapter = _served_adapter(loaded, adapter_dir, knobs)
+    scored = PeftModel.from_pretrained(loaded.model, str(adapter_dir)).eval() if adapter else loaded.model
+    served = Stream(ADAPTER, adapter.manifest.knobs) if adapter else BASE
+    margin_per_pair = pair_margins(
+        scored, loaded.tokenizer, adapter, pairs, max_length, loaded.pad_token_id, show_progress
     )
-    kl = kl_to_base(scored, _chat_ids(tokenizer, sets.neutral_prompts), base_neutral, policy, pad_id) if adapter else 0.0
+
+    streams = [BASE, served] if adapter else [BASE]
+    rows = ModelRows(scored)
+    base_neutral, own_neutral = _answers(
+        loaded, rows, streams, sets.neutral_prompts, sets.max_answer_tokens, show_progress
+    )
+    questions = [q for q, _ in sets.questions]
+    base_replies, own_replies = _answers(loaded, rows, streams, questions, sets.max_question_tokens, show_progress)
+    neutral_ids = [user_prompt_ids(loaded.tokenizer, p) for p in sets.neutral_prompts]
+    kl = kl_to_base(scored, neutral_ids, base_neutral, served.knobs, loaded.pad_token_id) if adapter else 0.0
+    shown = served.knobs if adapter else PLAIN
     return EvalReport(
         adapter=adapter.name if adapter else "base",
-        method=method,
-        alpha=policy.alpha if adapter else 1.0,
-        omega=policy.omega if adapter else 0.0,
+        method=adapter_method(adapter),
+        alpha=shown.alpha,
+        omega=shown.omega,
         num_pairs=len(pairs),
         preference_accuracy=float((margin_per_pair > 0).float().mean()),
         reward_margin=float(margin_per_pair.mean()),
         kl_to_base=kl,
-        retention_accuracy=own_correct,
-        base_retention_accuracy=base_correct,
+        retention_accuracy=_correct(loaded.tokenizer, own_replies, sets.questions),
+        base_retention_accuracy=_correct(loaded.tokenizer, base_replies, sets.questions),
         mean_answer_tokens=sum(map(len, own_neutral)) / len(own_neutral),
         base_mean_answer_tokens=sum(map(len, base_neutral)) / len(base_neutral),
         num_neutral_prompts=len(sets.neutral_prompts),
@@ -181,8 +154,30 @@ def evaluate(
     )
 
 
-def _chat_ids(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[int]]:
-    return [chat_prompt_ids(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
+def _answers(
+    loaded: LoadedModel,
+    rows: ModelRows,
+    streams: list[Stream],
+    prompts: Sequence[str],
+    max_tokens: int,
+    show_progress: bool,
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Greedy answers to user prompts of the first and of the last stream, from one decode."""
+    ids = [user_prompt_ids(loaded.tokenizer, p) for p in prompts]
+    label = "answers" if show_progress else None
+    params = DecodeParams(max_tokens)
+    decoded = decode(rows, ids, streams, params, loaded.stop_token_ids, loaded.pad_token_id, progress=label)
+    return [d[0] for d in decoded], [d[-1] for d in decoded]
+
+
+def _served_adapter(loaded: LoadedModel, adapter_dir: Path | None, knobs: Knobs | None) -> ValidatedAdapter | None:
+    """The adapter at `adapter_dir` (None: the base model), its manifest saying `knobs` when given."""
+    adapter = validate(adapter_dir, loaded.info) if adapter_dir is not None else None
+    if knobs is None:
+        return adapter
+    if adapter is None:
+        raise InvalidData("--alpha/--omega apply to an adapter, not to the base model")
+    return replace(adapter, manifest=adapter.manifest.model_copy(update={"alpha": knobs.alpha, "omega": knobs.omega}))
 
 
 def adapter_method(adapter: ValidatedAdapter | None) -> str:
@@ -194,11 +189,8 @@ def adapter_method(adapter: ValidatedAdapter | None) -> str:
 def reward_objective(adapter: ValidatedAdapter) -> Objective:
     """The Q-adapter's reward as it was trained (γ, V position, norm from its manifest), with its α, ω."""
     trained = ((adapter.manifest.training or {}).get("hyperparameters") or {}).get("objective") or {}
-    known = {f.name for f in fields(Objective)} - {"method", "alpha", "omega"}
-    return Objective(
-        alpha=adapter.manifest.alpha, omega=adapter.manifest.omega,
-        **{k: v for k, v in trained.items() if k in known},
-    )
+    known = {f.name for f in fields(Objective)} - {"method", "knobs"}
+    return Objective(knobs=adapter.manifest.knobs, **{k: v for k, v in trained.items() if k in known})
 
 
 @torch.no_grad()
@@ -216,7 +208,7 @@ def pair_margins(
     device = next(model.parameters()).device
     per_batch = []
     for start in tqdm(range(0, len(pairs), PAIRS_PER_BATCH), desc="preference pairs", disable=not show_progress):
-        encoded = [encode_pair(tokenizer, p, max_length) for p in pairs[start:start + PAIRS_PER_BATCH]]
+        encoded = [encode_pair(tokenizer, p, max_length) for p in pairs[start : start + PAIRS_PER_BATCH]]
         batch = collate(pair_rows(encoded), pad_id, device)
         if adapter is None:
             rewards = (taken_logprobs(base_window_logits(model, batch), batch.actions) * batch.action_mask).sum(-1)
@@ -225,7 +217,7 @@ def pair_margins(
             token = qadapter_token_rewards(model, batch, objective)
             rewards = sequence_rewards(token, batch.action_mask, objective.reward_norm)
         else:
-            rewards = log_ratios(model, batch, adapter.manifest.alpha, adapter.manifest.omega)
+            rewards = log_ratios(model, batch, adapter.manifest.knobs)
         per_batch.append(margins(rewards).float().cpu())
     return torch.cat(per_batch)
 
@@ -235,7 +227,7 @@ def kl_to_base(
     model: PeftModel,
     prompts: Sequence[list[int]],
     answers: Sequence[list[int]],
-    policy: Policy,
+    knobs: Knobs,
     pad_id: int,
     rows_per_batch: int = 8,
 ) -> float:
@@ -243,17 +235,19 @@ def kl_to_base(
     total, num_tokens = 0.0, 0.0
     device = next(model.parameters()).device
     for start in range(0, len(prompts), rows_per_batch):
-        rows = list(zip(prompts[start:start + rows_per_batch], answers[start:start + rows_per_batch]))
+        rows = list(zip(prompts[start : start + rows_per_batch], answers[start : start + rows_per_batch]))
         batch = collate(rows, pad_id, device)
         base = torch.log_softmax(base_window_logits(model, batch).float(), dim=-1)
-        custom = torch.log_softmax(customised_logits(window_logits(model, batch), base, policy.alpha, policy.omega), -1)
+        custom = torch.log_softmax(customised_logits(window_logits(model, batch), base, knobs.alpha, knobs.omega), -1)
         per_state = (custom.exp() * (custom - base)).sum(-1)  # [rows, window]
         total += float((per_state * batch.action_mask).sum())
         num_tokens += float(batch.action_mask.sum())
     return total / max(num_tokens, 1.0)
 
 
-def _correct(tokenizer: PreTrainedTokenizerBase, answers: Sequence[list[int]], questions: Sequence[tuple[str, list[str]]]) -> float:
+def _correct(
+    tokenizer: PreTrainedTokenizerBase, answers: Sequence[list[int]], questions: Sequence[tuple[str, list[str]]]
+) -> float:
     """Share of answers naming one of the question's accepted answers as a whole word (case-insensitive).
 
     Whole words, so that "4" is not found in "14" nor "ice" in "rice".
@@ -272,8 +266,10 @@ def format_report(report: EvalReport) -> str:
         ("preference accuracy", f"{report.preference_accuracy:.3f}  over {report.num_pairs} pairs"),
         ("reward margin (mean)", f"{report.reward_margin:.4f}"),
         ("KL to base (per token)", f"{report.kl_to_base:.4f}  over {report.num_neutral_prompts} neutral prompts"),
-        ("retention accuracy",
-         f"{report.retention_accuracy:.3f}  (base {report.base_retention_accuracy:.3f}, {report.num_questions} questions)"),
+        (
+            "retention accuracy",
+            f"{report.retention_accuracy:.3f}  (base {report.base_retention_accuracy:.3f}, {report.num_questions} questions)",
+        ),
         ("mean answer tokens", f"{report.mean_answer_tokens:.1f}  (base {report.base_mean_answer_tokens:.1f})"),
     ]
     width = max(len(name) for name, _ in rows)

@@ -1,6 +1,6 @@
 """What each training method optimises, and the implicit reward each one ranks responses by.
 
-- `qadapter`: the residual-Q Bradley–Terry loss with the χ² term (DESIGN.md §1, `adapters/policy.py`);
+- `qadapter`: the residual-Q Bradley–Terry loss with the χ² term (docs/design.md §1, `core/policy.py`);
 - `dpo`: LoRA DPO, the disabled-adapter model as reference;
 - `sft`: LoRA fine-tuning on the chosen responses.
 SFT and DPO adapters are served as plain LoRA policies (softmax of the adapter's own logits: α 1, ω 0).
@@ -9,17 +9,24 @@ SFT and DPO adapters are served as plain LoRA policies (softmax of the adapter's
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
-from adapters.bounds import DEFAULT_ALPHA, DEFAULT_OMEGA
-from adapters.data import EncodedPair
-from adapters.policy import (
+from qadapter.adapters.data import EncodedPair
+from qadapter.adapters.scoring import (
+    ResponseBatch,
+    base_window_logits,
+    collate,
+    taken_logprobs,
+    window_logits,
+)
+from qadapter.core.knobs import PLAIN, Knobs
+from qadapter.core.policy import (
     DEFAULT_BETA,
     DEFAULT_GAMMA,
     RewardNorm,
@@ -28,13 +35,6 @@ from adapters.policy import (
     preference_loss,
     sequence_rewards,
     token_rewards,
-)
-from adapters.scoring import (
-    ResponseBatch,
-    base_window_logits,
-    collate,
-    taken_logprobs,
-    window_logits,
 )
 
 Method = Literal["qadapter", "sft", "dpo"]
@@ -47,20 +47,17 @@ class Objective:
     """A method and its hyper-parameters (β is the χ² weight for qadapter, the DPO temperature for dpo)."""
 
     method: Method = "qadapter"
-    alpha: float = DEFAULT_ALPHA
-    omega: float = DEFAULT_OMEGA
+    knobs: Knobs = field(default_factory=Knobs)  # the α, ω the reward is trained with
     gamma: float = DEFAULT_GAMMA
     beta: float = DEFAULT_BETA
     value_position: ValuePosition = "next"
     reward_norm: RewardNorm = "length"
 
     @property
-    def served_alpha(self) -> float:
-        return self.alpha if self.method == "qadapter" else 1.0
-
-    @property
-    def served_omega(self) -> float:
-        return self.omega if self.method == "qadapter" else 0.0
+    def served_knobs(self) -> Knobs:
+        """How the trained adapter serves by default: a Q-adapter with its training knobs; SFT and DPO
+        adapters as plain LoRA policies."""
+        return self.knobs if self.method == "qadapter" else PLAIN
 
 
 @dataclass(frozen=True)
@@ -70,11 +67,6 @@ class StepFigures:
     loss: torch.Tensor
     num_pairs: int
     num_correct: int | None  # pairs whose implicit reward ranks chosen above rejected (None for sft)
-
-
-def pad_id_of(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The id that fills left padding (masked out, so any id works; the pad token when there is one)."""
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def pair_rows(pairs: Sequence[EncodedPair]) -> list[tuple[list[int], list[int]]]:
@@ -98,7 +90,7 @@ def compute_step(model: Model, pairs: Sequence[EncodedPair], objective: Objectiv
         )
         num_correct = int((margins(sequence_rewards(rewards.detach(), mask, objective.reward_norm)) > 0).sum())
         return StepFigures(figures.loss, len(pairs), num_correct)
-    dpo_margins = objective.beta * margins(log_ratios(model, batch, alpha=1.0, omega=0.0))
+    dpo_margins = objective.beta * margins(log_ratios(model, batch, PLAIN))
     return StepFigures(
         loss=-F.logsigmoid(dpo_margins).mean(),
         num_pairs=len(pairs),
@@ -116,14 +108,20 @@ def qadapter_token_rewards(model: Model, batch: ResponseBatch, objective: Object
     q_logits = window_logits(model, batch)
     base_logits = base_window_logits(model, batch)
     return token_rewards(
-        q_logits, base_logits, batch.actions, batch.action_mask,
-        objective.alpha, objective.omega, objective.gamma, objective.value_position,
+        q_logits,
+        base_logits,
+        batch.actions,
+        batch.action_mask,
+        objective.knobs.alpha,
+        objective.knobs.omega,
+        objective.gamma,
+        objective.value_position,
     )
 
 
-def log_ratios(model: Model, batch: ResponseBatch, alpha: float, omega: float) -> torch.Tensor:
-    """Σ_t log π_custom(a_t) − log π_base(a_t) per row, π_custom the served policy with α, ω."""
+def log_ratios(model: Model, batch: ResponseBatch, knobs: Knobs) -> torch.Tensor:
+    """Σ_t log π_custom(a_t) − log π_base(a_t) per row, π_custom the policy served with `knobs`."""
     base_logits = base_window_logits(model, batch)
-    custom = customised_logits(window_logits(model, batch), base_logits, alpha, omega)
+    custom = customised_logits(window_logits(model, batch), base_logits, knobs.alpha, knobs.omega)
     ratio = taken_logprobs(custom, batch.actions) - taken_logprobs(base_logits, batch.actions)
     return (ratio * batch.action_mask).sum(dim=-1)

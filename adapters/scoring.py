@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from peft import PeftModel
 from transformers import PreTrainedModel
+from transformers.cache_utils import Cache
 
 
 @dataclass(frozen=True)
@@ -40,15 +41,15 @@ def collate(rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, de
     for i, (prompt, response) in enumerate(rows):
         assert prompt, "a response needs at least one prompt token to be scored from"
         tokens = [*prompt, *response]
-        input_ids[i, length - len(tokens):] = torch.tensor(tokens)
-        attention_mask[i, length - len(tokens):] = 1
-        action_mask[i, window - len(response):] = 1
+        input_ids[i, length - len(tokens) :] = torch.tensor(tokens)
+        attention_mask[i, length - len(tokens) :] = 1
+        action_mask[i, window - len(response) :] = 1
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
     return ResponseBatch(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
         position_ids=position_ids.to(device),
-        actions=input_ids[:, length - window:].to(device),
+        actions=input_ids[:, length - window :].to(device),
         action_mask=action_mask.to(device),
     )
 
@@ -82,3 +83,40 @@ def taken_logprobs(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[action] per position, `[rows, window]`, in float32."""
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
 
+
+class ModelRows:
+    """A model as the decode loop's RowModel: with a PeftModel, rows naming its adapter run the LoRA
+    and base rows (None) run without it, in one forward (peft's mixed batches); a plain model has
+    base rows only."""
+
+    def __init__(self, model: PreTrainedModel | PeftModel) -> None:
+        self._model = model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self._model.parameters()).device
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cache: Cache | None,
+        row_adapters: Sequence[str | None],
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, Cache]:
+        if isinstance(self._model, PeftModel):
+            selected = {"adapter_names": [name or "__base__" for name in row_adapters]}
+        else:
+            assert not any(row_adapters), "a model without adapters decodes base rows only"
+            selected = {}
+        out = self._model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **selected,
+        )
+        return out.logits[:, -1], out.cache

@@ -18,9 +18,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.base import BaseModelInfo
-from adapters.errors import AdapterExists, AdapterNotFound, InvalidAdapter
-from adapters.format import (
+from qadapter.adapters.format import (
     MANIFEST_FILE,
     Manifest,
     ValidatedAdapter,
@@ -28,6 +26,8 @@ from adapters.format import (
     read_manifest,
     validate,
 )
+from qadapter.core.base import BaseModelInfo
+from qadapter.core.errors import AdapterExists, AdapterNotFound, InvalidAdapter
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,12 @@ class AdapterStore:
         for path in sorted(p for p in Path(source).iterdir() if (p / MANIFEST_FILE).is_file()):
             manifest = read_manifest(path / MANIFEST_FILE)
             if manifest.base_model.fingerprint != self._base.fingerprint:
-                log.warning("not installing %s: it was made for %s, not the served %s",
-                            path, manifest.base_model.id, self._base.id)
+                log.warning(
+                    "not installing %s: it was made for %s, not the served %s",
+                    path,
+                    manifest.base_model.id,
+                    self._base.id,
+                )
                 continue
             if self._versions(manifest.name):
                 continue
@@ -123,7 +127,9 @@ class AdapterStore:
                     param="name",
                 )
             if current is None and replace:
-                raise AdapterNotFound(f"no adapter named {adapter.name!r} to replace; upload it with POST", param="name")
+                raise AdapterNotFound(
+                    f"no adapter named {adapter.name!r} to replace; upload it with POST", param="name"
+                )
             version = 1 if current is None else current[1] + 1
             final = self.root / f"{adapter.name}@{version}"
             adapter_dir.rename(final)

@@ -7,7 +7,6 @@ exactly where a run stopped: the data order is a function of the seed and the st
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import shutil
@@ -18,19 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import (
-    PeftModel,
-    get_peft_model,
-    get_peft_model_state_dict,
-    set_peft_model_state_dict,
-)
+from peft import PeftModel, get_peft_model, get_peft_model_state_dict
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from adapters.base import BaseModelInfo
-from adapters.data import EncodedPair, PreferenceData, encode_pair
-from adapters.errors import InvalidData
-from adapters.format import (
+from qadapter.adapters.checkpoints import Checkpoints
+from qadapter.adapters.data import EncodedPair, PreferenceData, encode_pair
+from qadapter.adapters.format import (
     LoraSpec,
     Manifest,
     ValidatedAdapter,
@@ -38,10 +30,12 @@ from adapters.format import (
     create,
     validate,
 )
-from adapters.objectives import Objective, StepFigures, compute_step, pad_id_of
+from qadapter.adapters.objectives import Objective, StepFigures, compute_step
+from qadapter.core.base import BaseModelInfo
+from qadapter.core.errors import InvalidData
+from qadapter.core.knobs import Knobs
+from qadapter.core.model import LoadedModel
 
-CHECKPOINT_FILE = "state.pt"
-RUN_FILE = "run.json"
 RUNNING_WINDOW_PAIRS = 200  # the progress bar's accuracy is over the last this many pairs
 
 
@@ -80,10 +74,9 @@ class TrainOptions:
     resume: bool = False
     command: str = ""
     show_progress: bool = True
-    # The α, ω the manifest serves a Q-adapter with (None: the objective's). With α = 1 + ω a larger α
+    # The knobs the manifest serves a Q-adapter with (None: the objective's). With α = 1 + ω a larger α
     # moves the served policy less for the same Q; the reward ranking hardly changes.
-    serve_alpha: float | None = None
-    serve_omega: float | None = None
+    serve_knobs: Knobs | None = None
 
 
 @dataclass
@@ -113,11 +106,9 @@ def check_output(out: Path, name: str) -> None:
 
 
 def check_options(config: TrainConfig, options: TrainOptions) -> None:
-    """Serving constants come as a pair, and only for a Q-adapter: SFT and DPO adapters are plain LoRA
-    policies, served with α 1, ω 0."""
-    if (options.serve_alpha is None) != (options.serve_omega is None):
-        raise InvalidData("give --serve-alpha and --serve-omega together (keep alpha = 1 + omega)")
-    if config.objective.method != "qadapter" and options.serve_alpha is not None:
+    """Serving knobs apply to a Q-adapter only: SFT and DPO adapters are plain LoRA policies, served
+    with α 1, ω 0."""
+    if config.objective.method != "qadapter" and options.serve_knobs is not None:
         raise InvalidData(
             f"--serve-alpha/--serve-omega apply to Q-adapters only; {config.objective.method} adapters are served "
             "with alpha 1, omega 0"
@@ -125,9 +116,7 @@ def check_options(config: TrainConfig, options: TrainOptions) -> None:
 
 
 def train(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    info: BaseModelInfo,
+    loaded: LoadedModel,
     data: PreferenceData,
     out: Path,
     config: TrainConfig,
@@ -138,12 +127,13 @@ def train(
     out = Path(out)
     check_options(config, options)
     check_output(out, options.name)
-    pairs = [encode_pair(tokenizer, pair, config.max_length) for pair in data.pairs]
-    eval_pairs = [encode_pair(tokenizer, p, config.max_length) for p in eval_data.pairs] if eval_data else []
+    info = loaded.info
+    pairs = [encode_pair(loaded.tokenizer, pair, config.max_length) for pair in data.pairs]
+    eval_pairs = [encode_pair(loaded.tokenizer, p, config.max_length) for p in eval_data.pairs] if eval_data else []
     torch.manual_seed(config.seed)  # the LoRA's initial A
-    peft_model = get_peft_model(model, config.lora.to_peft())
+    peft_model = get_peft_model(loaded.model, config.lora.to_peft())
     checkpoints = Checkpoints(out.with_name(out.name + ".checkpoint"), _run_identity(config, data, info))
-    running, final_eval = _optimise(peft_model, pairs, eval_pairs, config, options, checkpoints, pad_id_of(tokenizer))
+    running, final_eval = _optimise(peft_model, pairs, eval_pairs, config, options, checkpoints, loaded.pad_token_id)
     training = {
         "method": config.objective.method,
         "data": {"file_sha256": data.sha256, "num_pairs": len(pairs), "num_skipped": data.num_skipped},
@@ -174,13 +164,15 @@ def _optimise(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then_decay(num_steps, config.warmup_ratio))
     start = checkpoints.restore(model, optimizer, scheduler) if options.resume else 0
     running, final_eval = RunningFigures(), {}
-    progress = tqdm(total=num_steps, initial=start, desc=f"train {options.name}", unit="step",
-                    disable=not options.show_progress)
+    progress = tqdm(
+        total=num_steps, initial=start, desc=f"train {options.name}", unit="step", disable=not options.show_progress
+    )
     for step in range(start, num_steps):
         model.train()
         for micro in range(config.grad_accum):
-            figures = compute_step(model, _micro_batch(pairs, config, step * config.grad_accum + micro),
-                                   config.objective, pad_id)
+            figures = compute_step(
+                model, _micro_batch(pairs, config, step * config.grad_accum + micro), config.objective, pad_id
+            )
             (figures.loss / config.grad_accum).backward()
             running.add(figures)
         torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
@@ -206,7 +198,7 @@ def _micro_batch(pairs: Sequence[EncodedPair], config: TrainConfig, index: int) 
     epoch, position = divmod(index, per_epoch)
     order = list(range(len(pairs)))
     random.Random(config.seed + epoch).shuffle(order)
-    chosen = order[position * config.batch_size:(position + 1) * config.batch_size]
+    chosen = order[position * config.batch_size : (position + 1) * config.batch_size]
     return [pairs[i] for i in chosen]
 
 
@@ -229,7 +221,7 @@ def evaluate_objective(
     model.eval()
     running = RunningFigures(losses=deque(), ranked=deque())
     for start in range(0, len(pairs), config.batch_size):
-        running.add(compute_step(model, pairs[start:start + config.batch_size], config.objective, pad_id))
+        running.add(compute_step(model, pairs[start : start + config.batch_size], config.objective, pad_id))
     return running.summary()
 
 
@@ -245,16 +237,21 @@ def _run_identity(config: TrainConfig, data: PreferenceData, info: BaseModelInfo
 
 
 def _save(
-    model: PeftModel, info: BaseModelInfo, out: Path, config: TrainConfig, options: TrainOptions,
+    model: PeftModel,
+    info: BaseModelInfo,
+    out: Path,
+    config: TrainConfig,
+    options: TrainOptions,
     training: dict[str, Any],
 ) -> ValidatedAdapter:
     """Write the adapter into a staging directory, validate it, then rename it into place."""
+    served = options.serve_knobs or config.objective.served_knobs
     manifest = Manifest(
         name=options.name,
         description=options.description or f"{config.objective.method} adapter",
         base_model={"id": info.id, "fingerprint": info.fingerprint},
-        alpha=config.objective.served_alpha if options.serve_alpha is None else options.serve_alpha,
-        omega=config.objective.served_omega if options.serve_omega is None else options.serve_omega,
+        alpha=served.alpha,
+        omega=served.omega,
         training=training,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -263,57 +260,3 @@ def _save(
     create(staging, manifest, config.lora, get_peft_model_state_dict(model), info)
     staging.rename(out)
     return validate(out, info)
-
-
-class Checkpoints:
-    """One resumable checkpoint directory per output (torch.save, read back with weights_only=True)."""
-
-    def __init__(self, path: Path, identity: dict[str, Any]) -> None:
-        self.path = path
-        self.identity = identity
-
-    def save(self, model: PeftModel, optimizer: torch.optim.Optimizer, scheduler: Any, step: int) -> None:
-        """Write the new checkpoint beside the old one, then swap: a crash leaves one of the two whole."""
-        staging = self.path.with_name(self.path.name + ".tmp")
-        previous = self.path.with_name(self.path.name + ".old")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        state = {
-            "step": step,
-            "lora": get_peft_model_state_dict(model),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }
-        torch.save(state, staging / CHECKPOINT_FILE)
-        (staging / RUN_FILE).write_text(json.dumps(self.identity, indent=2))
-        shutil.rmtree(previous, ignore_errors=True)
-        if self.path.exists():
-            self.path.rename(previous)
-        staging.rename(self.path)
-        shutil.rmtree(previous, ignore_errors=True)
-
-    def restore(self, model: PeftModel, optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
-        """Load the checkpoint into the run and return the step to continue from."""
-        if not (self.path / CHECKPOINT_FILE).is_file() and self.path.with_name(self.path.name + ".old").is_dir():
-            self.path.with_name(self.path.name + ".old").rename(self.path)  # a crash came mid-swap
-        if not (self.path / CHECKPOINT_FILE).is_file():
-            raise InvalidData(f"--resume: no checkpoint at {str(self.path)!r}; start without --resume")
-        saved = json.loads((self.path / RUN_FILE).read_text())
-        if saved != json.loads(json.dumps(self.identity)):
-            raise InvalidData(
-                f"--resume: the checkpoint at {str(self.path)!r} was made with other data or hyper-parameters; "
-                "rerun with the same flags, or delete the checkpoint to start over"
-            )
-        state = torch.load(self.path / CHECKPOINT_FILE, weights_only=True)
-        set_peft_model_state_dict(model, state["lora"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        if state["cuda_rng"]:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        return int(state["step"])
-
-    def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)

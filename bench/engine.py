@@ -17,24 +17,25 @@ import asyncio
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-from adapters.format import LoraSpec, Manifest, ValidatedAdapter, create, lora_weights  # noqa: E402
-from adapters.policy import customised_logits  # noqa: E402
-from server.cli_options import add_model_options, settings_from  # noqa: E402
-from server.engine.engine import Engine, LoadAdapter  # noqa: E402
-from server.engine.request import GenerationRequest, SamplingParams  # noqa: E402
-from server.lora import AdapterHost  # noqa: E402
-from server.model import LoadedModel, load_base_model  # noqa: E402
+from qadapter.adapters.format import ValidatedAdapter
+from qadapter.adapters.synthetic import random_adapter
+from qadapter.core.chat import user_prompt_ids
+from qadapter.core.cli_options import add_model_options, settings_from
+from qadapter.core.lora import AdapterHost
+from qadapter.core.model import LoadedModel, load_base_model
+from qadapter.core.policy import customised_logits
+from qadapter.server.engine.engine import Engine
+from qadapter.server.engine.registry import LoadAdapter
+from qadapter.server.engine.request import GenerationRequest, SamplingParams
 
 TOPICS = ["the ocean", "mountains", "city life", "gardening", "astronomy", "cooking", "music", "history"]
 WARMUP_TOKENS = 4  # per untimed warm-up request
@@ -63,22 +64,13 @@ def make_prompts(loaded: LoadedModel, count: int, num_tokens: int) -> list[tuple
     prompts = []
     for i in range(count):
         text = f"Tell me about {TOPICS[i % len(TOPICS)]} (request {i})." + FILLER * 6
-        messages = [{"role": "user", "content": text}]
-        rendered = loaded.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = loaded.tokenizer(rendered, add_special_tokens=False).input_ids
-        prompts.append(tuple(ids[-num_tokens:]))
+        prompts.append(tuple(user_prompt_ids(loaded.tokenizer, text)[-num_tokens:]))
     return prompts
 
 
 def make_adapters(loaded: LoadedModel, root: Path, count: int) -> list[ValidatedAdapter]:
     """Random LoRA adapters of the paper's shape (weights do not change speed)."""
-    adapters = []
-    for i in range(count):
-        name = f"bench-{i}"
-        manifest = Manifest(name=name, base_model={"id": loaded.info.id, "fingerprint": loaded.info.fingerprint})
-        weights = lora_weights(loaded.info, LoraSpec(), seed=i, b_std=0.02)
-        adapters.append(create(root / name, manifest, LoraSpec(), weights, loaded.info))
-    return adapters
+    return [random_adapter(root / f"bench-{i}", loaded.info, f"bench-{i}", b_std=0.02, seed=i) for i in range(count)]
 
 
 def naive_tps(host: AdapterHost, adapter: str, prompts: list[tuple[int, ...]], max_tokens: int) -> float:
@@ -98,14 +90,18 @@ def naive_tps(host: AdapterHost, adapter: str, prompts: list[tuple[int, ...]], m
     return len(prompts) * max_tokens / (time.perf_counter() - start)
 
 
-async def engine_run(engine: Engine, prompts: list[tuple[int, ...]], adapters: list[str | None], max_tokens: int) -> RunResult:
+async def engine_run(
+    engine: Engine, prompts: list[tuple[int, ...]], adapters: list[str | None], max_tokens: int
+) -> RunResult:
     """All requests at once; request i uses adapters[i % len(adapters)]."""
     params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
 
     async def one(i: int, prompt: tuple[int, ...]) -> tuple[float, list[float], int]:
         sent = time.perf_counter()
         stamps, num_tokens = [], 0
-        async for event in engine.submit(GenerationRequest(f"r{i}-{sent}", prompt, adapters[i % len(adapters)], params)):
+        async for event in engine.submit(
+            GenerationRequest(f"r{i}-{sent}", prompt, adapters[i % len(adapters)], params)
+        ):
             stamps.append(time.perf_counter())
             num_tokens += len(event.token_ids)
         return stamps[0] - sent, [b - a for a, b in zip(stamps, stamps[1:])], num_tokens
@@ -143,10 +139,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         adapters = make_adapters(loaded, Path(root), 8)
         for adapter in adapters:
-            engine.apply(LoadAdapter(adapter)).result()
+            engine.adapters.apply(LoadAdapter(adapter)).result()
         names: list[str | None] = [adapter.name for adapter in adapters]
         # The baseline drives the same model and weights directly while the engine idles.
-        naive_key = engine.published(adapters[0].name).key  # type: ignore[union-attr]
+        naive_key = engine.adapters.resolve(adapters[0].name).key
         naive_tps(host, naive_key, list(prompts[:1]), WARMUP_TOKENS)
         figures["naive_tps"] = naive_tps(host, naive_key, list(prompts[: work.num_naive]), work.max_tokens)
 

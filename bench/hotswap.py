@@ -12,31 +12,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import httpx  # noqa: E402
-import uvicorn  # noqa: E402
+import httpx
+import uvicorn
 
-from adapters.base import BaseModelInfo  # noqa: E402
-from adapters.format import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, LoraSpec, Manifest, create, lora_weights  # noqa: E402
-from server.app import create_app  # noqa: E402
-from server.cli_options import add_model_options, settings_from  # noqa: E402
-from server.model import load_base_model  # noqa: E402
+from qadapter.adapters.format import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE
+from qadapter.adapters.synthetic import random_adapter
+from qadapter.core.cli_options import add_model_options, settings_from
+from qadapter.core.model import load_base_model
+from qadapter.server.app import create_app
 
 ADMIN = "bench-admin"
 QUESTION = [{"role": "user", "content": "Tell me a long story about the sea."}]
-
-
-def write_adapter(root: Path, name: str, seed: int, info: BaseModelInfo) -> Path:
-    manifest = Manifest(name=name, base_model={"id": info.id, "fingerprint": info.fingerprint})
-    return create(root / name, manifest, LoraSpec(), lora_weights(info, LoraSpec(), seed=seed, b_std=0.02), info).path
 
 
 def stream_tokens(url: str, model: str, max_tokens: int, stamps: list[float], failures: list[str]) -> None:
@@ -64,8 +57,8 @@ def main() -> None:
         loaded = load_base_model(settings)  # for the adapters' base fingerprint; the app loads its own
         info, placement = loaded.info, loaded.placement
         del loaded
-        write_adapter(Path(store), "running", 1, info)
-        new = write_adapter(Path(sources), "fresh", 2, info)
+        random_adapter(Path(store) / "running", info, "running", b_std=0.02, seed=1)
+        new = random_adapter(Path(sources) / "fresh", info, "fresh", b_std=0.02, seed=2).path
         server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=8799, log_level="warning"))
         threading.Thread(target=server.run, daemon=True).start()
         url = "http://127.0.0.1:8799"
@@ -81,7 +74,9 @@ def main() -> None:
         time.sleep(1.0)  # steady decoding before the swap
         swap_start = time.perf_counter()
         files = [("files", (f, (new / f).read_bytes())) for f in (CONFIG_FILE, WEIGHTS_FILE, MANIFEST_FILE)]
-        uploaded = httpx.post(f"{url}/admin/adapters", files=files, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=120)
+        uploaded = httpx.post(
+            f"{url}/admin/adapters", files=files, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=120
+        )
         if uploaded.status_code != 201:
             failures.append(f"upload: {uploaded.status_code} {uploaded.text}")
         first: list[float] = []

@@ -1,6 +1,6 @@
 """Start-up time of the embedded model: converting the GGUF file (baseline) vs loading our cache.
 
-    python bench/startup.py --json
+python bench/startup.py --json
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from server.config import Settings  # noqa: E402
-from server.model import load_base_model  # noqa: E402
+from qadapter.core.model import load_base_model
+from qadapter.core.settings import Settings
 
 
 def timed_load(home: Path, device: str) -> tuple[float, str]:
@@ -30,8 +29,10 @@ def timed_load(home: Path, device: str) -> tuple[float, str]:
 
 def process_start(home: Path, device: str) -> float:
     """Wall time of a new Python process that imports the server and loads the cached model."""
-    code = "from server.config import Settings; from server.model import load_base_model; " \
+    code = (
+        "from qadapter.core.settings import Settings; from qadapter.core.model import load_base_model; "
         f"load_base_model(Settings(home={str(home)!r}, device={device!r}))"
+    )
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=Path(__file__).parent.parent)
     return time.perf_counter() - start
@@ -46,13 +47,17 @@ def main() -> None:
         first, landed_on = timed_load(Path(home), device)  # converts the GGUF file and fills the cache
         cached = min(timed_load(Path(home), device)[0] for _ in range(3))
         process = min(process_start(Path(home), device) for _ in range(2))
-    print(json.dumps({
-        "first_start_convert_s": round(first, 2),
-        "cached_load_s": round(cached, 2),
-        "cached_process_start_s": round(process, 2),
-        "speedup": round(first / cached, 1),
-        "device": landed_on,
-    }))
+    print(
+        json.dumps(
+            {
+                "first_start_convert_s": round(first, 2),
+                "cached_load_s": round(cached, 2),
+                "cached_process_start_s": round(process, 2),
+                "speedup": round(first / cached, 1),
+                "device": landed_on,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

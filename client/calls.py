@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Generic, TypeVar
 from urllib.parse import quote
 
-from client.types import Adapter, Completion, Model, Sampling
+from qadapter.client.types import Adapter, Completion, Model, Sampling
 
 T = TypeVar("T")
 Messages = str | Sequence[Mapping[str, Any]]
@@ -35,13 +35,19 @@ class Call(Generic[T]):
 
 
 def complete(model: str, prompt: str | list[str], stream: bool, sampling: Sampling) -> Call[Completion]:
-    return Call("POST", "/v1/completions", Completion.from_json, json=_generation_body(model, stream, sampling, prompt=prompt))
+    return Call(
+        "POST", "/v1/completions", Completion.from_json, json=_generation_body(model, stream, sampling, prompt=prompt)
+    )
 
 
 def chat(model: str, messages: Messages, stream: bool, sampling: Sampling) -> Call[Completion]:
     turns = [{"role": "user", "content": messages}] if isinstance(messages, str) else [dict(m) for m in messages]
-    return Call("POST", "/v1/chat/completions", Completion.from_json,
-                json=_generation_body(model, stream, sampling, messages=turns))
+    return Call(
+        "POST",
+        "/v1/chat/completions",
+        Completion.from_json,
+        json=_generation_body(model, stream, sampling, messages=turns),
+    )
 
 
 def models() -> Call[list[Model]]:
@@ -75,19 +81,34 @@ def upload_adapter(path: str | Path, name: str | None, replace: bool) -> Call[Ad
     else:
         raise FileNotFoundError(f"no adapter at {path}")
     if not replace:
-        return Call("POST", "/admin/adapters", Adapter.from_json, is_admin=True, is_idempotent=False,
-                    data={"name": name} if name else None, uploads=uploads)
+        return Call(
+            "POST",
+            "/admin/adapters",
+            Adapter.from_json,
+            is_admin=True,
+            is_idempotent=False,
+            data={"name": name} if name else None,
+            uploads=uploads,
+        )
     name = name or _manifest_name(path)
-    return Call("PUT", f"/admin/adapters/{quote(name, safe='')}", Adapter.from_json, is_admin=True,
-                is_idempotent=False, uploads=uploads)
+    return Call(
+        "PUT",
+        f"/admin/adapters/{quote(name, safe='')}",
+        Adapter.from_json,
+        is_admin=True,
+        is_idempotent=False,
+        uploads=uploads,
+    )
 
 
 def open_uploads(call: Call[Any], stack: ExitStack) -> list[tuple[str, tuple[str, BinaryIO, str]]] | None:
     """The multipart files of an upload, opened for streaming (closed with `stack`)."""
     if not call.uploads:
         return None
-    return [(form_field, (path.name, stack.enter_context(open(path, "rb")), "application/octet-stream"))
-            for form_field, path in call.uploads]
+    return [
+        (form_field, (path.name, stack.enter_context(open(path, "rb")), "application/octet-stream"))
+        for form_field, path in call.uploads
+    ]
 
 
 def _generation_body(model: str, stream: bool, sampling: Sampling, **inputs: Any) -> dict[str, Any]:
@@ -100,7 +121,9 @@ def _generation_body(model: str, stream: bool, sampling: Sampling, **inputs: Any
 def _manifest_name(path: Path) -> str:
     manifest = path / MANIFEST
     if not manifest.is_file():
-        raise ValueError(f"pass name= to replace an adapter from {path} (its name is read from {MANIFEST} only in a directory)")
+        raise ValueError(
+            f"pass name= to replace an adapter from {path} (its name is read from {MANIFEST} only in a directory)"
+        )
     try:
         return str(json.loads(manifest.read_text())["name"])
     except (ValueError, KeyError, TypeError):

@@ -7,9 +7,9 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
-from client.client import QAdapterClient
-from client.errors import Conflict, NotFound, QAdapterClientError, Unauthorized
-from client.types import Chunk, Sampling
+from qadapter.client.client import QAdapterClient
+from qadapter.client.errors import Conflict, NotFound, QAdapterClientError, Unauthorized
+from qadapter.client.types import Chunk, Sampling
 
 EXAMPLES = """examples:
   qadapter-client models
@@ -28,8 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run: Callable[[QAdapterClient, argparse.Namespace], int] = args.run
     try:
-        with QAdapterClient(args.url, api_key=args.api_key, admin_key=args.admin_key, timeout=args.timeout,
-                            max_retries=args.retries) as client:
+        with QAdapterClient(
+            args.url, api_key=args.api_key, admin_key=args.admin_key, timeout=args.timeout, max_retries=args.retries
+        ) as client:
             return run(client, args)
     except QAdapterClientError as exc:
         print(f"error: {exc}{_hint(exc, args.is_admin)}", file=sys.stderr)
@@ -43,42 +44,63 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="qadapter-client", description="Talk to a running qadapter server.", epilog=EXAMPLES,
+        prog="qadapter-client",
+        description="Talk to a running qadapter server.",
+        epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--url", help="server root URL (env QADAPTER_URL, default http://127.0.0.1:8000)")
     parser.add_argument("--api-key", help="key for chat, complete and models (env QADAPTER_API_KEY)")
     parser.add_argument("--admin-key", help="key for `adapters` commands (env QADAPTER_ADMIN_KEY)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server (default 300)")
-    parser.add_argument("--retries", type=int, default=2,
-                        help="retries when the server is overloaded or unreachable (default 2; not for uploads/deletes)")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="retries when the server is overloaded or unreachable (default 2; not for uploads/deletes)",
+    )
     parser.set_defaults(is_admin=False)
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
-    chat = commands.add_parser("chat", help="chat, streamed (interactive without a prompt on a terminal)",
-                               description="Chat with an adapter or the base model. With PROMPT, or a prompt on "
-                               "stdin, print one streamed answer; otherwise chat interactively (Ctrl-D quits).")
+    chat = commands.add_parser(
+        "chat",
+        help="chat, streamed (interactive without a prompt on a terminal)",
+        description="Chat with an adapter or the base model. With PROMPT, or a prompt on "
+        "stdin, print one streamed answer; otherwise chat interactively (Ctrl-D quits).",
+    )
     chat.add_argument("prompt", nargs="?", help="one user message (default: stdin, or interactive on a terminal)")
     chat.add_argument("--system", help="a system message to start the conversation with")
     _add_generation_options(chat)
     chat.set_defaults(run=_run_chat)
 
-    complete = commands.add_parser("complete", help="complete a raw prompt, streamed",
-                                   description="Print the streamed continuation of a raw prompt (no chat template).")
+    complete = commands.add_parser(
+        "complete",
+        help="complete a raw prompt, streamed",
+        description="Print the streamed continuation of a raw prompt (no chat template).",
+    )
     complete.add_argument("prompt", nargs="?", help="the prompt (default: stdin)")
     _add_generation_options(complete)
     complete.set_defaults(run=_run_complete)
 
     models = commands.add_parser("models", help="list the base model and the adapters served")
     models.set_defaults(run=_run_models)
+    _add_adapter_commands(commands)
+    return parser
 
-    adapters = commands.add_parser("adapters", help="upload, list and delete adapters (admin key)",
-                                   description="Hot-swap adapters on the running server; needs the admin key.")
+
+def _add_adapter_commands(commands: argparse._SubParsersAction) -> None:
+    adapters = commands.add_parser(
+        "adapters",
+        help="upload, list and delete adapters (admin key)",
+        description="Hot-swap adapters on the running server; needs the admin key.",
+    )
     adapters.set_defaults(is_admin=True)
     actions = adapters.add_subparsers(title="actions", required=True, metavar="ACTION")
     upload = actions.add_parser("upload", help="upload an adapter directory or a .tar.gz/.zip of one")
-    upload.add_argument("path", help="adapter directory (adapter_config.json, adapter_model.safetensors, "
-                        "qadapter.json) or an archive of it")
+    upload.add_argument(
+        "path",
+        help="adapter directory (adapter_config.json, adapter_model.safetensors, qadapter.json) or an archive of it",
+    )
     upload.add_argument("--name", help="serve it under this name (default: the name in its qadapter.json)")
     upload.add_argument("--replace", action="store_true", help="publish a new version of an existing adapter")
     upload.set_defaults(run=_run_upload, is_admin=True)
@@ -87,7 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
     delete = actions.add_parser("delete", help="delete an adapter (running requests on it finish)")
     delete.add_argument("name")
     delete.set_defaults(run=_run_delete, is_admin=True)
-    return parser
 
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
@@ -103,8 +124,14 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _sampling(args: argparse.Namespace) -> Sampling:
-    options = {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p,
-               "seed": args.seed, "alpha": args.alpha, "omega": args.omega}
+    options = {
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "alpha": args.alpha,
+        "omega": args.omega,
+    }
     return cast(Sampling, {key: value for key, value in options.items() if value is not None})
 
 
@@ -186,8 +213,11 @@ def _run_delete(client: QAdapterClient, args: argparse.Namespace) -> int:
 def _hint(exc: QAdapterClientError, is_admin: bool) -> str:
     """What to do about the errors a CLI user meets first, in CLI terms."""
     if isinstance(exc, Unauthorized):
-        return "\nhint: pass --admin-key or set QADAPTER_ADMIN_KEY" if is_admin else \
-            "\nhint: pass --api-key or set QADAPTER_API_KEY"
+        return (
+            "\nhint: pass --admin-key or set QADAPTER_ADMIN_KEY"
+            if is_admin
+            else "\nhint: pass --api-key or set QADAPTER_API_KEY"
+        )
     if isinstance(exc, Conflict):
         return "\nhint: add --replace to publish a new version"
     if isinstance(exc, NotFound) and not is_admin:

@@ -13,12 +13,12 @@ from typing import Any, Literal, Self, TypeVar, Unpack, overload
 
 import httpx
 
-from client import calls
-from client.calls import Call, Messages
-from client.errors import QAdapterClientError, from_response, translate_transport
-from client.retry import RetryPolicy
-from client.streams import AsyncChunkStream, ChunkStream
-from client.types import Adapter, Completion, Model, Sampling
+from qadapter.client import calls
+from qadapter.client.calls import Call, Messages
+from qadapter.client.errors import QAdapterClientError, from_response, translate_transport
+from qadapter.client.retry import RetryPolicy
+from qadapter.client.streams import AsyncChunkStream, ChunkStream
+from qadapter.client.types import Adapter, Completion, Model, Sampling
 
 T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -28,8 +28,15 @@ log = logging.getLogger(__name__)
 class _ClientBase:
     """Configuration and request building shared by both clients."""
 
-    def __init__(self, base_url: str | None, api_key: str | None, admin_key: str | None, timeout: float,
-                 max_retries: int, backoff_s: float) -> None:
+    def __init__(
+        self,
+        base_url: str | None,
+        api_key: str | None,
+        admin_key: str | None,
+        timeout: float,
+        max_retries: int,
+        backoff_s: float,
+    ) -> None:
         self.base_url = (base_url or os.environ.get("QADAPTER_URL") or DEFAULT_URL).rstrip("/")
         if self.base_url.endswith("/v1"):  # what OpenAI's SDK wants; we also reach /admin
             raise ValueError(f"base_url is the server's root, without /v1: {self.base_url.removesuffix('/v1')}")
@@ -41,14 +48,27 @@ class _ClientBase:
 
     def _request_args(self, call: Call[Any], stack: ExitStack) -> dict[str, Any]:
         key = self._admin_key if call.is_admin else self._api_key
-        return {"method": call.method, "url": call.path, "json": call.json, "data": call.data,
-                "files": calls.open_uploads(call, stack), "headers": {"Authorization": f"Bearer {key}"} if key else {}}
+        return {
+            "method": call.method,
+            "url": call.path,
+            "json": call.json,
+            "data": call.data,
+            "files": calls.open_uploads(call, stack),
+            "headers": {"Authorization": f"Bearer {key}"} if key else {},
+        }
 
     def _retry_wait(self, call: Call[Any], attempt: int, error: QAdapterClientError) -> float | None:
         wait = self._retry.wait_s(attempt, error, call.is_idempotent)
         if wait is not None:
-            log.info("%s %s: %s; retry %d of %d in %.2f s", call.method, call.path, error, attempt + 1,
-                     self._retry.max_retries, wait)
+            log.info(
+                "%s %s: %s; retry %d of %d in %.2f s",
+                call.method,
+                call.path,
+                error,
+                attempt + 1,
+                self._retry.max_retries,
+                wait,
+            )
         return wait
 
 
@@ -56,32 +76,46 @@ class QAdapterClient(_ClientBase):
     """Client of a qadapter server. Keys default to QADAPTER_API_KEY / QADAPTER_ADMIN_KEY, the URL to
     QADAPTER_URL or http://127.0.0.1:8000 (the server root, not /v1)."""
 
-    def __init__(self, base_url: str | None = None, *, api_key: str | None = None, admin_key: str | None = None,
-                 timeout: float = 300.0, max_retries: int = 2, backoff_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        admin_key: str | None = None,
+        timeout: float = 300.0,
+        max_retries: int = 2,
+        backoff_s: float = 0.5,
+    ) -> None:
         super().__init__(base_url, api_key, admin_key, timeout, max_retries, backoff_s)
         self._http = httpx.Client(base_url=self.base_url, timeout=self._timeout)
         self.adapters = Adapters(self)
 
     @overload
-    def complete(self, prompt: str | list[str], *, model: str, stream: Literal[False] = False,
-                 **sampling: Unpack[Sampling]) -> Completion: ...
+    def complete(
+        self, prompt: str | list[str], *, model: str, stream: Literal[False] = False, **sampling: Unpack[Sampling]
+    ) -> Completion: ...
     @overload
-    def complete(self, prompt: str | list[str], *, model: str, stream: Literal[True],
-                 **sampling: Unpack[Sampling]) -> ChunkStream: ...
-    def complete(self, prompt: str | list[str], *, model: str, stream: bool = False,
-                 **sampling: Unpack[Sampling]) -> Completion | ChunkStream:
+    def complete(
+        self, prompt: str | list[str], *, model: str, stream: Literal[True], **sampling: Unpack[Sampling]
+    ) -> ChunkStream: ...
+    def complete(
+        self, prompt: str | list[str], *, model: str, stream: bool = False, **sampling: Unpack[Sampling]
+    ) -> Completion | ChunkStream:
         """Complete a prompt on `model` (an adapter's name, or the base model's id)."""
         call = calls.complete(model, prompt, stream, sampling)
         return self._stream(call) if stream else self._call(call)
 
     @overload
-    def chat(self, messages: Messages, *, model: str, stream: Literal[False] = False,
-             **sampling: Unpack[Sampling]) -> Completion: ...
+    def chat(
+        self, messages: Messages, *, model: str, stream: Literal[False] = False, **sampling: Unpack[Sampling]
+    ) -> Completion: ...
     @overload
-    def chat(self, messages: Messages, *, model: str, stream: Literal[True],
-             **sampling: Unpack[Sampling]) -> ChunkStream: ...
-    def chat(self, messages: Messages, *, model: str, stream: bool = False,
-             **sampling: Unpack[Sampling]) -> Completion | ChunkStream:
+    def chat(
+        self, messages: Messages, *, model: str, stream: Literal[True], **sampling: Unpack[Sampling]
+    ) -> ChunkStream: ...
+    def chat(
+        self, messages: Messages, *, model: str, stream: bool = False, **sampling: Unpack[Sampling]
+    ) -> Completion | ChunkStream:
         """Answer a conversation (a string is one user message) on `model`."""
         call = calls.chat(model, messages, stream, sampling)
         return self._stream(call) if stream else self._call(call)
@@ -131,20 +165,31 @@ class QAdapterClient(_ClientBase):
 class AsyncQAdapterClient(_ClientBase):
     """The asyncio twin of QAdapterClient: the same calls, awaited; streams are async iterators."""
 
-    def __init__(self, base_url: str | None = None, *, api_key: str | None = None, admin_key: str | None = None,
-                 timeout: float = 300.0, max_retries: int = 2, backoff_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        admin_key: str | None = None,
+        timeout: float = 300.0,
+        max_retries: int = 2,
+        backoff_s: float = 0.5,
+    ) -> None:
         super().__init__(base_url, api_key, admin_key, timeout, max_retries, backoff_s)
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=self._timeout)
         self.adapters = AsyncAdapters(self)
 
     @overload
-    async def complete(self, prompt: str | list[str], *, model: str, stream: Literal[False] = False,
-                       **sampling: Unpack[Sampling]) -> Completion: ...
+    async def complete(
+        self, prompt: str | list[str], *, model: str, stream: Literal[False] = False, **sampling: Unpack[Sampling]
+    ) -> Completion: ...
     @overload
-    async def complete(self, prompt: str | list[str], *, model: str, stream: Literal[True],
-                       **sampling: Unpack[Sampling]) -> AsyncChunkStream: ...
-    async def complete(self, prompt: str | list[str], *, model: str, stream: bool = False,
-                       **sampling: Unpack[Sampling]) -> Completion | AsyncChunkStream:
+    async def complete(
+        self, prompt: str | list[str], *, model: str, stream: Literal[True], **sampling: Unpack[Sampling]
+    ) -> AsyncChunkStream: ...
+    async def complete(
+        self, prompt: str | list[str], *, model: str, stream: bool = False, **sampling: Unpack[Sampling]
+    ) -> Completion | AsyncChunkStream:
         """Complete a prompt on `model` (an adapter's name, or the base model's id)."""
         call = calls.complete(model, prompt, stream, sampling)
         if stream:
@@ -152,13 +197,16 @@ class AsyncQAdapterClient(_ClientBase):
         return await self._call(call)
 
     @overload
-    async def chat(self, messages: Messages, *, model: str, stream: Literal[False] = False,
-                   **sampling: Unpack[Sampling]) -> Completion: ...
+    async def chat(
+        self, messages: Messages, *, model: str, stream: Literal[False] = False, **sampling: Unpack[Sampling]
+    ) -> Completion: ...
     @overload
-    async def chat(self, messages: Messages, *, model: str, stream: Literal[True],
-                   **sampling: Unpack[Sampling]) -> AsyncChunkStream: ...
-    async def chat(self, messages: Messages, *, model: str, stream: bool = False,
-                   **sampling: Unpack[Sampling]) -> Completion | AsyncChunkStream:
+    async def chat(
+        self, messages: Messages, *, model: str, stream: Literal[True], **sampling: Unpack[Sampling]
+    ) -> AsyncChunkStream: ...
+    async def chat(
+        self, messages: Messages, *, model: str, stream: bool = False, **sampling: Unpack[Sampling]
+    ) -> Completion | AsyncChunkStream:
         """Answer a conversation (a string is one user message) on `model`."""
         call = calls.chat(model, messages, stream, sampling)
         if stream:

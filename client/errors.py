@@ -68,8 +68,14 @@ class ServerError(APIError):
 class Overloaded(ServerError):
     """503: the server's queue is full or it is shutting down; retry after `retry_after` seconds."""
 
-    def __init__(self, message: str, status: int | None, code: str | None = None, param: str | None = None,
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        status: int | None,
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message, status, code, param)
         self.retry_after = retry_after
 
@@ -85,8 +91,14 @@ _BY_CODE: dict[str, type[APIError]] = {
     "overloaded": Overloaded,
 }
 _BY_STATUS: dict[int, type[APIError]] = {
-    400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict, 413: PayloadTooLarge,
-    422: BadRequest, 503: Overloaded,
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    413: PayloadTooLarge,
+    422: BadRequest,
+    503: Overloaded,
 }
 
 
@@ -121,15 +133,18 @@ def translate_transport(url: str) -> Iterator[None]:
     except httpx.TimeoutException as exc:
         if isinstance(exc, httpx.ConnectTimeout):  # nothing was sent: as good as refused
             raise _unreachable(url, exc) from exc
-        raise Timeout(f"no answer from {url} within the timeout; raise timeout= (or --timeout) "
-                      "for long generations") from exc
+        raise Timeout(
+            f"no answer from {url} within the timeout; raise timeout= (or --timeout) for long generations"
+        ) from exc
     except httpx.TransportError as exc:
         raise _unreachable(url, exc) from exc
 
 
 def _unreachable(url: str, exc: Exception) -> ConnectionFailed:
-    return ConnectionFailed(f"could not talk to the server at {url} ({type(exc).__name__}: {exc}); "
-                            "is it running (`qadapter serve`), and is the URL right?")
+    return ConnectionFailed(
+        f"could not talk to the server at {url} ({type(exc).__name__}: {exc}); "
+        "is it running (`qadapter serve`), and is the URL right?"
+    )
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from client.errors import ConnectionFailed, Overloaded, QAdapterClientError
+from qadapter.client.errors import ConnectionFailed, Overloaded, QAdapterClientError
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from client.errors import ServerError, api_error
-from client.types import Chunk, Usage
+from qadapter.client.errors import ServerError, api_error
+from qadapter.client.types import Chunk, Usage
 
 DONE = "[DONE]"
 
@@ -14,7 +14,7 @@ def decode(line: str) -> list[Chunk] | None:
     """The chunks in one SSE line ([] for blank lines and comments), None at the end of the stream."""
     if not line.startswith("data:"):
         return []
-    data = line[len("data:"):].strip()
+    data = line[len("data:") :].strip()
     if data == DONE:
         return None
     try:

@@ -7,9 +7,9 @@ from typing import Self
 
 import httpx
 
-from client import sse
-from client.errors import ConnectionFailed, translate_transport
-from client.types import Chunk
+from qadapter.client import sse
+from qadapter.client.errors import ConnectionFailed, translate_transport
+from qadapter.client.types import Chunk
 
 
 class ChunkStream:

@@ -109,8 +109,14 @@ class Adapter:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Adapter:
         return cls(
-            name=data["name"], version=data["version"], description=data.get("description", ""),
-            created=data.get("created", ""), alpha=data["alpha"], omega=data["omega"],
-            size_bytes=data["size_bytes"], base_model_id=data["base_model"]["id"],
-            resident=data.get("resident", True), running_requests=data.get("running_requests", 0),
+            name=data["name"],
+            version=data["version"],
+            description=data.get("description", ""),
+            created=data.get("created", ""),
+            alpha=data["alpha"],
+            omega=data["omega"],
+            size_bytes=data["size_bytes"],
+            base_model_id=data["base_model"]["id"],
+            resident=data.get("resident", True),
+            running_requests=data.get("running_requests", 0),
         )

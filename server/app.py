@@ -10,16 +10,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from adapters.store import AdapterStore
-from server.api import admin, errors, openai
-from server.api.admin import AdapterAdmin, AdminGate
-from server.api.auth import require_api_key
-from server.api.metrics import Metrics
-from server.api.serving import Serving
-from server.config import Settings
-from server.engine.engine import Engine, LoadAdapter
-from server.lora import AdapterHost
-from server.model import load_base_model
+from qadapter.adapters.store import AdapterStore
+from qadapter.core.lora import AdapterHost
+from qadapter.core.model import load_base_model
+from qadapter.core.settings import Settings
+from qadapter.server.api import admin, errors, openai
+from qadapter.server.api.admin_service import AdapterAdmin
+from qadapter.server.api.auth import require_api_key
+from qadapter.server.api.gate import AdminGate
+from qadapter.server.api.metrics import Metrics
+from qadapter.server.api.serving import Serving
+from qadapter.server.engine.engine import Engine
+from qadapter.server.engine.registry import LoadAdapter
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,7 @@ def create_app(settings: Settings) -> FastAPI:
         loaded = load_base_model(settings)
         engine = Engine(loaded, AdapterHost(loaded.model), settings)
         app.state.metrics = Metrics(engine.stats, loaded.info.id)
-        engine.residency.on_load = app.state.metrics.adapter_load.observe
+        engine.adapters.residency.on_load = app.state.metrics.adapter_load.observe
         engine.start()
         try:
             store = AdapterStore(settings.adapters_dir, loaded.info, settings.max_lora_rank)
@@ -40,17 +42,21 @@ def create_app(settings: Settings) -> FastAPI:
                 installed = store.install_missing(settings.install_adapters)
                 log.info("installed %s from %s", installed or "nothing new", settings.install_adapters)
             for stored in store.load_all():  # a broken adapter stops the start, naming it
-                engine.apply(LoadAdapter(stored.adapter, stored.version)).result()
+                engine.adapters.apply(LoadAdapter(stored.adapter, stored.version)).result()
             app.state.engine = engine
             app.state.admin = AdapterAdmin(store, engine, settings.max_upload_bytes)
             app.state.serving = Serving(engine, loaded, settings, app.state.metrics)
-            log.info("serving %s with adapters %s", loaded.info.id, engine.adapter_names() or "(none)")
+            log.info("serving %s with adapters %s", loaded.info.id, engine.adapters.names() or "(none)")
             yield
         finally:
             engine.shutdown()
 
-    app = FastAPI(title="qadapter", version="0.1.0", lifespan=lifespan,
-                  description="One frozen LLM, many Q-adapters, OpenAI-compatible.")
+    app = FastAPI(
+        title="qadapter",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="One frozen LLM, many Q-adapters, OpenAI-compatible.",
+    )
     app.state.settings = settings
     errors.install(app)
     app.include_router(openai.router)

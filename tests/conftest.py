@@ -6,16 +6,14 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub; set before transformers loads
 
-from pathlib import Path  # noqa: E402
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
-from adapters.base import BaseModelInfo  # noqa: E402
-from adapters.format import LoraSpec, Manifest, ValidatedAdapter, create, lora_weights  # noqa: E402
-from server.config import Settings  # noqa: E402
-from server.model import LoadedModel, load_base_model  # noqa: E402
+from qadapter.core.base import BaseModelInfo
+from qadapter.core.model import LoadedModel, load_base_model
+from qadapter.core.settings import Settings
 
 TINY_CONFIG = dict(
     vocab_size=512,
@@ -44,26 +42,6 @@ def tiny() -> LlamaForCausalLM:
 @pytest.fixture
 def tiny_info(tiny: LlamaForCausalLM) -> BaseModelInfo:
     return BaseModelInfo.from_model(tiny, "tiny-llama")
-
-
-def make_adapter(
-    path: Path,
-    base: BaseModelInfo,
-    name: str = "test-adapter",
-    b_std: float = 0.0,
-    alpha: float = 1.0,
-    omega: float = 0.01,
-    lora: LoraSpec = LoraSpec(),
-    seed: int = 0,
-) -> ValidatedAdapter:
-    """Write a valid adapter: zero LoRA (b_std=0, untrained) or random with B ~ N(0, b_std)."""
-    manifest = Manifest(
-        name=name,
-        base_model={"id": base.id, "fingerprint": base.fingerprint},
-        alpha=alpha,
-        omega=omega,
-    )
-    return create(path, manifest, lora, lora_weights(base, lora, seed=seed, b_std=b_std), base)
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,8 @@ import hmac
 
 from fastapi import Request
 
-from adapters.errors import Forbidden, Unauthorized
-from server.config import Settings
+from qadapter.core.errors import Forbidden, Unauthorized
+from qadapter.core.settings import Settings
 
 
 def key_matches(given: str, keys: list[str]) -> bool:

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from adapters.errors import (
+from qadapter.core.errors import (
     AdapterExists,
     AdapterNotFound,
     ContextTooLong,
@@ -52,7 +52,13 @@ def render(exc: Exception) -> tuple[int, dict, dict[str, str]]:
         headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if isinstance(exc, Overloaded) else {}
         return status, error_body(str(exc), error_type, exc.code, exc.param), headers
     log.error("internal error", exc_info=exc)
-    return 500, error_body("The server had an internal error; retry, and report it if it persists.", "server_error", "internal_error"), {}
+    return (
+        500,
+        error_body(
+            "The server had an internal error; retry, and report it if it persists.", "server_error", "internal_error"
+        ),
+        {},
+    )
 
 
 def sse_error(exc: Exception) -> str:
@@ -75,12 +81,16 @@ def install(app: FastAPI) -> None:
         location = [str(p) for p in first.get("loc", ()) if p != "body"]
         param = ".".join(location) or None
         message = f"{param}: {first.get('msg', 'invalid value')}" if param else str(first.get("msg", "invalid request"))
-        return JSONResponse(error_body(message, "invalid_request_error", "invalid_request_error", param), status_code=400)
+        return JSONResponse(
+            error_body(message, "invalid_request_error", "invalid_request_error", param), status_code=400
+        )
 
     async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request_error")
-        return JSONResponse(error_body(str(exc.detail), error_type, code), status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse(
+            error_body(str(exc.detail), error_type, code), status_code=exc.status_code, headers=exc.headers
+        )
 
     app.add_exception_handler(QAdapterError, on_ours)
     app.add_exception_handler(RequestValidationError, on_validation)  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from server.engine.engine import EngineStats
+from qadapter.server.engine.engine import EngineStats
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
 
@@ -24,9 +24,13 @@ class _EngineCollector(Collector):
         yield GaugeMetricFamily("qadapter_requests_waiting", "Requests queued for admission.", value=stats.num_waiting)
         yield GaugeMetricFamily("qadapter_batch_rows", "Rows in the last decode batch.", value=stats.num_batch_rows)
         yield GaugeMetricFamily("qadapter_adapters_loaded", "Adapters served.", value=stats.num_adapters)
-        yield GaugeMetricFamily("qadapter_adapters_resident", "Adapter versions in device memory.", value=stats.num_resident)
+        yield GaugeMetricFamily(
+            "qadapter_adapters_resident", "Adapter versions in device memory.", value=stats.num_resident
+        )
         yield CounterMetricFamily("qadapter_adapter_loads", "Adapter loads into device memory.", value=stats.num_loads)
-        yield CounterMetricFamily("qadapter_adapter_evictions", "Adapters evicted to make room.", value=stats.num_evictions)
+        yield CounterMetricFamily(
+            "qadapter_adapter_evictions", "Adapters evicted to make room.", value=stats.num_evictions
+        )
         yield GaugeMetricFamily("qadapter_adapter_bytes", "Memory of the loaded LoRA weights.", value=stats.lora_bytes)
         per_adapter = GaugeMetricFamily(
             "qadapter_adapter_requests_running", "Running requests per adapter.", labels=["adapter"]
@@ -51,19 +55,30 @@ class Metrics:
             "qadapter_generation_tokens", "Tokens generated.", ["adapter"], registry=self.registry
         )
         self.ttft = Histogram(
-            "qadapter_time_to_first_token_seconds", "Time to first token.", ["adapter"],
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "qadapter_time_to_first_token_seconds",
+            "Time to first token.",
+            ["adapter"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.inter_token = Histogram(
-            "qadapter_inter_token_latency_seconds", "Time between tokens of a stream.", ["adapter"],
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "qadapter_inter_token_latency_seconds",
+            "Time between tokens of a stream.",
+            ["adapter"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.e2e = Histogram(
-            "qadapter_e2e_request_latency_seconds", "Request latency, first byte in to last out.", ["adapter"],
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "qadapter_e2e_request_latency_seconds",
+            "Request latency, first byte in to last out.",
+            ["adapter"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.adapter_load = Histogram(
-            "qadapter_adapter_load_seconds", "Time to load an adapter into device memory.",
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "qadapter_adapter_load_seconds",
+            "Time to load an adapter into device memory.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.registry.register(_EngineCollector(stats, base_id))

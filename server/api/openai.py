@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from adapters.errors import Overloaded
-from server.api.auth import require_api_key
-from server.api.protocol import ChatCompletionRequest, CompletionRequest
-from server.api.serving import Serving
+from qadapter.core.errors import Overloaded
+from qadapter.server.api.auth import require_api_key
+from qadapter.server.api.protocol import ChatCompletionRequest, CompletionRequest
+from qadapter.server.api.serving import Serving
 
 
 def serving(request: Request) -> Serving:
@@ -24,7 +24,9 @@ async def refuse_while_draining(request: Request) -> None:
 
 
 # A dependency, not an HTTP middleware: Starlette's BaseHTTPMiddleware hides client disconnects.
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key), Depends(refuse_while_draining)], tags=["openai"])
+router = APIRouter(
+    prefix="/v1", dependencies=[Depends(require_api_key), Depends(refuse_while_draining)], tags=["openai"]
+)
 
 
 @router.get("/models")

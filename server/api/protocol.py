@@ -10,9 +10,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from adapters.bounds import MAX_ALPHA, MAX_OMEGA, MIN_ALPHA
-from adapters.errors import InvalidRequest
-from server.engine.request import MAX_SEED
+from qadapter.core.errors import InvalidRequest
+from qadapter.core.knobs import MAX_ALPHA, MAX_OMEGA, MIN_ALPHA
+from qadapter.server.engine.request import MAX_SEED
 
 # field → the values that mean "not used"; anything else is refused.
 _UNSUPPORTED: dict[str, tuple[Any, ...]] = {
@@ -98,3 +98,7 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(SamplingBody):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+
+    def conversation(self) -> list[dict[str, str]]:
+        """The messages as the chat encoder takes them (role, text)."""
+        return [{"role": m.role, "content": m.text()} for m in self.messages]

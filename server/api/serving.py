@@ -3,67 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from adapters.errors import InvalidRequest
-from server.api.errors import render, sse_error
-from server.api.metrics import Metrics
-from server.api.protocol import ChatCompletionRequest, CompletionRequest, SamplingBody
-from server.config import Settings
-from server.engine.engine import Engine
-from server.engine.request import (
-    FinishReason,
-    GenerationRequest,
-    SamplingParams,
-    TokenEvent,
-)
-from server.model import LoadedModel
+from qadapter.core.chat import chat_prompt_ids
+from qadapter.core.errors import InvalidRequest
+from qadapter.core.model import LoadedModel
+from qadapter.core.settings import Settings
+from qadapter.server.api.errors import render, sse_error
+from qadapter.server.api.metrics import Metrics
+from qadapter.server.api.protocol import ChatCompletionRequest, CompletionRequest, SamplingBody
+from qadapter.server.api.responses import Call, Choice, chunk, full_response, model_list, usage_chunk
+from qadapter.server.engine.engine import Engine
+from qadapter.server.engine.request import GenerationRequest, SamplingParams, TokenEvent
 
 log = logging.getLogger(__name__)
 DISCONNECT_POLL_S = 0.25
-
-
-@dataclass
-class _Choice:
-    """One output choice, backed by one engine request."""
-
-    index: int
-    prompt_index: int
-    events: AsyncIterator[TokenEvent]
-    text: str = ""
-    num_prompt_tokens: int = 0
-    num_generated_tokens: int = 0
-    finish_reason: FinishReason | None = None
-    stamps: list[float] = field(default_factory=list)
-
-
-@dataclass
-class _Call:
-    """What one HTTP call is doing: its kind, ids, adapter and choices."""
-
-    is_chat: bool
-    model: str
-    adapter: str | None
-    choices: list[_Choice]
-    include_usage: bool
-    started: float = field(default_factory=time.perf_counter)
-    id: str = ""
-    created: int = field(default_factory=lambda: int(time.time()))
-
-    def usage(self) -> dict[str, int]:
-        prompts = {c.prompt_index: c.num_prompt_tokens for c in self.choices}
-        completion = sum(c.num_generated_tokens for c in self.choices)
-        return {"prompt_tokens": sum(prompts.values()), "completion_tokens": completion,
-                "total_tokens": sum(prompts.values()) + completion}
 
 
 class Serving:
@@ -81,23 +42,14 @@ class Serving:
         return self._loaded.info.id
 
     def models(self) -> dict[str, Any]:
-        created = int(time.time())
-        base = {"id": self.base_id, "object": "model", "created": created, "owned_by": "qadapter", "root": self.base_id, "parent": None}
-        adapters = [
-            {"id": name, "object": "model", "created": created, "owned_by": "qadapter", "root": name,
-             "parent": self.base_id, "version": self._engine.adapter_version(name)}
-            for name in self._engine.adapter_names()
-        ]
-        return {"object": "list", "data": [base, *adapters]}
+        return model_list(self.base_id, [(p.adapter.name, p.version) for p in self._engine.adapters.snapshot()])
 
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
         prompts = self._completion_prompts(body.prompt)
         return await self._serve(body, prompts, request, is_chat=False)
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
-        rendered = self._loaded.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        prompt = self._loaded.tokenizer(rendered, add_special_tokens=False).input_ids
+        prompt = chat_prompt_ids(self._loaded.tokenizer, body.conversation())
         return await self._serve(body, [prompt], request, is_chat=True)
 
     # -- shared flow -----------------------------------------------------------------------------
@@ -123,13 +75,18 @@ class Serving:
             self._record(call, str(render(exc)[0]))
             raise
         self._record(call, "200")
-        return JSONResponse(self._full_response(call))
+        return JSONResponse(full_response(call))
 
-    def _submit(self, body: SamplingBody, prompts: list[list[int]], adapter: str | None, is_chat: bool) -> _Call:
+    def _submit(self, body: SamplingBody, prompts: list[list[int]], adapter: str | None, is_chat: bool) -> Call:
         """Start one engine request per (prompt, n); if one is refused, abort those already started."""
         max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
-        call = _Call(is_chat=is_chat, model=body.model, adapter=adapter, choices=[],
-                     include_usage=bool(body.stream_options and body.stream_options.include_usage))
+        call = Call(
+            is_chat=is_chat,
+            model=body.model,
+            adapter=adapter,
+            choices=[],
+            include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        )
         call.id = f"{'chatcmpl' if is_chat else 'cmpl'}-{uuid.uuid4().hex}"
         try:
             for prompt_index, prompt in enumerate(prompts):
@@ -137,7 +94,7 @@ class Serving:
                     params = self._params(body, max_tokens, len(prompt), copy)
                     request = GenerationRequest(f"{call.id}-{len(call.choices)}", tuple(prompt), adapter, params)
                     events = self._engine.submit(request)
-                    call.choices.append(_Choice(index=len(call.choices), prompt_index=prompt_index, events=events))
+                    call.choices.append(Choice(index=len(call.choices), prompt_index=prompt_index, events=events))
         except Exception:
             for choice in call.choices:
                 self._engine.abort(f"{call.id}-{choice.index}")
@@ -176,7 +133,9 @@ class Serving:
             raise InvalidRequest(f"prompt token ids must be in [0, {vocab})", param="prompt")
         return prompts
 
-    async def _drain(self, choice: _Choice, on_event: Callable[[_Choice, TokenEvent], Awaitable[None]] | None = None) -> None:
+    async def _drain(
+        self, choice: Choice, on_event: Callable[[Choice, TokenEvent], Awaitable[None]] | None = None
+    ) -> None:
         async for event in choice.events:
             choice.stamps.append(time.perf_counter())
             choice.text += event.text
@@ -186,13 +145,13 @@ class Serving:
             if on_event is not None:
                 await on_event(choice, event)
 
-    async def _sse(self, call: _Call) -> AsyncIterator[str]:
-        queue: asyncio.Queue[tuple[_Choice, TokenEvent] | Exception | None] = asyncio.Queue()
+    async def _sse(self, call: Call) -> AsyncIterator[str]:
+        queue: asyncio.Queue[tuple[Choice, TokenEvent] | Exception | None] = asyncio.Queue()
 
-        async def forward(choice: _Choice, event: TokenEvent) -> None:
+        async def forward(choice: Choice, event: TokenEvent) -> None:
             await queue.put((choice, event))
 
-        async def run(choice: _Choice) -> None:
+        async def run(choice: Choice) -> None:
             try:
                 await self._drain(choice, forward)
             except Exception as exc:
@@ -203,7 +162,7 @@ class Serving:
         try:
             if call.is_chat:
                 for choice in call.choices:  # the first delta of each choice carries the role
-                    yield self._chunk(call, choice.index, {"role": "assistant", "content": ""}, None)
+                    yield chunk(call, choice.index, {"role": "assistant", "content": ""}, None)
             remaining = len(tasks)
             while remaining:
                 item = await queue.get()
@@ -215,40 +174,17 @@ class Serving:
                 reason = event.finish_reason.value if event.finish_reason else None
                 if event.text or reason:
                     content = {"content": event.text} if event.text else {}
-                    yield self._chunk(call, choice.index, content if call.is_chat else event.text, reason)
+                    yield chunk(call, choice.index, content if call.is_chat else event.text, reason)
                 remaining -= event.finish_reason is not None
             if call.include_usage and status == "200":
-                yield _sse_data({**self._envelope(call, chunk=True), "choices": [], "usage": call.usage()})
+                yield usage_chunk(call)
             yield "data: [DONE]\n\n"
         finally:
             for task in tasks:
                 task.cancel()  # a client that went away: its engine requests are aborted
             self._record(call, status if all(c.finish_reason for c in call.choices) else "499")
 
-    def _chunk(self, call: _Call, index: int, delta: dict[str, str] | str, reason: str | None) -> str:
-        if call.is_chat:
-            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
-        else:
-            choice = {"index": index, "text": delta, "logprobs": None, "finish_reason": reason}
-        usage = {"usage": None} if call.include_usage else {}
-        return _sse_data({**self._envelope(call, chunk=True), "choices": [choice], **usage})
-
-    def _envelope(self, call: _Call, chunk: bool) -> dict[str, Any]:
-        kind = ("chat.completion.chunk" if chunk else "chat.completion") if call.is_chat else "text_completion"
-        return {"id": call.id, "object": kind, "created": call.created, "model": call.model}
-
-    def _full_response(self, call: _Call) -> dict[str, Any]:
-        choices = []
-        for c in call.choices:
-            reason = c.finish_reason.value if c.finish_reason else None
-            if call.is_chat:
-                choices.append({"index": c.index, "message": {"role": "assistant", "content": c.text},
-                                "logprobs": None, "finish_reason": reason})
-            else:
-                choices.append({"index": c.index, "text": c.text, "logprobs": None, "finish_reason": reason})
-        return {**self._envelope(call, chunk=False), "choices": choices, "usage": call.usage()}
-
-    def _record(self, call: _Call, status: str) -> None:
+    def _record(self, call: Call, status: str) -> None:
         label = call.model
         self._metrics.requests.labels(label, status).inc()
         usage = call.usage()
@@ -260,10 +196,6 @@ class Serving:
                 self._metrics.ttft.labels(label).observe(choice.stamps[0] - call.started)
             for earlier, later in zip(choice.stamps, choice.stamps[1:]):
                 self._metrics.inter_token.labels(label).observe(later - earlier)
-
-
-def _sse_data(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload)}\n\n"
 
 
 async def _until_done_or_disconnected(work: Awaitable[Any], request: Request) -> Any:

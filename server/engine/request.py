@@ -5,13 +5,12 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from adapters.bounds import MAX_ALPHA, MAX_OMEGA, MIN_ALPHA
-from adapters.errors import InvalidRequest
-from server.engine.detokenize import TextTracker
+from qadapter.core.errors import InvalidRequest
+from qadapter.core.knobs import MAX_ALPHA, MAX_OMEGA, MIN_ALPHA, Knobs
+from qadapter.core.temperature import is_greedy
+from qadapter.server.engine.detokenize import TextTracker
 
 MAX_SEED = 2**63 - 1
-# Below this temperature sampling is greedy: dividing logits by ~0 overflows to inf (as vLLM does).
-GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,7 @@ class SamplingParams:
 
     @property
     def is_greedy(self) -> bool:
-        return self.temperature < GREEDY_BELOW_TEMPERATURE
+        return is_greedy(self.temperature)
 
     def __post_init__(self) -> None:
         checks = [
@@ -39,7 +38,11 @@ class SamplingParams:
             (0.0 <= self.temperature <= 2.0, "temperature", "must be between 0 and 2"),
             (0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]"),
             (self.top_k >= 0, "top_k", "must be 0 (no limit) or positive"),
-            (self.alpha is None or MIN_ALPHA <= self.alpha <= MAX_ALPHA, "alpha", f"must be in [{MIN_ALPHA:g}, {MAX_ALPHA:g}]"),
+            (
+                self.alpha is None or MIN_ALPHA <= self.alpha <= MAX_ALPHA,
+                "alpha",
+                f"must be in [{MIN_ALPHA:g}, {MAX_ALPHA:g}]",
+            ),
             (self.omega is None or 0.0 <= self.omega <= MAX_OMEGA, "omega", f"must be in [0, {MAX_OMEGA:g}]"),
             (all(self.stop), "stop", "stop strings must not be empty"),
             (self.seed is None or 0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}]"),
@@ -59,7 +62,7 @@ class GenerationRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
 
 
-class FinishReason(str, enum.Enum):
+class FinishReason(enum.StrEnum):
     STOP = "stop"  # EOS, a stop token or a stop string
     LENGTH = "length"  # max_tokens reached
     ABORT = "abort"  # cancelled by the caller
@@ -82,8 +85,7 @@ class Sequence:
     """The engine's state of one admitted request (owned by the engine thread once running)."""
 
     request: GenerationRequest
-    alpha: float  # resolved: request override or the adapter manifest's
-    omega: float
+    knobs: Knobs | None  # a Q-adapter's, resolved (request overrides on the manifest's); None for the base
     tracker: TextTracker  # its text so far, and where a stop string ends it
     adapter_key: str | None = None  # the loaded version it pins (the adapter host's key)
     output_ids: list[int] = field(default_factory=list)

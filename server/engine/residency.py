@@ -6,8 +6,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from adapters.format import ValidatedAdapter
-from server.lora import AdapterHost
+from qadapter.adapters.format import ValidatedAdapter
+from qadapter.core.lora import AdapterHost
 
 
 class Residency:
@@ -30,6 +30,9 @@ class Residency:
     def num_resident(self) -> int:
         return len(self._resident)
 
+    def is_resident(self, key: str) -> bool:
+        return key in self._resident
+
     def ensure(self, key: str, adapter: ValidatedAdapter) -> None:
         """Make `key` resident (loading it if cold) and mark it most recently used."""
         if key in self._resident:
@@ -37,7 +40,7 @@ class Residency:
             return
         self._evict_down_to(self._max_resident - 1)
         start = time.perf_counter()
-        self._host.load(adapter, key)
+        self._host.load(key, adapter.read_weights())
         self._resident[key] = adapter
         self.num_loads += 1
         if self.on_load is not None:

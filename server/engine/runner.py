@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-from server.engine.request import Sequence
-from server.lora import AdapterHost
+from qadapter.core.lora import AdapterHost
+from qadapter.server.engine.request import Sequence
 
 
 class BatchRunner:

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import torch
 
-from adapters.policy import customised_logits
-from server.engine.request import Sequence
+from qadapter.core.policy import stream_scores
+from qadapter.core.sampling import new_generator, pick_token
+from qadapter.server.engine.request import Sequence
 
 
 def policy_scores(logits: torch.Tensor, rows: list[tuple[Sequence, str | None]]) -> torch.Tensor:
     """Per-sequence float32 scores `[seqs, vocab]`, sequences in the order of their first row.
 
-    A Q-adapter sequence owns its adapter row and the base row after it; a base sequence one row,
-    scored as a Q-adapter with Q = base, ω = 0, α = 1, which is exactly its own logits.
+    A Q-adapter sequence owns its adapter row and the base row after it; a base sequence one row.
     """
     firsts = _first_rows(rows)
-    seqs = [rows[i][0] for i in firsts]
-    base_rows = [i + 1 if rows[i][1] is not None else i for i in firsts]
-    alphas = torch.tensor([s.alpha if s.adapter else 1.0 for s in seqs], device=logits.device)
-    omegas = torch.tensor([s.omega if s.adapter else 0.0 for s in seqs], device=logits.device)
-    return customised_logits(logits[firsts], logits[base_rows], alphas, omegas)
+    return stream_scores(logits, firsts, [rows[i][0].knobs for i in firsts])
 
 
 def sequences_of(rows: list[tuple[Sequence, str | None]]) -> list[Sequence]:
@@ -43,28 +39,13 @@ class Sampler:
         """One token per sequence from its scores `[seqs, vocab]`."""
         tokens = scores.argmax(dim=-1).tolist()
         for i, seq in enumerate(seqs):
-            if not seq.request.params.is_greedy:
-                tokens[i] = self._sample(seq, scores[i])
+            params = seq.request.params
+            if not params.is_greedy:
+                generator = self._generators.get(id(seq))
+                if generator is None:
+                    generator = self._generators[id(seq)] = new_generator(params.seed, self._device)
+                tokens[i] = pick_token(scores[i], params.temperature, generator, params.top_p, params.top_k)
         return tokens
 
     def release(self, seq: Sequence) -> None:
         self._generators.pop(id(seq), None)
-
-    def _sample(self, seq: Sequence, scores: torch.Tensor) -> int:
-        params = seq.request.params
-        generator = self._generators.get(id(seq))
-        if generator is None:
-            generator = torch.Generator(device=self._device)
-            generator.manual_seed(params.seed) if params.seed is not None else generator.seed()
-            self._generators[id(seq)] = generator
-        scores = scores / params.temperature
-        if 0 < params.top_k < scores.shape[-1]:
-            kth = torch.topk(scores, params.top_k).values[-1]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
-        if params.top_p < 1.0:
-            ordered, index = torch.sort(scores, descending=True)
-            cumulative = torch.softmax(ordered, dim=-1).cumsum(dim=-1)
-            drop = cumulative - torch.softmax(ordered, dim=-1) >= params.top_p  # keep the first over top_p
-            drop[0] = False  # the most likely token always stays (a tiny top_p rounds to 0 in float32)
-            scores = scores.scatter(0, index, ordered.masked_fill(drop, float("-inf")))
-        return int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator))

@@ -9,15 +9,9 @@ import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-from adapters.errors import Overloaded
-from server.engine.request import Sequence
-
-
-@dataclass(frozen=True)
-class SchedulerLimits:
-    max_running: int = 32  # requests decoding together (a Q-adapter request is two batch rows)
-    max_waiting: int = 256  # queued requests before new ones get Overloaded
-    max_prefill_tokens: int = 4096  # prompt tokens prefilled in one step, summed over batch rows
+from qadapter.core.errors import Overloaded
+from qadapter.core.settings import Settings
+from qadapter.server.engine.request import Sequence
 
 
 @dataclass
@@ -35,8 +29,10 @@ class Batch:
 class Scheduler:
     """Thread-safe: requests arrive from the event loop, the engine thread schedules and finishes."""
 
-    def __init__(self, limits: SchedulerLimits) -> None:
-        self.limits = limits
+    def __init__(self, settings: Settings) -> None:
+        self._max_running = settings.max_running  # a Q-adapter request is two batch rows
+        self._max_waiting = settings.max_waiting
+        self._max_prefill_tokens = settings.max_prefill_tokens  # summed over the rows of one step
         self._lock = threading.Lock()
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
@@ -56,7 +52,7 @@ class Scheduler:
     def add(self, seq: Sequence, retry_after_s: float) -> None:
         """Queue a request, or raise Overloaded when the waiting queue is full."""
         with self._lock:
-            if len(self._waiting) >= self.limits.max_waiting:
+            if len(self._waiting) >= self._max_waiting:
                 raise Overloaded(
                     f"the server is at capacity ({len(self._waiting)} requests waiting); retry shortly",
                     retry_after_s=retry_after_s,
@@ -81,8 +77,8 @@ class Scheduler:
         """Admit waiting requests in arrival order while the limits allow; decode all running ones."""
         with self._lock:
             batch = Batch(decode=list(self._running))
-            budget = self.limits.max_prefill_tokens
-            while self._waiting and len(self._running) < self.limits.max_running:
+            budget = self._max_prefill_tokens
+            while self._waiting and len(self._running) < self._max_running:
                 seq = self._waiting[0]
                 cost = seq.num_prompt_tokens * seq.num_rows
                 # The first admission of a step ignores the budget, so a long prompt cannot starve.

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from server.model import LoadedModel
-from tests.conftest import make_adapter
+from qadapter.adapters.synthetic import random_adapter
+from qadapter.core.knobs import Knobs
+from qadapter.core.model import LoadedModel
 from tests.e2e.server import ServerProcess
 
 KEY = "test-key"
@@ -20,9 +21,9 @@ SMALL_UPLOAD_LIMIT = 8 * 2**20
 def adapters_dir(tmp_path_factory: pytest.TempPathFactory, embedded: LoadedModel) -> Path:
     """bold and wild change the policy (random LoRA); zero is an untrained adapter."""
     root = tmp_path_factory.mktemp("adapters")
-    make_adapter(root / "bold", embedded.info, name="bold", b_std=0.5, seed=1)
-    make_adapter(root / "wild", embedded.info, name="wild", b_std=0.5, seed=2, alpha=0.8, omega=0.05)
-    make_adapter(root / "zero", embedded.info, name="zero")
+    random_adapter(root / "bold", embedded.info, name="bold", b_std=0.5, seed=1)
+    random_adapter(root / "wild", embedded.info, name="wild", b_std=0.5, seed=2, knobs=Knobs(0.8, 0.05))
+    random_adapter(root / "zero", embedded.info, name="zero")
     return root
 
 
@@ -42,8 +43,18 @@ def small_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def small_admin_server(small_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """Admin routes on, a small upload limit (8 MiB), and a tiny queue (1 running, 1 waiting) to provoke 503s."""
-    flags = ("--api-keys", KEY, "--admin-key", ADMIN_KEY, "--max-running", "1", "--max-waiting", "1",
-             "--max-upload-bytes", str(SMALL_UPLOAD_LIMIT))
+    flags = (
+        "--api-keys",
+        KEY,
+        "--admin-key",
+        ADMIN_KEY,
+        "--max-running",
+        "1",
+        "--max-waiting",
+        "1",
+        "--max-upload-bytes",
+        str(SMALL_UPLOAD_LIMIT),
+    )
     process = ServerProcess(small_store, tmp_path_factory.mktemp("small-logs") / "server.log", *flags)
     yield process
     assert process.stop() == 0

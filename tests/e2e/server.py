@@ -27,7 +27,7 @@ class ServerProcess:
     def __init__(self, adapters_dir: Path, log_path: Path, *flags: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._log = open(log_path, "w")
+        self._log = open(log_path, "w")  # noqa: SIM115 (the server writes to it until stop())
         args = [QADAPTER, "serve", "--port", str(self.port), "--adapters-dir", str(adapters_dir), *flags]
         environment = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=environment)

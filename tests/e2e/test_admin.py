@@ -19,9 +19,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from adapters.format import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE
-from server.model import LoadedModel
-from tests.conftest import make_adapter
+from qadapter.adapters.format import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE
+from qadapter.adapters.synthetic import random_adapter
+from qadapter.core.model import LoadedModel
 from tests.e2e.conftest import KEY
 from tests.e2e.server import ServerProcess
 
@@ -50,9 +50,9 @@ def sources(tmp_path_factory: pytest.TempPathFactory, embedded: LoadedModel) -> 
     """Adapter directories to upload: two clearly different policies and variations."""
     root = tmp_path_factory.mktemp("sources")
     return {
-        "first": make_adapter(root / "first", embedded.info, name="swap", b_std=0.5, seed=11).path,
-        "second": make_adapter(root / "second", embedded.info, name="swap", b_std=0.5, seed=12).path,
-        "other": make_adapter(root / "other", embedded.info, name="other", b_std=0.5, seed=13).path,
+        "first": random_adapter(root / "first", embedded.info, name="swap", b_std=0.5, seed=11).path,
+        "second": random_adapter(root / "second", embedded.info, name="swap", b_std=0.5, seed=12).path,
+        "other": random_adapter(root / "other", embedded.info, name="other", b_std=0.5, seed=13).path,
     }
 
 
@@ -60,17 +60,25 @@ def admin_headers(key: str = ADMIN) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def upload(server: ServerProcess, source: Path, name: str | None = None, method: str = "POST", path: str = "") -> httpx.Response:
+def upload(
+    server: ServerProcess, source: Path, name: str | None = None, method: str = "POST", path: str = ""
+) -> httpx.Response:
     files = [("files", (f, (source / f).read_bytes())) for f in FILES]
     data = {"name": name} if name else {}
-    return httpx.request(method, f"{server.url}/admin/adapters{path}", files=files, data=data,
-                         headers=admin_headers(), timeout=120)
+    return httpx.request(
+        method, f"{server.url}/admin/adapters{path}", files=files, data=data, headers=admin_headers(), timeout=120
+    )
 
 
 def upload_archive(server: ServerProcess, archive: bytes, filename: str, name: str | None = None) -> httpx.Response:
     data = {"name": name} if name else {}
-    return httpx.post(f"{server.url}/admin/adapters", files={"archive": (filename, archive)}, data=data,
-                      headers=admin_headers(), timeout=120)
+    return httpx.post(
+        f"{server.url}/admin/adapters",
+        files={"archive": (filename, archive)},
+        data=data,
+        headers=admin_headers(),
+        timeout=120,
+    )
 
 
 def tar_of(source: Path, top: str = "adapter") -> bytes:
@@ -88,8 +96,9 @@ def served(server: ServerProcess) -> set[str]:
 
 def greedy_answer(server: ServerProcess, model: str, max_tokens: int = 12) -> str:
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0)
-    response = client.chat.completions.create(model=model, messages=QUESTION, max_tokens=max_tokens, temperature=0,
-                                              extra_body={"ignore_eos": True})
+    response = client.chat.completions.create(
+        model=model, messages=QUESTION, max_tokens=max_tokens, temperature=0, extra_body={"ignore_eos": True}
+    )
     return response.choices[0].message.content
 
 
@@ -97,8 +106,9 @@ def greedy_answer(server: ServerProcess, model: str, max_tokens: int = 12) -> st
 def running_stream(server: ServerProcess, model: str) -> Iterator[Iterator[str]]:
     """A 30-token stream on `model`, already decoding; yields its remaining lines."""
     body = {"model": model, "messages": QUESTION, "max_tokens": 30, "stream": True, "ignore_eos": True}
-    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body,
-                      headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as response:
+    with httpx.stream(
+        "POST", f"{server.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
+    ) as response:
         lines = response.iter_lines()  # kept: a dropped line iterator closes the response
         next(lines)
         yield lines
@@ -135,7 +145,9 @@ def test_upload_an_archive(admin_server: ServerProcess, sources: dict[str, Path]
     assert f"archived-{kind.replace('.', '')}" in served(admin_server)
 
 
-def test_an_existing_name_is_409_and_an_unknown_delete_404(admin_server: ServerProcess, sources: dict[str, Path]) -> None:
+def test_an_existing_name_is_409_and_an_unknown_delete_404(
+    admin_server: ServerProcess, sources: dict[str, Path]
+) -> None:
     assert upload(admin_server, sources["other"], name="twice").status_code == 201
     again = upload(admin_server, sources["other"], name="twice")
     assert again.status_code == 409 and again.json()["error"]["code"] == "adapter_exists"
@@ -145,8 +157,12 @@ def test_an_existing_name_is_409_and_an_unknown_delete_404(admin_server: ServerP
 
 def test_racing_uploads_of_one_name_have_one_winner(admin_server: ServerProcess, sources: dict[str, Path]) -> None:
     statuses: list[int] = []
-    threads = [threading.Thread(target=lambda: statuses.append(upload(admin_server, sources["other"], name="race").status_code))
-               for _ in range(4)]
+    threads = [
+        threading.Thread(
+            target=lambda: statuses.append(upload(admin_server, sources["other"], name="race").status_code)
+        )
+        for _ in range(4)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -163,8 +179,9 @@ def test_replace_while_streams_run_keeps_each_stream_on_its_version(
 
     def stream() -> None:
         client = openai.OpenAI(base_url=f"{admin_server.url}/v1", api_key=KEY, max_retries=0)
-        chunks = client.chat.completions.create(model="swap", messages=QUESTION, max_tokens=40, temperature=0,
-                                                stream=True, extra_body={"ignore_eos": True})
+        chunks = client.chat.completions.create(
+            model="swap", messages=QUESTION, max_tokens=40, temperature=0, stream=True, extra_body={"ignore_eos": True}
+        )
         texts.append("".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
 
     threads = [threading.Thread(target=stream) for _ in range(8)]
@@ -214,8 +231,14 @@ def _tar_with(member: tarfile.TarInfo, data: bytes = b"") -> bytes:
     return buffer.getvalue()
 
 
-def _edited(source: Path, tmp: Path, config: dict | None = None, manifest: dict | None = None,
-            weights: dict[str, torch.Tensor] | None = None, truncate: bool = False) -> Path:
+def _edited(
+    source: Path,
+    tmp: Path,
+    config: dict | None = None,
+    manifest: dict | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
+    truncate: bool = False,
+) -> Path:
     target = tmp / "edited"
     target.mkdir()
     for f in FILES:
@@ -263,12 +286,16 @@ def test_invalid_adapters_are_refused_without_a_trace(
     assert served(admin_server) == before_models
 
 
-def test_a_pickle_is_refused_and_never_loaded(admin_server: ServerProcess, store: Path, tmp_path: Path, sources: dict[str, Path]) -> None:
+def test_a_pickle_is_refused_and_never_loaded(
+    admin_server: ServerProcess, store: Path, tmp_path: Path, sources: dict[str, Path]
+) -> None:
     sentinel = tmp_path / "pwned"
     files = [("files", (f, (sources["other"] / f).read_bytes())) for f in FILES]
     files.append(("files", ("adapter_model.bin", _pickle_bomb(sentinel))))
     before = sorted(p.name for p in store.iterdir())
-    response = httpx.post(f"{admin_server.url}/admin/adapters", files=files, data={"name": "pickled"}, headers=admin_headers())
+    response = httpx.post(
+        f"{admin_server.url}/admin/adapters", files=files, data={"name": "pickled"}, headers=admin_headers()
+    )
     assert response.status_code == 400 and "pickle weight files are not accepted" in response.json()["error"]["message"]
     assert not sentinel.exists()
     assert sorted(p.name for p in store.iterdir()) == before
@@ -281,7 +308,9 @@ def test_a_pickle_is_refused_and_never_loaded(admin_server: ServerProcess, store
         (tarfile.TarInfo("/etc/evil.json"), "has an absolute path"),
     ],
 )
-def test_unsafe_archive_paths_are_refused(admin_server: ServerProcess, store: Path, member: tarfile.TarInfo, fragment: str) -> None:
+def test_unsafe_archive_paths_are_refused(
+    admin_server: ServerProcess, store: Path, member: tarfile.TarInfo, fragment: str
+) -> None:
     member.size = 2
     before = sorted(p.name for p in store.iterdir())
     response = upload_archive(admin_server, _tar_with(member, b"{}"), "evil.tar.gz", name="evil")
@@ -305,8 +334,12 @@ def test_a_chunked_upload_past_the_limit_is_413(admin_server: ServerProcess, sto
             yield b"\0" * 2**20
 
     before = sorted(p.name for p in store.iterdir())
-    response = httpx.post(f"{admin_server.url}/admin/adapters", content=chunks(), timeout=60,
-                          headers={**admin_headers(), "Content-Type": "multipart/form-data; boundary=x"})
+    response = httpx.post(
+        f"{admin_server.url}/admin/adapters",
+        content=chunks(),
+        timeout=60,
+        headers={**admin_headers(), "Content-Type": "multipart/form-data; boundary=x"},
+    )
     assert response.status_code == 413
     assert sorted(p.name for p in store.iterdir()) == before
 
@@ -321,7 +354,9 @@ def test_replacing_an_unknown_name_is_404(admin_server: ServerProcess, sources: 
     assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
 
 
-def test_a_name_deleted_while_pinned_can_be_uploaded_again(admin_server: ServerProcess, sources: dict[str, Path]) -> None:
+def test_a_name_deleted_while_pinned_can_be_uploaded_again(
+    admin_server: ServerProcess, sources: dict[str, Path]
+) -> None:
     assert upload(admin_server, sources["other"], name="phoenix").status_code == 201
     with running_stream(admin_server, "phoenix") as lines:
         assert delete(admin_server, "phoenix").status_code == 200
@@ -334,8 +369,12 @@ def test_a_name_deleted_while_pinned_can_be_uploaded_again(admin_server: ServerP
 
 def test_an_oversized_upload_is_413(admin_server: ServerProcess, store: Path) -> None:
     before = sorted(p.name for p in store.iterdir())
-    response = httpx.post(f"{admin_server.url}/admin/adapters", files={"archive": ("big.tar.gz", b"\0" * (LIMIT + 1))},
-                          headers=admin_headers(), timeout=60)
+    response = httpx.post(
+        f"{admin_server.url}/admin/adapters",
+        files={"archive": ("big.tar.gz", b"\0" * (LIMIT + 1))},
+        headers=admin_headers(),
+        timeout=60,
+    )
     assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
     assert sorted(p.name for p in store.iterdir()) == before
 

@@ -15,13 +15,32 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 def test_engine_benchmark_prints_every_key() -> None:
-    done = subprocess.run([sys.executable, str(BENCH / "engine.py"), "--json", "--quick"],
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "engine.py"), "--json", "--quick"], capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    keys = {"naive_tps", "engine_tps_c1", "engine_tps_c8", "engine_tps_c32", "base_tps_c1", "base_tps_c8",
-            "same_adapter_tps_c8", "distinct_adapters_tps_c8", "ttft_p50_ms", "ttft_p95_ms", "itl_p50_ms",
-            "itl_p95_ms", "c8_over_naive", "c32_over_naive", "c1_over_base_c1", "distinct_over_same_c8"}
+    keys = {
+        "naive_tps",
+        "engine_tps_c1",
+        "engine_tps_c8",
+        "engine_tps_c32",
+        "base_tps_c1",
+        "base_tps_c8",
+        "same_adapter_tps_c8",
+        "distinct_adapters_tps_c8",
+        "ttft_p50_ms",
+        "ttft_p95_ms",
+        "itl_p50_ms",
+        "itl_p95_ms",
+        "c8_over_naive",
+        "c32_over_naive",
+        "c1_over_base_c1",
+        "distinct_over_same_c8",
+    }
     assert keys <= set(report)
     expected_device = "cuda:0" if torch.cuda.is_available() else "cpu"  # --device defaults to auto
-    assert (report["device"], report["dtype"]) == (expected_device, "bfloat16" if torch.cuda.is_available() else "float32")
+    assert (report["device"], report["dtype"]) == (
+        expected_device,
+        "bfloat16" if torch.cuda.is_available() else "float32",
+    )

@@ -18,7 +18,7 @@ from typing import Any
 import openai
 import pytest
 
-from client import (
+from qadapter.client import (
     AsyncQAdapterClient,
     BadRequest,
     ChunkStream,
@@ -87,25 +87,41 @@ def test_chat_and_complete_answer_as_with_the_openai_client(client: QAdapterClie
     assert ours.usage == Usage(theirs.usage.prompt_tokens, theirs.usage.completion_tokens, theirs.usage.total_tokens)
 
     done = client.complete("Once upon a time", model="bold", max_tokens=10, temperature=0, ignore_eos=True)
-    expected = reference.completions.create(model="bold", prompt="Once upon a time", max_tokens=10, temperature=0,
-                                            extra_body={"ignore_eos": True})
+    expected = reference.completions.create(
+        model="bold", prompt="Once upon a time", max_tokens=10, temperature=0, extra_body={"ignore_eos": True}
+    )
     assert done.text == expected.choices[0].text and done.usage.completion_tokens == 10
-    assert client.chat(QUESTION, model="bold", alpha=0.3, omega=2.0, **GREEDY).text != client.chat(
-        QUESTION, model="bold", **GREEDY).text  # the Q-adapter knobs reach the server
+    assert (
+        client.chat(QUESTION, model="bold", alpha=0.3, omega=2.0, **GREEDY).text
+        != client.chat(QUESTION, model="bold", **GREEDY).text
+    )  # the Q-adapter knobs reach the server
 
 
 def test_streams_carry_the_same_answer_and_the_usage(client: QAdapterClient) -> None:
-    full = client.chat([{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}],
-                       model="wild", max_tokens=16, temperature=0)
-    chunks = list(client.chat([{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}],
-                              model="wild", max_tokens=16, temperature=0, stream=True))
+    full = client.chat(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}],
+        model="wild",
+        max_tokens=16,
+        temperature=0,
+    )
+    chunks = list(
+        client.chat(
+            [{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}],
+            model="wild",
+            max_tokens=16,
+            temperature=0,
+            stream=True,
+        )
+    )
     assert len(chunks) > 2
     assert "".join(c.text for c in chunks) == full.text
     assert [c.finish_reason for c in chunks if c.finish_reason] == [full.choices[0].finish_reason]
     assert chunks[-1].usage == full.usage
 
     full_pair = client.complete("Hello", model="bold", n=2, max_tokens=6, temperature=0, ignore_eos=True)
-    streamed = list(client.complete("Hello", model="bold", n=2, max_tokens=6, temperature=0, ignore_eos=True, stream=True))
+    streamed = list(
+        client.complete("Hello", model="bold", n=2, max_tokens=6, temperature=0, ignore_eos=True, stream=True)
+    )
     for choice in full_pair.choices:
         assert "".join(c.text for c in streamed if c.index == choice.index and c.usage is None) == choice.text
 
@@ -129,8 +145,9 @@ def test_closing_a_stream_early_stops_its_request(client: QAdapterClient, server
     ],
 )
 @pytest.mark.parametrize("stream", [False, True])
-def test_request_errors_are_typed(client: QAdapterClient, kwargs: dict, error: type, code: str, param: str,
-                                  stream: bool) -> None:
+def test_request_errors_are_typed(
+    client: QAdapterClient, kwargs: dict, error: type, code: str, param: str, stream: bool
+) -> None:
     with pytest.raises(error) as raised:  # a stream raises at the call, before any chunk
         client.chat(QUESTION, stream=stream, **kwargs)
     assert (raised.value.code, raised.value.param) == (code, param)
@@ -141,15 +158,21 @@ def test_key_errors_are_typed(server: ServerProcess, admin: QAdapterClient) -> N
     with QAdapterClient(server.url, api_key="wrong", max_retries=0) as wrong, pytest.raises(Unauthorized) as raised:
         wrong.models()
     assert raised.value.status == 401
-    with QAdapterClient(server.url, api_key=KEY, admin_key="any", max_retries=0) as off, pytest.raises(Forbidden) as raised:
+    with (
+        QAdapterClient(server.url, api_key=KEY, admin_key="any", max_retries=0) as off,
+        pytest.raises(Forbidden) as raised,
+    ):
         off.adapters.list()  # the session server has no admin key: its admin routes are off
     assert "QADAPTER_ADMIN_KEY" in str(raised.value)
-    with QAdapterClient(admin.base_url, api_key=KEY, admin_key=KEY, max_retries=0) as inference, pytest.raises(Forbidden):
+    with (
+        QAdapterClient(admin.base_url, api_key=KEY, admin_key=KEY, max_retries=0) as inference,
+        pytest.raises(Forbidden),
+    ):
         inference.adapters.list()
 
 
 def test_a_timeout_is_typed_and_not_retried(server: ServerProcess, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="client")
+    caplog.set_level(logging.INFO, logger="qadapter.client")
     gone_before = server.metric("qadapter_requests_total", adapter="bold", status="499")
     with QAdapterClient(server.url, api_key=KEY, timeout=0.5, max_retries=3) as impatient, pytest.raises(Timeout):
         impatient.chat(QUESTION, model="bold", max_tokens=400, ignore_eos=True)
@@ -158,9 +181,10 @@ def test_a_timeout_is_typed_and_not_retried(server: ServerProcess, caplog: pytes
     assert server.metric("qadapter_requests_total", adapter="bold", status="499") == gone_before + 1  # it hung up
 
 
-def test_connection_errors_are_retried_for_idempotent_calls_only(tmp_path: Path, adapters_dir: Path,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="client")
+def test_connection_errors_are_retried_for_idempotent_calls_only(
+    tmp_path: Path, adapters_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="qadapter.client")
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with QAdapterClient(url, max_retries=2, backoff_s=0.01) as nowhere:
         with pytest.raises(ConnectionFailed, match="is it running"):
@@ -172,8 +196,9 @@ def test_connection_errors_are_retried_for_idempotent_calls_only(tmp_path: Path,
         assert not [r for r in caplog.records if "retry" in r.getMessage()]
 
 
-def test_upload_a_directory_get_list_replace_delete(admin: QAdapterClient, client: QAdapterClient,
-                                                    adapters_dir: Path) -> None:
+def test_upload_a_directory_get_list_replace_delete(
+    admin: QAdapterClient, client: QAdapterClient, adapters_dir: Path
+) -> None:
     uploaded = admin.adapters.upload(adapters_dir / "bold", name="dir-up")
     assert (uploaded.name, uploaded.version, uploaded.base_model_id) == ("dir-up", 1, BASE)
     assert admin.adapters.get("dir-up") == uploaded
@@ -311,16 +336,20 @@ def test_async_client_runs_requests_concurrently(server: ServerProcess, client: 
 
     async def run() -> dict[str, object]:
         async with AsyncQAdapterClient(server.url, api_key=KEY, max_retries=0) as ours:
-            calls = asyncio.gather(*(ours.chat(QUESTION, model=m, max_tokens=16, temperature=0, ignore_eos=True)
-                                     for m in models))
+            calls = asyncio.gather(
+                *(ours.chat(QUESTION, model=m, max_tokens=16, temperature=0, ignore_eos=True) for m in models)
+            )
             peak = 0.0
             while not calls.done():
                 peak = max(peak, await asyncio.to_thread(server.metric, "qadapter_requests_running"))
                 await asyncio.sleep(0.05)
             stream = await ours.complete("Once upon a time", model="wild", max_tokens=5, temperature=0, stream=True)
-            return {"answers": [c.text for c in await calls], "peak": peak,
-                    "streamed": "".join([chunk.text async for chunk in stream]),
-                    "models": {m.id for m in await ours.models()}}
+            return {
+                "answers": [c.text for c in await calls],
+                "peak": peak,
+                "streamed": "".join([chunk.text async for chunk in stream]),
+                "models": {m.id for m in await ours.models()},
+            }
 
     got = asyncio.run(run())
     assert got["answers"] == expected  # each answer as if it ran alone
@@ -344,8 +373,9 @@ def test_async_admin_calls(small_admin_server: ServerProcess, adapters_dir: Path
     asyncio.run(run())
 
 
-def test_a_copy_of_an_adapter_directory_with_extra_files_uploads(admin: QAdapterClient, adapters_dir: Path,
-                                                                  tmp_path: Path) -> None:
+def test_a_copy_of_an_adapter_directory_with_extra_files_uploads(
+    admin: QAdapterClient, adapters_dir: Path, tmp_path: Path
+) -> None:
     copy = tmp_path / "with-report"
     shutil.copytree(adapters_dir / "zero", copy)
     (copy / "eval.json").write_text("{}")  # trainers leave reports next to the weights
@@ -357,6 +387,8 @@ def test_a_copy_of_an_adapter_directory_with_extra_files_uploads(admin: QAdapter
 def test_stream_errors_in_band_are_typed() -> None:
     """A stream that started (HTTP 200) and then failed: its error event raises the typed exception."""
     with pytest.raises(Overloaded):
-        sse.decode('data: {"error": {"message": "shutting down", "type": "server_error", "param": null, "code": "overloaded"}}')
+        sse.decode(
+            'data: {"error": {"message": "shutting down", "type": "server_error", "param": null, "code": "overloaded"}}'
+        )
     assert sse.decode("data: [DONE]") is None
     assert sse.decode(": keep-alive") == []

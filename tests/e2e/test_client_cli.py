@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from client import QAdapterClient
+from qadapter.client import QAdapterClient
 from tests.e2e.conftest import ADMIN_KEY, KEY
 from tests.e2e.server import ServerProcess, free_port
 
@@ -24,13 +24,25 @@ QUESTION = "What is the capital of France?"
 
 
 def environment(server: ServerProcess, **overrides: str) -> dict[str, str]:
-    return {**os.environ, "QADAPTER_URL": server.url, "QADAPTER_API_KEY": KEY, "QADAPTER_ADMIN_KEY": ADMIN_KEY,
-            **overrides}
+    return {
+        **os.environ,
+        "QADAPTER_URL": server.url,
+        "QADAPTER_API_KEY": KEY,
+        "QADAPTER_ADMIN_KEY": ADMIN_KEY,
+        **overrides,
+    }
 
 
 def run_cli(server: ServerProcess, *args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CLIENT, *args], input=stdin, capture_output=True, text=True,
-                          env=environment(server, **env), timeout=300, check=False)
+    return subprocess.run(
+        [CLIENT, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=environment(server, **env),
+        timeout=300,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -38,8 +50,9 @@ def reference(small_admin_server: ServerProcess) -> QAdapterClient:
     return QAdapterClient(small_admin_server.url, api_key=KEY)
 
 
-def test_upload_then_chat_with_the_adapter(small_admin_server: ServerProcess, reference: QAdapterClient,
-                                           adapters_dir: Path) -> None:
+def test_upload_then_chat_with_the_adapter(
+    small_admin_server: ServerProcess, reference: QAdapterClient, adapters_dir: Path
+) -> None:
     uploaded = run_cli(small_admin_server, "adapters", "upload", str(adapters_dir / "wild"), "--name", "cli-wild")
     assert uploaded.returncode == 0, uploaded.stderr
     assert uploaded.stdout.startswith("uploaded cli-wild version 1")
@@ -51,8 +64,13 @@ def test_upload_then_chat_with_the_adapter(small_admin_server: ServerProcess, re
     piped = run_cli(small_admin_server, "chat", "--adapter", "cli-wild", "--max-tokens", "16", stdin=QUESTION)
     assert piped.stdout == expected + "\n"
 
-    continued = run_cli(small_admin_server, "complete", "--adapter", "cli-wild", "--max-tokens", "5", "Once upon a time")
-    assert continued.stdout == reference.complete("Once upon a time", model="cli-wild", max_tokens=5, temperature=0).text + "\n"
+    continued = run_cli(
+        small_admin_server, "complete", "--adapter", "cli-wild", "--max-tokens", "5", "Once upon a time"
+    )
+    assert (
+        continued.stdout
+        == reference.complete("Once upon a time", model="cli-wild", max_tokens=5, temperature=0).text + "\n"
+    )
     listed = run_cli(small_admin_server, "adapters", "list").stdout
     assert re.search(r"^cli-wild\s+1\s+\d+\s+0\s", listed, re.MULTILINE), listed
     assert re.search(rf"^cli-wild\s+adapter v1 on {BASE}$", run_cli(small_admin_server, "models").stdout, re.MULTILINE)
@@ -63,15 +81,29 @@ def test_upload_then_chat_with_the_adapter(small_admin_server: ServerProcess, re
     assert "error: The model 'cli-wild' does not exist" in gone.stderr and "qadapter-client models" in gone.stderr
 
 
-def test_interactive_chat_streams_and_keeps_the_conversation(small_admin_server: ServerProcess,
-                                                             reference: QAdapterClient) -> None:
+def test_interactive_chat_streams_and_keeps_the_conversation(
+    small_admin_server: ServerProcess, reference: QAdapterClient
+) -> None:
     first = reference.chat(QUESTION, model=BASE, max_tokens=8, temperature=0).text
     follow_up = "And of Germany?"
-    second = reference.chat([{"role": "user", "content": QUESTION}, {"role": "assistant", "content": first},
-                             {"role": "user", "content": follow_up}], model=BASE, max_tokens=8, temperature=0).text
+    second = reference.chat(
+        [
+            {"role": "user", "content": QUESTION},
+            {"role": "assistant", "content": first},
+            {"role": "user", "content": follow_up},
+        ],
+        model=BASE,
+        max_tokens=8,
+        temperature=0,
+    ).text
     controller, terminal = pty.openpty()  # a terminal on stdin: the CLI chats interactively
-    process = subprocess.Popen([CLIENT, "chat", "--max-tokens", "8"], stdin=terminal, stdout=terminal,
-                               stderr=terminal, env=environment(small_admin_server))
+    process = subprocess.Popen(
+        [CLIENT, "chat", "--max-tokens", "8"],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        env=environment(small_admin_server),
+    )
     os.close(terminal)
     screen = ""
 
@@ -100,7 +132,9 @@ def test_interactive_chat_streams_and_keeps_the_conversation(small_admin_server:
 def test_errors_say_what_to_do(small_admin_server: ServerProcess, adapters_dir: Path) -> None:
     keyless = run_cli(small_admin_server, "adapters", "list", QADAPTER_ADMIN_KEY="")
     assert keyless.returncode == 1 and "hint: pass --admin-key or set QADAPTER_ADMIN_KEY" in keyless.stderr
-    assert run_cli(small_admin_server, "--admin-key", ADMIN_KEY, "adapters", "list", QADAPTER_ADMIN_KEY="").returncode == 0
+    assert (
+        run_cli(small_admin_server, "--admin-key", ADMIN_KEY, "adapters", "list", QADAPTER_ADMIN_KEY="").returncode == 0
+    )
     wrong = run_cli(small_admin_server, "models", QADAPTER_API_KEY="wrong")
     assert wrong.returncode == 1 and "hint: pass --api-key or set QADAPTER_API_KEY" in wrong.stderr
 

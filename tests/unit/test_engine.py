@@ -8,20 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from adapters.base import BaseModelInfo
-from adapters.errors import AdapterNotFound, ContextTooLong, InvalidRequest, Overloaded
-from server.config import Settings
-from server.engine.engine import Engine, LoadAdapter, UnloadAdapter
-from server.engine.request import (
+from qadapter.adapters.synthetic import random_adapter
+from qadapter.core.base import BaseModelInfo
+from qadapter.core.decode import DecodeParams, Stream, decode
+from qadapter.core.errors import AdapterNotFound, ContextTooLong, InvalidRequest, Overloaded
+from qadapter.core.knobs import Knobs
+from qadapter.core.lora import AdapterHost
+from qadapter.core.model import LoadedModel
+from qadapter.core.settings import Settings
+from qadapter.server.engine.engine import Engine
+from qadapter.server.engine.registry import LoadAdapter, UnloadAdapter
+from qadapter.server.engine.request import (
     FinishReason,
     GenerationRequest,
     SamplingParams,
     TokenEvent,
 )
-from server.generate import DecodeParams, Stream, decode
-from server.lora import AdapterHost
-from server.model import LoadedModel
-from tests.conftest import make_adapter, tiny_model
+from tests.conftest import tiny_model
 
 PROMPTS = [[5, 17, 42, 99, 3, 250, 7], [11, 12], [300, 301, 302, 303, 304, 305, 306, 307, 308, 309, 310], [8] * 5]
 ADAPTERS = {"calm": 0.4, "loud": 1.0, "odd": 0.7}
@@ -34,7 +37,7 @@ def _engine(tmp_path: Path, embedded: LoadedModel, start: bool = True, **setting
     loaded = LoadedModel(model=model, tokenizer=embedded.tokenizer, info=info)
     engine = Engine(loaded, AdapterHost(model), Settings(**settings))
     changes = [
-        engine.apply(LoadAdapter(make_adapter(tmp_path / name, info, name=name, b_std=b_std, seed=i)))
+        engine.adapters.apply(LoadAdapter(random_adapter(tmp_path / name, info, name=name, b_std=b_std, seed=i)))
         for i, (name, b_std) in enumerate(ADAPTERS.items())
     ]
     engine.start() if start else engine.step()  # a step applies queued changes first
@@ -82,8 +85,10 @@ def test_matches_the_reference_decode(engine: Engine, tmp_path: Path) -> None:
     """Engine output equals `qadapter generate`'s step-by-step computation (same adapter, α, ω)."""
     reference_host = AdapterHost(tiny_model())
     info = BaseModelInfo.from_model(tiny_model(), "tiny-llama")
-    reference_host.load(make_adapter(tmp_path / "ref", info, name="loud", b_std=1.0, seed=1))
-    expected = decode(reference_host, PROMPTS[0], [Stream("loud", 0.5, 0.3), Stream(None)], DecodeParams(12), frozenset())
+    reference_host.load("loud", random_adapter(tmp_path / "ref", info, name="loud", b_std=1.0, seed=1).read_weights())
+    expected = decode(
+        reference_host, [PROMPTS[0]], [Stream("loud", Knobs(0.5, 0.3)), Stream(None)], DecodeParams(12), frozenset()
+    )[0]
     got = asyncio.run(collect(engine, GenerationRequest("a", tuple(PROMPTS[0]), "loud", greedy(alpha=0.5, omega=0.3))))
     base = asyncio.run(collect(engine, GenerationRequest("b", tuple(PROMPTS[0]), None, greedy())))
     assert tokens(got) == expected[0]
@@ -110,7 +115,15 @@ def test_seeded_sampling_repeats_whatever_the_batch(tmp_path: Path, embedded: Lo
     params = SamplingParams(max_tokens=12, temperature=1.0, top_p=0.9, top_k=50, seed=123, ignore_eos=True)
     request = GenerationRequest("s", tuple(PROMPTS[1]), "odd", params)
     alone = tokens(asyncio.run(drive(engine, [(0, request)]))["s"])
-    noise = [(0, GenerationRequest(f"n{i}", tuple(PROMPTS[2]), "loud", SamplingParams(max_tokens=30, temperature=1.0, ignore_eos=True))) for i in range(4)]
+    noise = [
+        (
+            0,
+            GenerationRequest(
+                f"n{i}", tuple(PROMPTS[2]), "loud", SamplingParams(max_tokens=30, temperature=1.0, ignore_eos=True)
+            ),
+        )
+        for i in range(4)
+    ]
     assert tokens(asyncio.run(drive(engine, [*noise, (3, request)]))["s"]) == alone
     other_seed = GenerationRequest("s", tuple(PROMPTS[1]), "odd", SamplingParams(**{**params.__dict__, "seed": 124}))
     assert tokens(asyncio.run(drive(engine, [(0, other_seed)]))["s"]) != alone
@@ -171,6 +184,7 @@ def test_closing_the_stream_aborts_the_request(engine: Engine) -> None:
 def test_queue_full_raises_overloaded(tmp_path: Path, embedded: LoadedModel) -> None:
     engine = _engine(tmp_path, embedded, max_running=1, max_waiting=1)
     try:
+
         async def flood() -> None:
             first = engine.submit(GenerationRequest("1", tuple(PROMPTS[0]), None, greedy(50)))
             await first.__anext__()  # running now
@@ -239,7 +253,9 @@ def test_a_stop_token_releases_text_held_back_for_a_stop_string(engine: Engine) 
     # A stop string starting with the last visible character holds it back until the stop token.
     stop = (before_stop[-1] + "\u0000",)
     events = asyncio.run(
-        collect(engine, GenerationRequest("s", tuple(PROMPTS[2]), "odd", greedy(12, stop=stop, stop_token_ids=(ids[6],))))
+        collect(
+            engine, GenerationRequest("s", tuple(PROMPTS[2]), "odd", greedy(12, stop=stop, stop_token_ids=(ids[6],)))
+        )
     )
     assert events[-1].finish_reason == FinishReason.STOP
     assert "".join(e.text for e in events) == engine._decode(ids[: ids.index(ids[6])])
@@ -251,8 +267,8 @@ def test_removing_an_adapter_lets_its_running_requests_finish_then_frees_it(engi
         innocent = engine.submit(GenerationRequest("base", tuple(PROMPTS[1]), None, greedy(40)))
         first = await on_it.__anext__()
         bytes_before = engine.stats().lora_bytes
-        await asyncio.wrap_future(engine.apply(UnloadAdapter("loud")))
-        assert "loud" not in engine.adapter_names()
+        await asyncio.wrap_future(engine.adapters.apply(UnloadAdapter("loud")))
+        assert "loud" not in engine.adapters.names()
         with pytest.raises(AdapterNotFound):
             engine.submit(GenerationRequest("late", tuple(PROMPTS[1]), "loud", greedy()))
         assert engine.stats().lora_bytes == bytes_before  # still pinned by "on"
@@ -289,6 +305,7 @@ def test_shutdown_ends_every_stream_instead_of_hanging(tmp_path: Path, embedded:
 def test_aborting_a_waiting_request_ends_its_stream(tmp_path: Path, embedded: LoadedModel) -> None:
     engine = _engine(tmp_path, embedded, max_running=1)
     try:
+
         async def run() -> list[TokenEvent]:
             running = engine.submit(GenerationRequest("r", tuple(PROMPTS[0]), None, greedy(100)))
             await running.__anext__()
@@ -323,16 +340,18 @@ def test_a_stream_closed_before_reading_aborts_and_frees_its_id(engine: Engine) 
 def test_a_replaced_adapter_serves_running_requests_on_their_version(tmp_path: Path, embedded: LoadedModel) -> None:
     engine = _engine(tmp_path, embedded, start=False)
     info = BaseModelInfo.from_model(tiny_model(), "tiny-llama")
-    v1_alone = tokens(asyncio.run(drive(engine, [(0, GenerationRequest("a", tuple(PROMPTS[0]), "calm", greedy(20)))]))["a"])
-    v2 = make_adapter(tmp_path / "calm-v2", info, name="calm", b_std=1.5, seed=9)
+    v1_alone = tokens(
+        asyncio.run(drive(engine, [(0, GenerationRequest("a", tuple(PROMPTS[0]), "calm", greedy(20)))]))["a"]
+    )
+    v2 = random_adapter(tmp_path / "calm-v2", info, name="calm", b_std=1.5, seed=9)
 
     async def swap_mid_flight() -> tuple[list[int], list[int]]:
         old = engine.submit(GenerationRequest("old", tuple(PROMPTS[0]), "calm", greedy(20)))
         for _ in range(5):
             engine.step()
-        swapped = engine.apply(LoadAdapter(v2, version=2))
+        swapped = engine.adapters.apply(LoadAdapter(v2, version=2))
         engine.step()  # applies the change between steps
-        assert swapped.done() and engine.adapter_version("calm") == 2
+        assert swapped.done() and engine.adapters.published("calm").version == 2
         new = engine.submit(GenerationRequest("new", tuple(PROMPTS[0]), "calm", greedy(20)))
         while engine.stats().num_running or engine.stats().num_waiting:
             engine.step()
@@ -361,7 +380,9 @@ def test_more_adapters_than_resident_slots_all_serve_and_memory_stays_bounded(
     roomy = _engine(tmp_path / "roomy", embedded, start=False)
     tight = _engine(tmp_path / "tight", embedded, start=False, max_resident_adapters=1)
     plan = [(i, GenerationRequest(f"r{i}", tuple(PROMPTS[i % 4]), name, greedy(8))) for i, name in enumerate(ADAPTERS)]
-    plan += [(10 + i, GenerationRequest(f"again{i}", tuple(PROMPTS[0]), name, greedy(8))) for i, name in enumerate(ADAPTERS)]
+    plan += [
+        (10 + i, GenerationRequest(f"again{i}", tuple(PROMPTS[0]), name, greedy(8))) for i, name in enumerate(ADAPTERS)
+    ]
     expected = {rid: tokens(events) for rid, events in asyncio.run(drive(roomy, plan)).items()}
     got = {rid: tokens(events) for rid, events in asyncio.run(drive(tight, plan)).items()}
     assert got == expected  # cold adapters were loaded on demand, not refused

@@ -10,19 +10,23 @@ import pytest
 import torch
 from peft import PeftModel
 
-from adapters.base import BaseModelInfo
-from adapters.data import PreferencePair, chat_prompt_ids, encode_pair
-from adapters.decoding import BASE, Policy, generate
-from adapters.errors import InvalidData
-from adapters.evaluate import (
+from qadapter.adapters.data import PreferencePair, encode_pair
+from qadapter.adapters.evaluate import (
     EvalSets,
     evaluate,
     format_report,
     kl_to_base,
     pair_margins,
 )
-from adapters.format import LoraSpec, Manifest, create, lora_weights, validate
-from server.model import LoadedModel
+from qadapter.adapters.format import validate
+from qadapter.adapters.scoring import ModelRows
+from qadapter.adapters.synthetic import random_adapter
+from qadapter.core.base import BaseModelInfo
+from qadapter.core.chat import user_prompt_ids
+from qadapter.core.decode import DecodeParams, Stream, decode
+from qadapter.core.errors import InvalidData, InvalidRequest
+from qadapter.core.knobs import Knobs
+from qadapter.core.model import LoadedModel
 from tests.conftest import tiny_model
 
 VOCAB = 49152
@@ -39,19 +43,19 @@ def base_model() -> torch.nn.Module:
 
 
 def write_adapter(
-    path: Path, model: torch.nn.Module, method: str | None, alpha: float, omega: float, objective: dict | None = None
+    path: Path, model: torch.nn.Module, method: str | None, knobs: Knobs, objective: dict | None = None
 ) -> Path:
     """A random LoRA; `objective` is the manifest's trained objective (hyper-parameters) when given."""
-    info = BaseModelInfo.from_model(model, "tiny")
     training = None if method is None else {"method": method}
     if training is not None and objective is not None:
         training["hyperparameters"] = {"objective": objective}
-    manifest = Manifest(
-        name="hand", base_model={"id": info.id, "fingerprint": info.fingerprint}, alpha=alpha, omega=omega,
-        training=training,
-    )
-    create(path, manifest, LoraSpec(), lora_weights(info, LoraSpec(), seed=3, b_std=0.3), info)
-    return path
+    info = BaseModelInfo.from_model(model, "tiny")
+    return random_adapter(path, info, "hand", b_std=0.3, knobs=knobs, seed=3, training=training).path
+
+
+def tiny_loaded(model: torch.nn.Module, embedded: LoadedModel) -> LoadedModel:
+    """The tiny model served with the embedded model's tokenizer."""
+    return LoadedModel(model=model, tokenizer=embedded.tokenizer, info=BaseModelInfo.from_model(model, "tiny"))
 
 
 def full_logits(model: torch.nn.Module, ids: list[int], adapter_on: bool) -> torch.Tensor:
@@ -64,7 +68,12 @@ def full_logits(model: torch.nn.Module, ids: list[int], adapter_on: bool) -> tor
 
 
 def hand_reward(
-    model: torch.nn.Module, prompt: list[int], response: list[int], method: str, alpha: float, omega: float,
+    model: torch.nn.Module,
+    prompt: list[int],
+    response: list[int],
+    method: str,
+    alpha: float,
+    omega: float,
     value_position: str = "next",
 ) -> float:
     """The implicit reward of one response, written out per token (V at s_{t+1}, or at s_t with "same")."""
@@ -94,7 +103,7 @@ def test_pair_margins_equal_hand_computed_rewards(
     if method == "base":
         adapter, model = None, base_model
     else:
-        adapter = validate(write_adapter(tmp_path / "a", base_model, method, alpha, omega), info)
+        adapter = validate(write_adapter(tmp_path / "a", base_model, method, Knobs(alpha, omega)), info)
         model = PeftModel.from_pretrained(base_model, str(adapter.path)).eval()
     margins = pair_margins(model, tokenizer, adapter, PAIRS, max_length=512, pad_id=2, show_progress=False)
     expected = []
@@ -106,11 +115,13 @@ def test_pair_margins_equal_hand_computed_rewards(
     assert margins.tolist() == pytest.approx(expected, abs=1e-4)
 
 
-def test_kl_to_base_equals_the_hand_computed_mean(embedded: LoadedModel, base_model: torch.nn.Module, tmp_path: Path) -> None:
+def test_kl_to_base_equals_the_hand_computed_mean(
+    embedded: LoadedModel, base_model: torch.nn.Module, tmp_path: Path
+) -> None:
     info = BaseModelInfo.from_model(base_model, "tiny")
-    path = write_adapter(tmp_path / "a", base_model, "qadapter", alpha=0.8, omega=0.2)
+    path = write_adapter(tmp_path / "a", base_model, "qadapter", Knobs(0.8, 0.2))
     model = PeftModel.from_pretrained(base_model, str(validate(path, info).path)).eval()
-    prompts = [chat_prompt_ids(embedded.tokenizer, [{"role": "user", "content": t}]) for t in ("Hi", "Tell me a story")]
+    prompts = [user_prompt_ids(embedded.tokenizer, t) for t in ("Hi", "Tell me a story")]
     answers = [[100, 200, 300], [7, 8]]
     total, count = 0.0, 0
     for prompt, answer in zip(prompts, answers):
@@ -121,27 +132,31 @@ def test_kl_to_base_equals_the_hand_computed_mean(embedded: LoadedModel, base_mo
             custom = torch.log_softmax((q[s] + 0.2 * torch.log_softmax(base[s], -1)) / 0.8, -1)
             total += float((custom.exp() * (custom - torch.log_softmax(base[s], -1))).sum())
             count += 1
-    measured = kl_to_base(model, prompts, answers, Policy(True, 0.8, 0.2), pad_id=2)
+    measured = kl_to_base(model, prompts, answers, Knobs(0.8, 0.2), pad_id=2)
     assert measured == pytest.approx(total / count, rel=1e-4)
     assert measured > 0
 
 
 def greedy_by_hand(
-    model: torch.nn.Module, prompt: list[int], policy: Policy, max_tokens: int, stop_ids: frozenset[int] = frozenset({2})
+    model: torch.nn.Module,
+    prompt: list[int],
+    knobs: Knobs | None,
+    max_tokens: int,
+    stop_ids: frozenset[int] = frozenset({2}),
 ) -> list[int]:
-    """Uncached greedy decoding of one prompt, the whole sequence re-run every token."""
+    """Uncached greedy decoding of one prompt (knobs None: the base), the whole sequence re-run every token."""
     ids = list(prompt)
     for _ in range(max_tokens):
         base = full_logits(model, ids, adapter_on=False)[-1]
-        if policy.use_adapter:
+        if knobs is not None:
             q = full_logits(model, ids, adapter_on=True)[-1]
-            scores = (q + policy.omega * torch.log_softmax(base, -1)) / policy.alpha
+            scores = (q + knobs.omega * torch.log_softmax(base, -1)) / knobs.alpha
         else:
             scores = base
         ids.append(int(scores.argmax()))
         if ids[-1] in stop_ids:
             break
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 @pytest.mark.parametrize("use_adapter", [True, False])
@@ -149,18 +164,22 @@ def test_batched_generation_equals_uncached_greedy_with_padding_and_stops(
     embedded: LoadedModel, tmp_path: Path, use_adapter: bool
 ) -> None:
     varied = tiny_model(vocab_size=VOCAB, initializer_range=0.3)  # the default init repeats one token
-    path = write_adapter(tmp_path / "a", varied, None, alpha=0.9, omega=0.2)
+    path = write_adapter(tmp_path / "a", varied, None, Knobs(0.9, 0.2))
     model = PeftModel.from_pretrained(varied, str(path)).eval()
-    policy = Policy(True, 0.9, 0.2) if use_adapter else BASE
-    prompts = [chat_prompt_ids(embedded.tokenizer, [{"role": "user", "content": t}])
-               for t in ("Hi", "Tell me a much longer story about a cat and a dog.", "Why?")]
-    free = [greedy_by_hand(model, p, policy, 8, stop_ids=frozenset()) for p in prompts]
+    knobs = Knobs(0.9, 0.2) if use_adapter else None
+    stream = Stream("default", knobs) if knobs else Stream(None)
+    prompts = [
+        user_prompt_ids(embedded.tokenizer, t)
+        for t in ("Hi", "Tell me a much longer story about a cat and a dog.", "Why?")
+    ]
+    free = [greedy_by_hand(model, p, knobs, 8, stop_ids=frozenset()) for p in prompts]
     # the first answer stops at the first token it has not produced before (from its 3rd on); the
     # others stop where (if) they meet that token, and decoding goes on for the rest of the batch
     stop_at = next(i for i in range(2, 8) if free[0][i] not in free[0][:i])
     stop = free[0][stop_at]
     expected = [answer[: answer.index(stop) + 1] if stop in answer else answer for answer in free]
-    assert generate(model, prompts, policy, 8, frozenset({stop}), pad_id=2, batch_size=2) == expected
+    decoded = decode(ModelRows(model), prompts, [stream], DecodeParams(8), frozenset({stop}), pad_id=2, batch_size=2)
+    assert [answer for (answer,) in decoded] == expected
     assert len(expected[0]) == stop_at + 1 and max(map(len, expected)) == 8
 
 
@@ -168,33 +187,28 @@ def test_evaluate_reports_retention_and_answer_length_as_decoded_by_hand(
     embedded: LoadedModel, base_model: torch.nn.Module, tmp_path: Path
 ) -> None:
     tokenizer = embedded.tokenizer
-    info = BaseModelInfo.from_model(base_model, "tiny")
-    path = write_adapter(tmp_path / "a", base_model, None, alpha=1.0, omega=0.01)
+    path = write_adapter(tmp_path / "a", base_model, None, Knobs(1.0, 0.01))
     questions = ["What is the capital of France?", "Name a colour."]
     # what the adapter policy answers to the first question, by hand; the second's answer is impossible
     hand_model = PeftModel.from_pretrained(tiny_model(vocab_size=VOCAB), str(path)).eval()
-    policy = Policy(True, 1.0, 0.01)
-    first_ids = chat_prompt_ids(tokenizer, [{"role": "user", "content": questions[0]}])
-    own_answer = tokenizer.decode(greedy_by_hand(hand_model, first_ids, policy, 12), skip_special_tokens=True)
-    base_answer = tokenizer.decode(greedy_by_hand(hand_model, first_ids, BASE, 12), skip_special_tokens=True)
+    knobs = Knobs(1.0, 0.01)
+    first_ids = user_prompt_ids(tokenizer, questions[0])
+    own_answer = tokenizer.decode(greedy_by_hand(hand_model, first_ids, knobs, 12), skip_special_tokens=True)
+    base_answer = tokenizer.decode(greedy_by_hand(hand_model, first_ids, None, 12), skip_special_tokens=True)
     assert own_answer.strip() and own_answer != base_answer
     (tmp_path / "q.jsonl").write_text(
-        json.dumps({"question": questions[0], "answers": [own_answer.strip()]}) + "\n"
-        + json.dumps({"question": questions[1], "answers": ["\u2603 never said"]}) + "\n"
+        json.dumps({"question": questions[0], "answers": [own_answer.strip()]})
+        + "\n"
+        + json.dumps({"question": questions[1], "answers": ["\u2603 never said"]})
+        + "\n"
     )
     (tmp_path / "p.txt").write_text("Hi\nTell me a story about a cat.\n")
     sets = EvalSets.load(tmp_path / "p.txt", tmp_path / "q.jsonl", max_answer_tokens=10, max_question_tokens=12)
-    report = evaluate(
-        base_model, tokenizer, info, path, PAIRS, sets, max_length=512,
-        stop_ids=frozenset({tokenizer.eos_token_id}), show_progress=False,
-    )
+    report = evaluate(tiny_loaded(base_model, embedded), path, PAIRS, sets, max_length=512, show_progress=False)
 
     assert report.retention_accuracy == 0.5
     assert report.base_retention_accuracy == (0.5 if own_answer.strip() in base_answer else 0.0)
-    lengths = [
-        len(greedy_by_hand(hand_model, chat_prompt_ids(tokenizer, [{"role": "user", "content": p}]), policy, 10))
-        for p in sets.neutral_prompts
-    ]
+    lengths = [len(greedy_by_hand(hand_model, user_prompt_ids(tokenizer, p), knobs, 10)) for p in sets.neutral_prompts]
     assert report.mean_answer_tokens == sum(lengths) / len(lengths)
     assert (report.num_pairs, report.num_questions, report.num_neutral_prompts) == (3, 2, 2)
     assert report.method == "qadapter" and report.kl_to_base > 0
@@ -211,7 +225,7 @@ def test_bad_question_file_names_its_line(tmp_path: Path) -> None:
 
 
 def test_length_shortcut_shares_count_agreement_only_where_lengths_differ() -> None:
-    from adapters.examples.length_shortcut import shares
+    from experiments.length_shortcut import shares
 
     margin = torch.tensor([1.0, -1.0, 2.0, -3.0])
     shorter_wins = torch.tensor([1.0, 1.0, -1.0, 0.0])  # chosen shorter, shorter, longer, same length
@@ -225,44 +239,55 @@ def test_length_shortcut_shares_count_agreement_only_where_lengths_differ() -> N
 def test_serving_alpha_and_omega_evaluate_the_adapter_as_if_its_manifest_said_so(
     embedded: LoadedModel, tmp_path: Path, method: str
 ) -> None:
-    tokenizer = embedded.tokenizer
-    sets = EvalSets(["Hi", "Tell me a story about a cat."], [("What is the capital of France?", ["Paris"])],
-                    max_answer_tokens=6, max_question_tokens=6)
+    sets = EvalSets(
+        ["Hi", "Tell me a story about a cat."],
+        [("What is the capital of France?", ["Paris"])],
+        max_answer_tokens=6,
+        max_question_tokens=6,
+    )
 
-    def report(path: Path, serving: tuple[float, float] | None = None) -> dict[str, object]:
+    def report(path: Path, knobs: Knobs | None = None) -> dict[str, object]:
         model = tiny_model(vocab_size=VOCAB)  # a fresh model each time: peft injects the LoRA into it
-        info = BaseModelInfo.from_model(model, "tiny")
-        return evaluate(model, tokenizer, info, path, PAIRS, sets, max_length=512,
-                        stop_ids=frozenset({tokenizer.eos_token_id}), show_progress=False, serving=serving).as_dict()
+        return evaluate(
+            tiny_loaded(model, embedded), path, PAIRS, sets, max_length=512, knobs=knobs, show_progress=False
+        ).as_dict()
 
     model = tiny_model(vocab_size=VOCAB)
-    trained_as = write_adapter(tmp_path / "trained", model, method, alpha=0.8, omega=0.2)
-    served_as = write_adapter(tmp_path / "served", model, method, alpha=3.0, omega=2.0)  # the same weights
-    overridden = report(trained_as, serving=(3.0, 2.0))
+    trained_as = write_adapter(tmp_path / "trained", model, method, Knobs(0.8, 0.2))
+    served_as = write_adapter(tmp_path / "served", model, method, Knobs(3.0, 2.0))  # the same weights
+    overridden = report(trained_as, knobs=Knobs(3.0, 2.0))
     assert overridden == report(served_as)
     assert overridden != report(trained_as)
     assert (overridden["alpha"], overridden["omega"]) == (3.0, 2.0)
 
 
 def test_serving_constants_need_an_adapter(embedded: LoadedModel, base_model: torch.nn.Module) -> None:
-    info = BaseModelInfo.from_model(base_model, "tiny")
     sets = EvalSets(["Hi"], [("Name a colour.", ["red"])])
     with pytest.raises(InvalidData, match="not to the base model"):
-        evaluate(base_model, embedded.tokenizer, info, None, PAIRS, sets, max_length=512,
-                 stop_ids=frozenset({2}), serving=(2.0, 1.0), show_progress=False)
+        evaluate(
+            tiny_loaded(base_model, embedded),
+            None,
+            PAIRS,
+            sets,
+            max_length=512,
+            knobs=Knobs(2.0, 1.0),
+            show_progress=False,
+        )
 
 
 @pytest.mark.parametrize("value_position", ["next", "same"])
 def test_alpha_sweep_ranks_by_the_reward_and_the_policy_of_each_serving_alpha(
     embedded: LoadedModel, tmp_path: Path, value_position: str
 ) -> None:
-    from adapters.examples.alpha_sweep import sweep_margins
+    from experiments.alpha_sweep import sweep_margins
 
     tokenizer = embedded.tokenizer
     model = tiny_model(vocab_size=VOCAB)
     trained = {"value_position": value_position, "reward_norm": "length"}  # as the manifest records it
-    adapter = validate(write_adapter(tmp_path / "a", model, "qadapter", alpha=0.8, omega=0.2, objective=trained),
-                       BaseModelInfo.from_model(model, "tiny"))
+    adapter = validate(
+        write_adapter(tmp_path / "a", model, "qadapter", Knobs(0.8, 0.2), objective=trained),
+        BaseModelInfo.from_model(model, "tiny"),
+    )
     scored = PeftModel.from_pretrained(model, str(adapter.path)).eval()
     swept = sweep_margins(scored, tokenizer, adapter, PAIRS, [2.0, 5.0], max_length=512, pad_id=2)
     for alpha, (reward, policy) in swept.items():
@@ -272,20 +297,16 @@ def test_alpha_sweep_ranks_by_the_reward_and_the_policy_of_each_serving_alpha(
             for kind, margins in expected.items():
                 margins.append(
                     hand_reward(scored, encoded.prompt_ids, encoded.chosen_ids, kind, alpha, alpha - 1, value_position)
-                    - hand_reward(scored, encoded.prompt_ids, encoded.rejected_ids, kind, alpha, alpha - 1, value_position)
+                    - hand_reward(
+                        scored, encoded.prompt_ids, encoded.rejected_ids, kind, alpha, alpha - 1, value_position
+                    )
                 )
         assert reward.tolist() == pytest.approx(expected["qadapter"], abs=1e-4)
         assert policy.tolist() == pytest.approx(expected["dpo"], abs=1e-4)
     assert swept[2.0][1].tolist() != pytest.approx(swept[5.0][1].tolist(), abs=1e-4)
 
 
-@pytest.mark.parametrize("serving", [(0.0, 0.0), (2.0, -1.0), (float("nan"), 1.0), (101.0, 100.0)])
-def test_serving_constants_out_of_bounds_are_refused_as_a_manifest_would_be(
-    embedded: LoadedModel, tmp_path: Path, serving: tuple[float, float]
-) -> None:
-    model = tiny_model(vocab_size=VOCAB)
-    path = write_adapter(tmp_path / "a", model, "qadapter", alpha=2.0, omega=1.0)
-    sets = EvalSets(["Hi"], [("Name a colour.", ["red"])])
-    with pytest.raises(InvalidData, match="cannot serve with alpha"):
-        evaluate(model, embedded.tokenizer, BaseModelInfo.from_model(model, "tiny"), path, PAIRS, sets,
-                 max_length=512, stop_ids=frozenset({2}), serving=serving, show_progress=False)
+@pytest.mark.parametrize("knobs", [(0.0, 0.0), (2.0, -1.0), (float("nan"), 1.0), (101.0, 100.0)])
+def test_knobs_out_of_bounds_are_refused_as_a_manifest_would_be(knobs: tuple[float, float]) -> None:
+    with pytest.raises(InvalidRequest, match="must be in"):
+        Knobs(*knobs)

@@ -9,9 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from adapters.base import BaseModelInfo
-from adapters.errors import InvalidAdapter
-from adapters.format import (
+from qadapter.adapters.format import (
     CONFIG_FILE,
     MANIFEST_FILE,
     WEIGHTS_FILE,
@@ -19,7 +17,10 @@ from adapters.format import (
     check_name,
     validate,
 )
-from tests.conftest import make_adapter, tiny_model
+from qadapter.adapters.synthetic import random_adapter
+from qadapter.core.base import BaseModelInfo
+from qadapter.core.errors import InvalidAdapter
+from tests.conftest import tiny_model
 
 A_KEY = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
 B_KEY = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
@@ -27,7 +28,7 @@ B_KEY = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
 
 @pytest.fixture
 def adapter_dir(tmp_path: Path, tiny_info: BaseModelInfo) -> Path:
-    make_adapter(tmp_path / "good", tiny_info, name="good", b_std=0.1)
+    random_adapter(tmp_path / "good", tiny_info, name="good", b_std=0.1)
     return tmp_path / "good"
 
 
@@ -48,9 +49,7 @@ def test_created_adapter_validates(adapter_dir: Path, tiny_info: BaseModelInfo) 
     adapter = validate(adapter_dir, tiny_info)
     assert adapter.name == "good"
     assert adapter.max_rank == 8
-    assert adapter.modules == tuple(
-        f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")
-    )
+    assert adapter.modules == tuple(f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj"))
     assert adapter.size_bytes > 0
     assert set(p.name for p in adapter_dir.iterdir()) == {CONFIG_FILE, WEIGHTS_FILE, MANIFEST_FILE}
 
@@ -74,8 +73,13 @@ def test_rejects_pickle_weight_files(adapter_dir: Path, tiny_info: BaseModelInfo
 
 @pytest.mark.parametrize(
     ("changes", "field"),
-    [({"alpha": 0}, "alpha"), ({"omega": -1}, "omega"), ({"format_version": 2}, "format_version"),
-     ({"surprise": 1}, "surprise"), ({"base_model": {"id": "x"}}, "base_model.fingerprint")],
+    [
+        ({"alpha": 0}, "alpha"),
+        ({"omega": -1}, "omega"),
+        ({"format_version": 2}, "format_version"),
+        ({"surprise": 1}, "surprise"),
+        ({"base_model": {"id": "x"}}, "base_model.fingerprint"),
+    ],
 )
 def test_rejects_a_manifest_outside_the_schema(
     adapter_dir: Path, tiny_info: BaseModelInfo, changes: dict, field: str
@@ -127,7 +131,7 @@ def test_rejects_a_rank_above_the_maximum(adapter_dir: Path, tiny_info: BaseMode
 
 
 def test_rejects_tensors_whose_rank_differs_from_the_config(tmp_path: Path, tiny_info: BaseModelInfo) -> None:
-    make_adapter(tmp_path / "a", tiny_info, lora=LoraSpec(r=4))
+    random_adapter(tmp_path / "a", tiny_info, "test-adapter", lora=LoraSpec(r=4))
     weights = load_file(tmp_path / "a" / WEIGHTS_FILE)
     weights[A_KEY], weights[B_KEY] = torch.zeros(16, 64), torch.zeros(64, 16)  # config still says r=4
     save_file(weights, tmp_path / "a" / WEIGHTS_FILE)
@@ -138,7 +142,9 @@ def test_rejects_tensors_whose_rank_differs_from_the_config(tmp_path: Path, tiny
     "changes",
     [{"r": 0}, {"r": True}, {"r": "8"}, {"rank_pattern": {"q_proj": -1}}],
 )
-def test_rejects_ranks_that_are_not_positive_integers(adapter_dir: Path, tiny_info: BaseModelInfo, changes: dict) -> None:
+def test_rejects_ranks_that_are_not_positive_integers(
+    adapter_dir: Path, tiny_info: BaseModelInfo, changes: dict
+) -> None:
     _edit_json(adapter_dir / CONFIG_FILE, **changes)
     _rejects(adapter_dir, tiny_info, "LoRA ranks must be positive integers")
 
@@ -148,10 +154,10 @@ def test_rejects_a_non_numeric_lora_alpha(adapter_dir: Path, tiny_info: BaseMode
     _rejects(adapter_dir, tiny_info, "lora_alpha and alpha_pattern values must be numbers")
 
 
-@pytest.mark.parametrize(
-    ("option", "value"), [("bias", "all"), ("layers_to_transform", [0]), ("lora_bias", True)]
-)
-def test_rejects_options_the_server_does_not_run(adapter_dir: Path, tiny_info: BaseModelInfo, option: str, value: object) -> None:
+@pytest.mark.parametrize(("option", "value"), [("bias", "all"), ("layers_to_transform", [0]), ("lora_bias", True)])
+def test_rejects_options_the_server_does_not_run(
+    adapter_dir: Path, tiny_info: BaseModelInfo, option: str, value: object
+) -> None:
     _edit_json(adapter_dir / CONFIG_FILE, **{option: value})
     _rejects(adapter_dir, tiny_info, f"{option}={value!r} is not supported")
 
@@ -186,7 +192,7 @@ def test_rejects_non_finite_or_integer_weights(adapter_dir: Path, tiny_info: Bas
 
 
 def test_accepts_dotted_targets_and_rank_patterns(tmp_path: Path, tiny_info: BaseModelInfo) -> None:
-    make_adapter(tmp_path / "a", tiny_info, lora=LoraSpec(r=4, target_modules=("q_proj",)))
+    random_adapter(tmp_path / "a", tiny_info, "test-adapter", lora=LoraSpec(r=4, target_modules=("q_proj",)))
     _edit_json(tmp_path / "a" / CONFIG_FILE, target_modules=["self_attn.q_proj"], r=2, rank_pattern={"q_proj": 4})
     assert validate(tmp_path / "a", tiny_info).max_rank == 4
 

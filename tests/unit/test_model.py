@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapters.base import BaseModelInfo
-from adapters.errors import ModelLoadError
-from server.config import Settings
-from server.model import load_base_model
+from qadapter.core.base import BaseModelInfo
+from qadapter.core.errors import ModelLoadError
+from qadapter.core.model import load_base_model
+from qadapter.core.settings import Settings
 from tests.conftest import tiny_model
 
 
@@ -23,9 +23,10 @@ def test_fingerprint_ignores_dtype_and_source() -> None:
 
 @pytest.mark.parametrize("change", [{"num_hidden_layers": 3}, {"hidden_size": 128}, {"rms_norm_eps": 1e-5}])
 def test_fingerprint_changes_with_the_architecture(change: dict) -> None:
-    assert BaseModelInfo.from_model(tiny_model(), "a").fingerprint != BaseModelInfo.from_model(
-        tiny_model(**change), "a"
-    ).fingerprint
+    assert (
+        BaseModelInfo.from_model(tiny_model(), "a").fingerprint
+        != BaseModelInfo.from_model(tiny_model(**change), "a").fingerprint
+    )
 
 
 def test_linear_modules_exclude_embeddings_and_norms() -> None:

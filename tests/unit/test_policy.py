@@ -1,4 +1,4 @@
-"""The Q-Adapter math against hand-computed values (DESIGN.md §1) and its invariants."""
+"""The Q-Adapter math against hand-computed values (docs/design.md §1) and its invariants."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from adapters.policy import (
+from qadapter.core.policy import (
     customised_logits,
     preference_loss,
     sequence_rewards,
@@ -155,8 +155,8 @@ def _taken_sum(logits: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor) 
 
 @pytest.mark.parametrize(("alpha", "omega"), [(1.0, 0.01), (5.0, 4.0), (0.5, 2.0)])
 def test_summed_reward_is_a_log_likelihood_difference_for_both_value_positions(alpha: float, omega: float) -> None:
-    # The README's telescoping argument (why the summed reward of the short harmless runs ranks by
-    # likelihood): with γ 1, Σ r = α·log π_custom(y) − ω·log π_base(y) (+ V(s_0) when V is read at
+    # The research log's telescoping argument (experiments/README.md: why the summed reward of the short
+    # harmless runs ranks by likelihood): with γ 1, Σ r = α·log π_custom(y) − ω·log π_base(y) (+ V(s_0) when V is read at
     # s_{t+1}), so a pair's margin is the same for both value positions and V(s_0), shared by the
     # pair, cancels.
     torch.manual_seed(0)

@@ -7,20 +7,21 @@ import sys
 
 import pytest
 
-from adapters.errors import InvalidRequest, Overloaded
-from server.engine.detokenize import TextTracker
-from server.engine.request import GenerationRequest, SamplingParams, Sequence
-from server.engine.scheduler import Scheduler, SchedulerLimits
+from qadapter.core.errors import InvalidRequest, Overloaded
+from qadapter.core.settings import Settings
+from qadapter.server.engine.detokenize import TextTracker
+from qadapter.server.engine.request import GenerationRequest, SamplingParams, Sequence
+from qadapter.server.engine.scheduler import Scheduler
 
 
 def seq(request_id: str, num_prompt_tokens: int = 4, adapter: str | None = None) -> Sequence:
     request = GenerationRequest(request_id, tuple(range(num_prompt_tokens)), adapter)
-    return Sequence(request, alpha=1.0, omega=0.0, tracker=TextTracker(_chars, stop=()))
+    return Sequence(request, knobs=None, tracker=TextTracker(_chars, stop=()))
 
 
 def test_these_modules_import_no_torch() -> None:
     code = (
-        "import sys, server.engine.scheduler, server.engine.request, server.engine.detokenize; "
+        "import sys, qadapter.server.engine.scheduler, qadapter.server.engine.request, qadapter.server.engine.detokenize; "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -28,7 +29,7 @@ def test_these_modules_import_no_torch() -> None:
 
 
 def test_admits_in_arrival_order_up_to_max_running() -> None:
-    scheduler = Scheduler(SchedulerLimits(max_running=2, max_waiting=10))
+    scheduler = Scheduler(Settings(max_running=2, max_waiting=10))
     for name in "abc":
         scheduler.add(seq(name), retry_after_s=1)
     batch = scheduler.schedule()
@@ -42,7 +43,7 @@ def test_admits_in_arrival_order_up_to_max_running() -> None:
 
 
 def test_prefill_budget_limits_a_step_but_never_starves_a_long_prompt() -> None:
-    scheduler = Scheduler(SchedulerLimits(max_prefill_tokens=10))
+    scheduler = Scheduler(Settings(max_prefill_tokens=10))
     scheduler.add(seq("long", 50), retry_after_s=1)
     scheduler.add(seq("short", 3), retry_after_s=1)
     assert [s.request_id for s in scheduler.schedule().prefill] == ["long"]
@@ -50,7 +51,7 @@ def test_prefill_budget_limits_a_step_but_never_starves_a_long_prompt() -> None:
 
 
 def test_full_waiting_queue_raises_overloaded_with_a_hint() -> None:
-    scheduler = Scheduler(SchedulerLimits(max_waiting=1))
+    scheduler = Scheduler(Settings(max_waiting=1))
     scheduler.add(seq("a"), retry_after_s=2.5)
     with pytest.raises(Overloaded) as caught:
         scheduler.add(seq("b"), retry_after_s=2.5)
@@ -59,7 +60,7 @@ def test_full_waiting_queue_raises_overloaded_with_a_hint() -> None:
 
 
 def test_abort_removes_a_waiting_request_and_marks_a_running_one() -> None:
-    scheduler = Scheduler(SchedulerLimits(max_running=1))
+    scheduler = Scheduler(Settings(max_running=1))
     scheduler.add(seq("run"), retry_after_s=1)
     scheduler.add(seq("wait"), retry_after_s=1)
     (running,) = scheduler.schedule().prefill
@@ -70,7 +71,7 @@ def test_abort_removes_a_waiting_request_and_marks_a_running_one() -> None:
 
 
 def test_counts_running_requests_per_adapter() -> None:
-    scheduler = Scheduler(SchedulerLimits())
+    scheduler = Scheduler(Settings())
     for i, adapter in enumerate(["x", "x", None, "y"]):
         scheduler.add(seq(str(i), adapter=adapter), retry_after_s=1)
     scheduler.schedule()
@@ -80,8 +81,13 @@ def test_counts_running_requests_per_adapter() -> None:
 
 @pytest.mark.parametrize(
     ("changes", "param"),
-    [({"max_tokens": 0}, "max_tokens"), ({"temperature": 2.5}, "temperature"), ({"top_k": -1}, "top_k"),
-     ({"alpha": 1000.0}, "alpha"), ({"stop": ("",)}, "stop")],
+    [
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"top_k": -1}, "top_k"),
+        ({"alpha": 1000.0}, "alpha"),
+        ({"stop": ("",)}, "stop"),
+    ],
 )
 def test_sampling_params_name_the_bad_parameter(changes: dict, param: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
@@ -124,7 +130,7 @@ def test_half_a_character_is_not_emitted() -> None:
 
 
 def test_prefill_budget_counts_both_rows_of_a_q_adapter_request() -> None:
-    scheduler = Scheduler(SchedulerLimits(max_prefill_tokens=20))
+    scheduler = Scheduler(Settings(max_prefill_tokens=20))
     scheduler.add(seq("base", 8), retry_after_s=1)
     scheduler.add(seq("q", 8, adapter="x"), retry_after_s=1)  # 16 row-tokens: over the 12 left
     assert [s.request_id for s in scheduler.schedule().prefill] == ["base"]

@@ -7,20 +7,21 @@ from pathlib import Path
 
 import pytest
 
-from adapters.base import BaseModelInfo
-from adapters.errors import InvalidAdapter
-from adapters.format import MANIFEST_FILE, WEIGHTS_FILE
-from adapters.store import AdapterStore
-from tests.conftest import make_adapter
+from qadapter.adapters.format import MANIFEST_FILE, WEIGHTS_FILE
+from qadapter.adapters.store import AdapterStore
+from qadapter.adapters.synthetic import random_adapter
+from qadapter.core.base import BaseModelInfo
+from qadapter.core.errors import InvalidAdapter
+from qadapter.core.knobs import Knobs
 
 
 def test_install_missing_copies_new_names_and_keeps_stored_ones(tmp_path: Path, tiny_info: BaseModelInfo) -> None:
     source = tmp_path / "examples"
-    make_adapter(source / "one", tiny_info, name="one")
-    make_adapter(source / "two", tiny_info, name="two")
+    random_adapter(source / "one", tiny_info, name="one")
+    random_adapter(source / "two", tiny_info, name="two")
     (source / "notes").mkdir()  # not an adapter: ignored
     store = AdapterStore(tmp_path / "store", tiny_info, max_rank=64)
-    make_adapter(tmp_path / "upload", tiny_info, name="two", omega=0.5)
+    random_adapter(tmp_path / "upload", tiny_info, name="two", knobs=Knobs(omega=0.5))
     store.install(tmp_path / "upload", None, replace=False)  # the user's own "two"
 
     assert store.install_missing(source) == ["one"]
@@ -33,14 +34,14 @@ def test_bundled_adapters_of_another_base_are_skipped_and_broken_ones_stop_the_i
     tmp_path: Path, tiny_info: BaseModelInfo
 ) -> None:
     source = tmp_path / "examples"
-    make_adapter(source / "other", tiny_info, name="other")
+    random_adapter(source / "other", tiny_info, name="other")
     manifest = json.loads((source / "other" / MANIFEST_FILE).read_text())
     manifest["base_model"]["fingerprint"] = "sha256:other"
     (source / "other" / MANIFEST_FILE).write_text(json.dumps(manifest))
     store = AdapterStore(tmp_path / "store", tiny_info, max_rank=64)
     assert store.install_missing(source) == []
 
-    make_adapter(source / "broken", tiny_info, name="broken")
+    random_adapter(source / "broken", tiny_info, name="broken")
     (source / "broken" / WEIGHTS_FILE).write_bytes(b"not safetensors")
     with pytest.raises(InvalidAdapter, match="broken"):
         store.install_missing(source)

@@ -11,15 +11,16 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from adapters import train as train_module
-from adapters.base import BaseModelInfo
-from adapters.data import PreferenceData, PreferencePair
-from adapters.errors import InvalidData
-from adapters.format import WEIGHTS_FILE, ValidatedAdapter, validate
-from adapters.objectives import Objective
-from adapters.train import TrainConfig, TrainOptions, train
-from server.lora import AdapterHost
-from server.model import LoadedModel
+from qadapter.adapters import train as train_module
+from qadapter.adapters.data import PreferenceData, PreferencePair
+from qadapter.adapters.format import WEIGHTS_FILE, ValidatedAdapter, validate
+from qadapter.adapters.objectives import Objective
+from qadapter.adapters.train import TrainConfig, TrainOptions, train
+from qadapter.core.base import BaseModelInfo
+from qadapter.core.errors import InvalidData
+from qadapter.core.knobs import Knobs
+from qadapter.core.lora import AdapterHost
+from qadapter.core.model import LoadedModel
 from tests.conftest import tiny_model
 
 VOCAB = 49152  # the embedded tokenizer's
@@ -44,15 +45,20 @@ def run(
 ) -> tuple[ValidatedAdapter, torch.nn.Module]:
     """Train a fresh tiny model; return the adapter and the model with its LoRA still attached."""
     model = tiny_model(vocab_size=VOCAB)
-    info = BaseModelInfo.from_model(model, "tiny")
+    loaded = LoadedModel(model=model, tokenizer=embedded.tokenizer, info=BaseModelInfo.from_model(model, "tiny"))
     config = TrainConfig(
-        objective=Objective(method=method, beta=TEST_BETA[method]), max_steps=steps, batch_size=4, grad_accum=1,
-        learning_rate=1e-2, warmup_ratio=0.0, seed=seed, max_length=64,
+        objective=Objective(method=method, beta=TEST_BETA[method]),
+        max_steps=steps,
+        batch_size=4,
+        grad_accum=1,
+        learning_rate=1e-2,
+        warmup_ratio=0.0,
+        seed=seed,
+        max_length=64,
     )
     data = synthetic_pairs()
     adapter = train(
-        model, embedded.tokenizer, info, data, out, config,
-        TrainOptions(name="colour", show_progress=False, **options), eval_data=data,
+        loaded, data, out, config, TrainOptions(name="colour", show_progress=False, **options), eval_data=data
     )
     return adapter, model
 
@@ -70,7 +76,7 @@ def test_trained_adapter_is_valid_and_reloads_to_identical_logits(embedded: Load
     adapter, trained = run(embedded, tmp_path / "colour", steps=10)
     manifest = json.loads((adapter.path / "qadapter.json").read_text())
     assert manifest["training"]["method"] == "qadapter"
-    assert manifest["training"]["hyperparameters"]["objective"]["omega"] == 0.01
+    assert manifest["training"]["hyperparameters"]["objective"]["knobs"]["omega"] == 0.01
     assert (manifest["alpha"], manifest["omega"]) == (1.0, 0.01)
     assert not (tmp_path / "colour.checkpoint").exists()
 
@@ -87,7 +93,7 @@ def test_trained_adapter_is_valid_and_reloads_to_identical_logits(embedded: Load
     assert torch.allclose(reloaded, expected, atol=1e-5)
 
     host = AdapterHost(tiny_model(vocab_size=VOCAB))
-    host.load(validate(adapter.path, info))
+    host.load("colour", validate(adapter.path, info).read_weights())
     served, _ = host.forward(ids, None, [adapter.name])
     assert torch.allclose(served, expected, atol=1e-4)
 
@@ -131,7 +137,9 @@ def test_resume_continues_exactly_where_the_run_stopped(
             run(embedded, tmp_path / "resumed", steps=6, checkpoint_every=2)
     assert (tmp_path / "resumed.checkpoint").is_dir() and not (tmp_path / "resumed").exists()
 
-    resumed = load_file(run(embedded, tmp_path / "resumed", steps=6, checkpoint_every=2, resume=True)[0].path / WEIGHTS_FILE)
+    resumed = load_file(
+        run(embedded, tmp_path / "resumed", steps=6, checkpoint_every=2, resume=True)[0].path / WEIGHTS_FILE
+    )
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
@@ -156,22 +164,18 @@ def test_existing_output_is_refused(embedded: LoadedModel, tmp_path: Path) -> No
 
 def test_serve_alpha_and_omega_set_the_manifest_and_leave_training_alone(embedded: LoadedModel, tmp_path: Path) -> None:
     plain, _ = run(embedded, tmp_path / "plain", steps=2)
-    served, _ = run(embedded, tmp_path / "served", steps=2, serve_alpha=20.0, serve_omega=19.0)
+    served, _ = run(embedded, tmp_path / "served", steps=2, serve_knobs=Knobs(20.0, 19.0))
     assert (served.manifest.alpha, served.manifest.omega) == (20.0, 19.0)
-    assert served.manifest.training["hyperparameters"]["objective"]["alpha"] == 1.0  # trained with the default
+    assert served.manifest.training["hyperparameters"]["objective"]["knobs"]["alpha"] == 1.0  # trained with the default
     assert load_file(served.path / WEIGHTS_FILE).keys() == load_file(plain.path / WEIGHTS_FILE).keys()
     for key, weight in load_file(served.path / WEIGHTS_FILE).items():
         assert torch.equal(weight, load_file(plain.path / WEIGHTS_FILE)[key])
 
 
-@pytest.mark.parametrize(("method", "serving", "error"), [
-    ("sft", {"serve_alpha": 2.0, "serve_omega": 1.0}, "Q-adapters only"),
-    ("dpo", {"serve_alpha": 2.0, "serve_omega": 1.0}, "Q-adapters only"),
-    ("qadapter", {"serve_alpha": 2.0}, "together"),
-])
-def test_bad_serving_constants_are_refused_and_write_nothing(
-    embedded: LoadedModel, tmp_path: Path, method: str, serving: dict[str, float], error: str
+@pytest.mark.parametrize("method", ["sft", "dpo"])
+def test_serving_knobs_for_a_plain_lora_are_refused_and_write_nothing(
+    embedded: LoadedModel, tmp_path: Path, method: str
 ) -> None:
-    with pytest.raises(InvalidData, match=error):
-        run(embedded, tmp_path / method, method, steps=1, **serving)
+    with pytest.raises(InvalidData, match="Q-adapters only"):
+        run(embedded, tmp_path / method, method, steps=1, serve_knobs=Knobs(2.0, 1.0))
     assert not (tmp_path / method).exists()

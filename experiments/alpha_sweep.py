@@ -20,16 +20,16 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from adapters.data import PreferencePair, encode_pair, load_pairs
-from adapters.bounds import MAX_ALPHA
-from adapters.errors import QAdapterError
-from adapters.evaluate import PAIRS_PER_BATCH, adapter_method, reward_objective
-from adapters.format import ValidatedAdapter, validate
-from adapters.objectives import margins, pad_id_of, pair_rows
-from adapters.policy import customised_logits, sequence_rewards, token_rewards
-from adapters.scoring import base_window_logits, collate, taken_logprobs, window_logits
-from server.cli_options import add_model_options, positive, settings_from, within
-from server.model import load_base_model
+from qadapter.adapters.data import PreferencePair, encode_pair, load_pairs
+from qadapter.adapters.evaluate import PAIRS_PER_BATCH, adapter_method, reward_objective
+from qadapter.adapters.format import ValidatedAdapter, validate
+from qadapter.adapters.objectives import margins, pair_rows
+from qadapter.adapters.scoring import base_window_logits, collate, taken_logprobs, window_logits
+from qadapter.core.cli_options import add_model_options, positive, settings_from, within
+from qadapter.core.errors import QAdapterError
+from qadapter.core.knobs import MAX_ALPHA
+from qadapter.core.model import load_base_model
+from qadapter.core.policy import customised_logits, sequence_rewards, token_rewards
 
 
 @torch.no_grad()
@@ -48,14 +48,15 @@ def sweep_margins(
     reward: dict[float, list[torch.Tensor]] = {a: [] for a in alphas}
     policy: dict[float, list[torch.Tensor]] = {a: [] for a in alphas}
     for start in range(0, len(pairs), PAIRS_PER_BATCH):
-        encoded = [encode_pair(tokenizer, p, max_length) for p in pairs[start:start + PAIRS_PER_BATCH]]
+        encoded = [encode_pair(tokenizer, p, max_length) for p in pairs[start : start + PAIRS_PER_BATCH]]
         batch = collate(pair_rows(encoded), pad_id, device)
         q, base = window_logits(model, batch), base_window_logits(model, batch)
         base_taken = taken_logprobs(base, batch.actions)
         for alpha in alphas:
             omega = alpha - 1
-            tokens = token_rewards(q, base, batch.actions, batch.action_mask, alpha, omega,
-                                   trained.gamma, trained.value_position)
+            tokens = token_rewards(
+                q, base, batch.actions, batch.action_mask, alpha, omega, trained.gamma, trained.value_position
+            )
             reward[alpha].append(margins(sequence_rewards(tokens, batch.action_mask, trained.reward_norm)).cpu())
             ratio = taken_logprobs(customised_logits(q, base, alpha, omega), batch.actions) - base_taken
             policy[alpha].append(margins((ratio * batch.action_mask).sum(-1)).cpu())
@@ -73,10 +74,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(parser)
     parser.add_argument("--adapter", nargs="+", required=True, help="Q-adapter directories")
-    parser.add_argument("--data", nargs="+", required=True, type=named_file,
-                        help="NAME=FILE: held-out pairs (JSONL), named")
-    parser.add_argument("--alphas", nargs="+", required=True, type=within(1.0, MAX_ALPHA),
-                        help="serving α, each served with ω = α − 1 (so α ≥ 1)")
+    parser.add_argument(
+        "--data", nargs="+", required=True, type=named_file, help="NAME=FILE: held-out pairs (JSONL), named"
+    )
+    parser.add_argument(
+        "--alphas",
+        nargs="+",
+        required=True,
+        type=within(1.0, MAX_ALPHA),
+        help="serving α, each served with ω = α − 1 (so α ≥ 1)",
+    )
     parser.add_argument("--max-length", type=positive(int, False), default=192)
     args = parser.parse_args()
     alphas = list(dict.fromkeys(args.alphas))
@@ -98,14 +105,21 @@ def main() -> None:
         loaded = load_base_model(settings_from(args))  # a fresh base for each: wrapping it in a PeftModel changes it
         model = PeftModel.from_pretrained(loaded.model, adapter_dir).eval()
         for name, pairs in data.items():
-            swept = sweep_margins(model, loaded.tokenizer, adapter, pairs, alphas, args.max_length,
-                                  pad_id_of(loaded.tokenizer))
+            swept = sweep_margins(model, loaded.tokenizer, adapter, pairs, alphas, args.max_length, loaded.pad_token_id)
             for alpha, (reward, policy) in swept.items():
-                print(json.dumps({
-                    "adapter": adapter_dir, "data": name, "alpha": alpha, "num_pairs": len(reward),
-                    "reward_accuracy": round(float((reward > 0).float().mean()), 4),
-                    "policy_log_ratio_accuracy": round(float((policy > 0).float().mean()), 4),
-                }), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "adapter": adapter_dir,
+                            "data": name,
+                            "alpha": alpha,
+                            "num_pairs": len(reward),
+                            "reward_accuracy": round(float((reward > 0).float().mean()), 4),
+                            "policy_log_ratio_accuracy": round(float((policy > 0).float().mean()), 4),
+                        }
+                    ),
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`qadapter train` and `qadapter eval`: argument parsing, then thin calls into `adapters.train` / `adapters.evaluate`."""
+"""`qadapter train` and `qadapter eval`: argument parsing, then thin calls into `train` and `evaluate`."""
 
 from __future__ import annotations
 
@@ -8,22 +8,23 @@ import shlex
 import sys
 from pathlib import Path
 
-from adapters.bounds import MAX_ALPHA, MAX_OMEGA, MIN_ALPHA
-from adapters.data import load_pairs
-from adapters.errors import InvalidData
-from adapters.evaluate import EvalSets, evaluate, format_report, read_adapter_manifest
-from adapters.format import LoraSpec
-from adapters.objectives import METHODS, Objective
-from adapters.policy import DEFAULT_BETA, DEFAULT_GAMMA
-from adapters.train import TrainConfig, TrainOptions, check_options, check_output, train
-from server.cli_options import (
+from qadapter.adapters.data import load_pairs
+from qadapter.adapters.evaluate import EvalSets, evaluate, format_report, read_adapter_manifest
+from qadapter.adapters.format import LoraSpec
+from qadapter.adapters.objectives import METHODS, Objective
+from qadapter.adapters.train import TrainConfig, TrainOptions, check_options, check_output, train
+from qadapter.core.cli_options import (
     DefaultsFormatter,
+    add_knob_options,
     add_model_options,
     positive,
     settings_from,
     within,
 )
-from server.model import load_base_model
+from qadapter.core.errors import InvalidData
+from qadapter.core.knobs import DEFAULT_ALPHA, DEFAULT_OMEGA, MAX_ALPHA, MAX_OMEGA, MIN_ALPHA, Knobs
+from qadapter.core.model import load_base_model
+from qadapter.core.policy import DEFAULT_BETA, DEFAULT_GAMMA
 
 _DEFAULTS = TrainConfig()
 
@@ -46,34 +47,8 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--eval-data", type=Path, help="held-out pairs: loss and accuracy reported during training")
     parser.add_argument("--eval-every", type=positive(int, True), default=0, help="steps between evals (0: at the end)")
     parser.add_argument("--skip-bad", action="store_true", help="skip (and count) bad rows instead of stopping")
-    group = parser.add_argument_group("optimisation")
-    group.add_argument("--epochs", type=positive(float, False), default=_DEFAULTS.epochs)
-    group.add_argument("--max-steps", type=positive(int, False), help="optimizer steps (overrides --epochs)")
-    group.add_argument("--batch-size", type=positive(int, False), default=_DEFAULTS.batch_size, help="pairs per forward")
-    group.add_argument("--grad-accum", type=positive(int, False), default=_DEFAULTS.grad_accum, help="forwards per step")
-    group.add_argument("--lr", type=positive(float, False), default=_DEFAULTS.learning_rate, help="AdamW learning rate")
-    group.add_argument("--warmup-ratio", type=within(0.0, 1.0), default=_DEFAULTS.warmup_ratio)
-    group.add_argument("--weight-decay", type=positive(float, True), default=_DEFAULTS.weight_decay)
-    group.add_argument("--max-length", type=positive(int, False), default=_DEFAULTS.max_length,
-                       help="tokens per prompt+response; longer prompts lose their start")
-    group.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="LoRA init and data order")
-    group.add_argument("--checkpoint-every", type=positive(int, True), default=50, help="steps (0: never)")
-    group.add_argument("--resume", action="store_true", help="continue from <out>.checkpoint")
-    group = parser.add_argument_group("objective (DESIGN.md §1)")
-    group.add_argument("--alpha", type=within(MIN_ALPHA, MAX_ALPHA), default=Objective.alpha)
-    group.add_argument("--omega", type=within(0.0, MAX_OMEGA), default=Objective.omega)
-    group.add_argument("--gamma", type=within(0.0, 1.0), default=DEFAULT_GAMMA)
-    group.add_argument("--beta", type=positive(float, True), default=DEFAULT_BETA,
-                       help="χ² weight (qadapter) or DPO temperature (dpo)")
-    group.add_argument("--value-position", choices=["next", "same"], default="next",
-                       help="V(s_{t+1}) as derived, or V(s_t) as in the paper's public code")
-    group.add_argument("--reward-norm", choices=["length", "padded"], default="length",
-                       help="divide R(y) by the response length, or by the padded batch length (public code)")
-    group.add_argument("--serve-alpha", type=within(MIN_ALPHA, MAX_ALPHA),
-                       help="alpha written to the manifest for serving (default --alpha); training is unchanged")
-    group.add_argument("--serve-omega", type=within(0.0, MAX_OMEGA),
-                       help="omega written to the manifest for serving (default --omega); keep alpha = 1 + omega "
-                       "so that an untrained adapter serves the base model")
+    _add_optimisation_options(parser.add_argument_group("optimisation"))
+    _add_objective_options(parser.add_argument_group("objective (docs/design.md §1)"))
     group = parser.add_argument_group("LoRA")
     group.add_argument("--lora-r", type=positive(int, False), default=LoraSpec.r)
     group.add_argument("--lora-alpha", type=positive(int, False), default=LoraSpec.lora_alpha)
@@ -82,37 +57,104 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run_train)
 
 
+def _add_optimisation_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--epochs", type=positive(float, False), default=_DEFAULTS.epochs, help="passes over the data")
+    group.add_argument("--max-steps", type=positive(int, False), help="optimizer steps (overrides --epochs)")
+    group.add_argument(
+        "--batch-size", type=positive(int, False), default=_DEFAULTS.batch_size, help="pairs per forward"
+    )
+    group.add_argument(
+        "--grad-accum", type=positive(int, False), default=_DEFAULTS.grad_accum, help="forwards per step"
+    )
+    group.add_argument("--lr", type=positive(float, False), default=_DEFAULTS.learning_rate, help="AdamW learning rate")
+    group.add_argument("--warmup-ratio", type=within(0.0, 1.0), default=_DEFAULTS.warmup_ratio)
+    group.add_argument("--weight-decay", type=positive(float, True), default=_DEFAULTS.weight_decay)
+    group.add_argument(
+        "--max-length",
+        type=positive(int, False),
+        default=_DEFAULTS.max_length,
+        help="tokens per prompt+response; longer prompts lose their start",
+    )
+    group.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="LoRA init and data order")
+    group.add_argument("--checkpoint-every", type=positive(int, True), default=50, help="steps (0: never)")
+    group.add_argument("--resume", action="store_true", help="continue from <out>.checkpoint")
+
+
+def _add_objective_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--alpha", type=within(MIN_ALPHA, MAX_ALPHA), default=DEFAULT_ALPHA)
+    group.add_argument("--omega", type=within(0.0, MAX_OMEGA), default=DEFAULT_OMEGA)
+    group.add_argument("--gamma", type=within(0.0, 1.0), default=DEFAULT_GAMMA)
+    group.add_argument(
+        "--beta", type=positive(float, True), default=DEFAULT_BETA, help="χ² weight (qadapter) or DPO temperature (dpo)"
+    )
+    group.add_argument(
+        "--value-position",
+        choices=["next", "same"],
+        default="next",
+        help="V(s_{t+1}) as derived, or V(s_t) as in the paper's public code",
+    )
+    group.add_argument(
+        "--reward-norm",
+        choices=["length", "padded"],
+        default="length",
+        help="divide R(y) by the response length, or by the padded batch length (public code)",
+    )
+    add_knob_options(
+        group,
+        ("--serve-alpha", "--serve-omega"),
+        "written to the manifest for serving (default: --alpha, --omega); training is unchanged. Give both, and "
+        "keep alpha = 1 + omega so that an untrained adapter serves the base model",
+    )
+
+
 def _run_train(args: argparse.Namespace) -> int:
     data = load_pairs(args.data, skip_bad=args.skip_bad)
     eval_data = load_pairs(args.eval_data, skip_bad=args.skip_bad) if args.eval_data else None
     config = TrainConfig(
         objective=Objective(
-            method=args.method, alpha=args.alpha, omega=args.omega, gamma=args.gamma, beta=args.beta,
-            value_position=args.value_position, reward_norm=args.reward_norm,
+            method=args.method,
+            knobs=Knobs(args.alpha, args.omega),
+            gamma=args.gamma,
+            beta=args.beta,
+            value_position=args.value_position,
+            reward_norm=args.reward_norm,
         ),
         lora=LoraSpec(
-            r=args.lora_r, lora_alpha=args.lora_alpha, dropout=args.lora_dropout,
+            r=args.lora_r,
+            lora_alpha=args.lora_alpha,
+            dropout=args.lora_dropout,
             target_modules=tuple(m.strip() for m in args.target_modules.split(",") if m.strip()),
         ),
-        learning_rate=args.lr, warmup_ratio=args.warmup_ratio, epochs=args.epochs, max_steps=args.max_steps,
-        batch_size=args.batch_size, grad_accum=args.grad_accum, max_length=args.max_length,
-        weight_decay=args.weight_decay, seed=args.seed,
+        learning_rate=args.lr,
+        warmup_ratio=args.warmup_ratio,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        max_length=args.max_length,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
     )
     options = TrainOptions(
-        name=args.name or args.out.name, description=args.description, eval_every=args.eval_every,
-        checkpoint_every=args.checkpoint_every, resume=args.resume,
+        name=args.name or args.out.name,
+        description=args.description,
+        eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
         command=shlex.join(["qadapter", *sys.argv[1:]]),
-        serve_alpha=args.serve_alpha, serve_omega=args.serve_omega,
+        serve_knobs=_knob_pair(args.serve_alpha, args.serve_omega, "--serve-alpha and --serve-omega"),
     )
     check_options(config, options)  # before the slow model load
     check_output(args.out, options.name)
     loaded = load_base_model(settings_from(args))
     if data.num_skipped:
         print(f"skipped {data.num_skipped} bad rows of {args.data}", file=sys.stderr)
-    adapter = train(loaded.model, loaded.tokenizer, loaded.info, data, args.out, config, options, eval_data)
+    adapter = train(loaded, data, args.out, config, options, eval_data)
     final = adapter.manifest.training["final"] if adapter.manifest.training else {}
-    print(f"wrote adapter {adapter.name!r} to {adapter.path} ({adapter.size_bytes / 1e6:.1f} MB); "
-          + ", ".join(f"{k} {v}" for k, v in final.items()))
+    print(
+        f"wrote adapter {adapter.name!r} to {adapter.path} ({adapter.size_bytes / 1e6:.1f} MB); "
+        + ", ".join(f"{k} {v}" for k, v in final.items())
+    )
     return 0
 
 
@@ -128,34 +170,37 @@ def add_eval(commands: argparse._SubParsersAction) -> None:
     add_model_options(parser)
     parser.add_argument("--adapter", required=True, help="adapter directory, or 'base' for the base model")
     parser.add_argument("--data", type=Path, required=True, help="held-out preference pairs (JSONL)")
-    parser.add_argument("--max-length", type=positive(int, False), default=_DEFAULTS.max_length,
-                        help="tokens per prompt+response; longer prompts lose their start")
+    parser.add_argument(
+        "--max-length",
+        type=positive(int, False),
+        default=_DEFAULTS.max_length,
+        help="tokens per prompt+response; longer prompts lose their start",
+    )
     parser.add_argument("--skip-bad", action="store_true", help="skip (and count) bad rows instead of stopping")
     parser.add_argument("--limit", type=positive(int, False), help="evaluate only the first N pairs")
     parser.add_argument("--neutral-prompts", type=Path, help="one prompt per line (default: the bundled set)")
     parser.add_argument("--questions", type=Path, help='JSONL {"question", "answers"} (default: the bundled set)')
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    parser.add_argument("--alpha", type=within(MIN_ALPHA, MAX_ALPHA),
-                        help="serve the adapter with this alpha instead of its manifest's (give --omega too)")
-    parser.add_argument("--omega", type=within(0.0, MAX_OMEGA),
-                        help="serve the adapter with this omega instead of its manifest's (give --alpha too)")
+    add_knob_options(parser, ("--alpha", "--omega"), "to serve the adapter with instead of its manifest's (give both)")
     parser.set_defaults(run=_run_eval)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
     adapter_dir = None if args.adapter == "base" else Path(args.adapter)
-    if (args.alpha is None) != (args.omega is None):
-        raise InvalidData("give --alpha and --omega together (with alpha = 1 + omega an untrained adapter is the base)")
-    serving = None if args.alpha is None else (args.alpha, args.omega)
+    knobs = _knob_pair(args.alpha, args.omega, "--alpha and --omega")
     if adapter_dir is not None and args.model is None:
         args.model = read_adapter_manifest(adapter_dir).base_model.id
     data = load_pairs(args.data, skip_bad=args.skip_bad)
     sets = EvalSets.load(args.neutral_prompts, args.questions)
     loaded = load_base_model(settings_from(args))
     pairs = data.pairs[: args.limit] if args.limit else data.pairs
-    report = evaluate(
-        loaded.model, loaded.tokenizer, loaded.info, adapter_dir, pairs, sets, args.max_length,
-        loaded.stop_token_ids, serving=serving,
-    )
+    report = evaluate(loaded, adapter_dir, pairs, sets, args.max_length, knobs)
     print(json.dumps(report.as_dict()) if args.json else format_report(report))
     return 0
+
+
+def _knob_pair(alpha: float | None, omega: float | None, flags: str) -> Knobs | None:
+    """Both knobs or neither: half a pair would silently break α = 1 + ω."""
+    if (alpha is None) != (omega is None):
+        raise InvalidData(f"give {flags} together (with alpha = 1 + omega an untrained adapter is the base)")
+    return None if alpha is None or omega is None else Knobs(alpha, omega)

@@ -1,6 +1,6 @@
 """Split a preference JSONL file into train and held-out files, reproducibly (a seeded shuffle of its lines).
 
-    python adapters/examples/split_pairs.py PAIRS.jsonl --held-out 0.1 --seed 0 --train OUT --test OUT
+python adapters/examples/split_pairs.py PAIRS.jsonl --held-out 0.1 --seed 0 --train OUT --test OUT
 """
 
 from __future__ import annotations

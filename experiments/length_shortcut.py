@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 
-from adapters.data import encode_pair, load_pairs
-from adapters.evaluate import PAIRS_PER_BATCH, pair_margins
-from adapters.format import validate
-from adapters.objectives import log_ratios, margins, pad_id_of, pair_rows
-from adapters.scoring import collate
-from server.cli_options import add_model_options, positive, settings_from
-from server.model import LoadedModel, load_base_model
+from qadapter.adapters.data import encode_pair, load_pairs
+from qadapter.adapters.evaluate import PAIRS_PER_BATCH, pair_margins
+from qadapter.adapters.format import validate
+from qadapter.adapters.objectives import log_ratios, margins, pair_rows
+from qadapter.adapters.scoring import collate
+from qadapter.core.cli_options import add_model_options, positive, settings_from
+from qadapter.core.model import LoadedModel, load_base_model
 
 
 def shares(margin: torch.Tensor, shorter_wins: torch.Tensor, near: torch.Tensor) -> dict[str, float]:
@@ -40,7 +40,7 @@ def shares(margin: torch.Tensor, shorter_wins: torch.Tensor, near: torch.Tensor)
 
 @torch.no_grad()
 def report(loaded: LoadedModel, adapter_arg: str, data: Path, max_length: int, near_tokens: int) -> dict[str, object]:
-    tokenizer, pad_id = loaded.tokenizer, pad_id_of(loaded.tokenizer)
+    tokenizer, pad_id = loaded.tokenizer, loaded.pad_token_id
     pairs = load_pairs(data, skip_bad=True).pairs
     encoded = [encode_pair(tokenizer, p, max_length) for p in pairs]
     length_gap = torch.tensor([len(e.rejected_ids) - len(e.chosen_ids) for e in encoded], dtype=torch.float32)
@@ -52,11 +52,18 @@ def report(loaded: LoadedModel, adapter_arg: str, data: Path, max_length: int, n
     adapter = validate(Path(adapter_arg), loaded.info)
     scored = PeftModel.from_pretrained(loaded.model, adapter_arg).eval()
     reward = pair_margins(scored, tokenizer, adapter, pairs, max_length, pad_id)
-    policy = torch.cat([
-        margins(log_ratios(scored, collate(pair_rows(encoded[i:i + PAIRS_PER_BATCH]), pad_id, loaded.device),
-                           adapter.manifest.alpha, adapter.manifest.omega)).cpu()
-        for i in range(0, len(encoded), PAIRS_PER_BATCH)
-    ])
+    policy = torch.cat(
+        [
+            margins(
+                log_ratios(
+                    scored,
+                    collate(pair_rows(encoded[i : i + PAIRS_PER_BATCH]), pad_id, loaded.device),
+                    adapter.manifest.knobs,
+                )
+            ).cpu()
+            for i in range(0, len(encoded), PAIRS_PER_BATCH)
+        ]
+    )
     return out | {"reward": shares(reward, shorter_wins, near), "policy_log_ratio": shares(policy, shorter_wins, near)}
 
 
@@ -66,8 +73,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="held-out pairs (JSONL)")
     parser.add_argument("--adapter", nargs="+", required=True, help="adapter directories, or 'base'")
     parser.add_argument("--max-length", type=positive(int, False), default=192)
-    parser.add_argument("--near", type=positive(int, True), default=5,
-                        help="'near-equal length': at most this many tokens apart")
+    parser.add_argument(
+        "--near", type=positive(int, True), default=5, help="'near-equal length': at most this many tokens apart"
+    )
     args = parser.parse_args()
     for adapter_arg in args.adapter:  # a fresh base for each: wrapping it in a PeftModel changes it
         loaded = load_base_model(settings_from(args))

@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Rebuild the example adapters, their reports and the comparison tables, exactly as shipped.
-# Run from the repository root after `make install`:  bash adapters/examples/build.sh
+# Run from the repository root after `make install`:  bash experiments/build.sh
 # Stages can be run alone:
-#   bash adapters/examples/build.sh data | harmless | concise | baselines | reports | shortcut | longer | recipe
+#   bash experiments/build.sh data | harmless | concise | baselines | reports | shortcut | longer | recipe
 # `harmless`, `longer` and `recipe` are sized for a GPU: minutes each on an H100 or H200, hours on 2
 # CPU cores (the shipped ones ran on a GPU). The other stages took about 2 hours on 2 CPU cores.
 set -euo pipefail
 
 PAIRS=${PAIRS:-../shared/data/hh-rlhf-harmless/pairs.jsonl}  # HH-RLHF harmless-base, chat form
 WORK=${WORK:-build/examples}                                # what is not shipped: splits, baselines, runs
-EXAMPLES=adapters/examples
+EXAMPLES=adapters/examples      # the shipped adapters and their data
+EXPERIMENTS=experiments         # these scripts and their result files
 DATA=$EXAMPLES/data
 BIN=.venv/bin
-export HF_HUB_OFFLINE=1 PYTHONPATH=.
+export HF_HUB_OFFLINE=1
 export TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1  # on a GPU, TF32 matmuls as in the shipped runs; no effect on CPU
 mkdir -p "$WORK" "$DATA"
 
@@ -29,11 +30,11 @@ PER_TOKEN=(--value-position same --reward-norm length)
 HARMLESS_DESCRIPTION="Prefers harmless answers (trained on HH-RLHF harmless-base pairs)"
 
 data() {
-    $BIN/python $EXAMPLES/split_pairs.py "$PAIRS" --held-out 0.1 --seed 0 \
+    $BIN/python $EXPERIMENTS/split_pairs.py "$PAIRS" --held-out 0.1 --seed 0 \
         --train "$WORK/harmless-train.jsonl" --test "$DATA/harmless-test.jsonl"
-    $BIN/python $EXAMPLES/split_pairs.py "$WORK/harmless-train.jsonl" --held-out 0.1 --seed 1 \
+    $BIN/python $EXPERIMENTS/split_pairs.py "$WORK/harmless-train.jsonl" --held-out 0.1 --seed 1 \
         --train "$WORK/harmless-fit.jsonl" --test "$WORK/harmless-val.jsonl"
-    $BIN/python $EXAMPLES/build_concise_pairs.py --prompts-from "$WORK/harmless-train.jsonl" --seed 0 \
+    $BIN/python $EXPERIMENTS/build_concise_pairs.py --prompts-from "$WORK/harmless-train.jsonl" --seed 0 \
         --train "$DATA/concise-train.jsonl" --test "$DATA/concise-test.jsonl"
 }
 
@@ -72,16 +73,16 @@ reports() {
     done
     $BIN/qadapter eval --adapter "$EXAMPLES/concise" --data "$DATA/concise-test.jsonl" --max-length 256 --json \
         > "$EXAMPLES/concise/eval.json"
-    $BIN/python $EXAMPLES/compare.py "$WORK/base.eval.json" "$WORK/harmless-100.eval.json" \
-        "$WORK/harmless-sft.eval.json" "$WORK/harmless-dpo.eval.json" > "$EXAMPLES/comparison.md"
-    cat "$EXAMPLES/comparison.md"
+    $BIN/python $EXPERIMENTS/compare.py "$WORK/base.eval.json" "$WORK/harmless-100.eval.json" \
+        "$WORK/harmless-sft.eval.json" "$WORK/harmless-dpo.eval.json" > "$EXPERIMENTS/comparison.md"
+    cat "$EXPERIMENTS/comparison.md"
 }
 
-# Per pair: how far each short run's ranking is "the shorter response wins" (the README's analysis).
+# Per pair: how far each short run's ranking is "the shorter response wins" (the research log's analysis, experiments/README.md).
 shortcut() {
-    $BIN/python $EXAMPLES/length_shortcut.py --data "$DATA/harmless-test.jsonl" \
-        --adapter base "$WORK/harmless-100" "$WORK/harmless-dpo" "$WORK/harmless-sft" > "$EXAMPLES/length_shortcut.jsonl"
-    cat "$EXAMPLES/length_shortcut.jsonl"
+    $BIN/python $EXPERIMENTS/length_shortcut.py --data "$DATA/harmless-test.jsonl" \
+        --adapter base "$WORK/harmless-100" "$WORK/harmless-dpo" "$WORK/harmless-sft" > "$EXPERIMENTS/length_shortcut.jsonl"
+    cat "$EXPERIMENTS/length_shortcut.jsonl"
 }
 
 # 2 and 4 epochs, chosen on the validation split and compared on the held-out one; the 4-epoch
@@ -106,12 +107,12 @@ longer() {
             --skip-bad --max-length 192 --json > "$runs/qa-length-4ep-alpha$alpha.eval.json"
         reports+=("$runs/qa-length-4ep-alpha$alpha.eval.json")
     done
-    $BIN/python $EXAMPLES/compare.py "${reports[@]}" > "$EXAMPLES/longer_runs.md"
-    $BIN/python $EXAMPLES/length_shortcut.py --data "$test" --adapter base "${names[@]/#/$runs/}" \
-        > "$EXAMPLES/longer_runs_shortcut.jsonl"
-    $BIN/python $EXAMPLES/alpha_sweep.py --dtype float32 --alphas 20 10 --adapter "$runs/qa-length-4ep" --data test="$test" \
-        > "$EXAMPLES/longer_runs_served.jsonl"
-    cat "$EXAMPLES/longer_runs.md" "$EXAMPLES/longer_runs_shortcut.jsonl" "$EXAMPLES/longer_runs_served.jsonl"
+    $BIN/python $EXPERIMENTS/compare.py "${reports[@]}" > "$EXPERIMENTS/longer_runs.md"
+    $BIN/python $EXPERIMENTS/length_shortcut.py --data "$test" --adapter base "${names[@]/#/$runs/}" \
+        > "$EXPERIMENTS/longer_runs_shortcut.jsonl"
+    $BIN/python $EXPERIMENTS/alpha_sweep.py --dtype float32 --alphas 20 10 --adapter "$runs/qa-length-4ep" --data test="$test" \
+        > "$EXPERIMENTS/longer_runs_served.jsonl"
+    cat "$EXPERIMENTS/longer_runs.md" "$EXPERIMENTS/longer_runs_shortcut.jsonl" "$EXPERIMENTS/longer_runs_served.jsonl"
 }
 
 # Longer and stronger runs than `longer`, each served at several α and ranked on the validation and
@@ -132,12 +133,12 @@ recipe() {
         --out "$runs/qa-8ep-batch16" "${QADAPTER[@]}" "${PER_TOKEN[@]}"
     $BIN/qadapter train "${LONG_RUN[@]}" --epochs 8 --batch-size 16 --lr 7e-4 --seed 0 \
         --out "$runs/qa-8ep-batch16-alpha20" --alpha 20 --omega 19 --beta 1e-4 "${PER_TOKEN[@]}"
-    $BIN/python $EXAMPLES/alpha_sweep.py --dtype float32 --alphas 5 10 20 40 --adapter "$EXAMPLES/harmless" "$runs"/qa-* \
-        --data val="$WORK/harmless-val.jsonl" test="$DATA/harmless-test.jsonl" > "$EXAMPLES/recipe_sweep.jsonl"
+    $BIN/python $EXPERIMENTS/alpha_sweep.py --dtype float32 --alphas 5 10 20 40 --adapter "$EXAMPLES/harmless" "$runs"/qa-* \
+        --data val="$WORK/harmless-val.jsonl" test="$DATA/harmless-test.jsonl" > "$EXPERIMENTS/recipe_sweep.jsonl"
     # The base's own ranking of the validation pairs, beside its held-out one in the reports.
-    $BIN/python $EXAMPLES/length_shortcut.py --dtype float32 --data "$WORK/harmless-val.jsonl" --adapter base \
-        > "$EXAMPLES/recipe_base_validation.jsonl"
-    cat "$EXAMPLES/recipe_sweep.jsonl" "$EXAMPLES/recipe_base_validation.jsonl"
+    $BIN/python $EXPERIMENTS/length_shortcut.py --dtype float32 --data "$WORK/harmless-val.jsonl" --adapter base \
+        > "$EXPERIMENTS/recipe_base_validation.jsonl"
+    cat "$EXPERIMENTS/recipe_sweep.jsonl" "$EXPERIMENTS/recipe_base_validation.jsonl"
 }
 
 if [ $# -eq 0 ]; then

@@ -1,4 +1,4 @@
-"""The Q-Adapter math (DESIGN.md §1, arXiv 2407.03856) as pure tensor functions.
+"""The Q-Adapter math (docs/design.md §1, arXiv 2407.03856) as pure tensor functions.
 
 Shapes: logits are `[..., vocab]` (usually `[rows, vocab]` when decoding, `[batch, seq, vocab]` when
 training). `alpha`/`omega` are a float or one value per leading row (`[rows]` / `[batch]`).
@@ -13,9 +13,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-PerRow = float | torch.Tensor
+from qadapter.core.knobs import DEFAULT_ALPHA, DEFAULT_OMEGA, Knobs
 
-from adapters.bounds import DEFAULT_ALPHA, DEFAULT_OMEGA
+PerRow = float | torch.Tensor
 
 DEFAULT_GAMMA = 1.0
 DEFAULT_BETA = 0.1
@@ -46,6 +46,18 @@ def customised_logits(
     q = q_logits.float()
     base_logprobs = torch.log_softmax(base_logits.float(), dim=-1)
     return (q + _broadcast(omega, q) * base_logprobs) / _broadcast(alpha, q)
+
+
+def stream_scores(logits: torch.Tensor, first_rows: list[int], knobs: list[Knobs | None]) -> torch.Tensor:
+    """Float32 scores `[streams, vocab]` of streams whose rows start at `first_rows` of `logits` `[rows, vocab]`.
+
+    A Q-adapter stream (its knobs) owns its adapter row and the base row after it; a base stream
+    (None) owns one row, scored as a Q-adapter with Q = base, ω = 0, α = 1: exactly its own logits.
+    """
+    base_rows = [row if k is None else row + 1 for row, k in zip(first_rows, knobs)]
+    alphas = torch.tensor([1.0 if k is None else k.alpha for k in knobs], device=logits.device)
+    omegas = torch.tensor([0.0 if k is None else k.omega for k in knobs], device=logits.device)
+    return customised_logits(logits[first_rows], logits[base_rows], alphas, omegas)
 
 
 def value(custom_logits: torch.Tensor, alpha: PerRow = DEFAULT_ALPHA) -> torch.Tensor:
@@ -81,9 +93,7 @@ def token_rewards(
     return (q_taken - gamma * subtracted) * mask
 
 
-def sequence_rewards(
-    rewards: torch.Tensor, action_mask: torch.Tensor, norm: RewardNorm = "length"
-) -> torch.Tensor:
+def sequence_rewards(rewards: torch.Tensor, action_mask: torch.Tensor, norm: RewardNorm = "length") -> torch.Tensor:
     """R(y) per sequence (`[batch]`): summed token rewards over the response, normalised."""
     mask = action_mask.float()
     total = (rewards * mask).sum(dim=-1)
@@ -116,6 +126,4 @@ def preference_loss(
     squared = (chosen_rewards**2 * chosen_mask).sum() + (rejected_rewards**2 * rejected_mask).sum()
     num_tokens = (chosen_mask.sum() + rejected_mask.sum()).clamp(min=1.0)
     loss = -F.logsigmoid(margin).mean() + beta * squared / num_tokens
-    return PreferenceLoss(
-        loss=loss, accuracy=(margin > 0).float().mean().detach(), margin=margin.mean().detach()
-    )
+    return PreferenceLoss(loss=loss, accuracy=(margin > 0).float().mean().detach(), margin=margin.mean().detach())

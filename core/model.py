@@ -22,9 +22,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from adapters.base import BaseModelInfo
-from adapters.errors import ModelLoadError
-from server.config import EMBEDDED_MODEL, Settings
+from qadapter.core.base import BaseModelInfo
+from qadapter.core.errors import ModelLoadError
+from qadapter.core.settings import EMBEDDED_MODEL, Settings
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,12 @@ class LoadedModel:
     def placement(self) -> dict[str, str]:
         """Where and in what precision the model runs, as reports print it: {"device", "dtype"}."""
         return {"device": str(self.model.device), "dtype": str(self.model.dtype).removeprefix("torch.")}
+
+    @property
+    def pad_token_id(self) -> int:
+        """The id that fills left padding (masked out, so any id works): the pad token, else the end one."""
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.tokenizer.eos_token_id
 
     @property
     def stop_token_ids(self) -> frozenset[int]:

@@ -1,6 +1,6 @@
 """Print a Markdown table comparing `qadapter eval --json` reports (one file each).
 
-    python adapters/examples/compare.py base.eval.json harmless/eval.json sft.eval.json dpo.eval.json
+python adapters/examples/compare.py base.eval.json harmless/eval.json sft.eval.json dpo.eval.json
 """
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ def main(paths: list[str]) -> None:
         served = f" (α {report['alpha']:g}, ω {report['omega']:g})" if report["method"] == "qadapter" else ""
         print(f"| {report['adapter']}{served} | {report['method']} | " + " | ".join(cells) + " |")
     base = reports[0]
-    print(f"\n{base['num_pairs']} held-out pairs; retention over {base['num_questions']} questions "
-          f"(base model: {base['base_retention_accuracy']:.3f}); KL and answer length over "
-          f"{base['num_neutral_prompts']} neutral prompts (base answers: {base['base_mean_answer_tokens']:.1f} tokens).")
+    print(
+        f"\n{base['num_pairs']} held-out pairs; retention over {base['num_questions']} questions "
+        f"(base model: {base['base_retention_accuracy']:.3f}); KL and answer length over "
+        f"{base['num_neutral_prompts']} neutral prompts (base answers: {base['base_mean_answer_tokens']:.1f} tokens)."
+    )
 
 
 if __name__ == "__main__":

@@ -10,17 +10,27 @@ zero columns add nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 
-from adapters.errors import AdapterNotFound, InvalidAdapter
-from adapters.format import WEIGHTS_FILE, ValidatedAdapter
+from qadapter.core.errors import AdapterNotFound, InvalidAdapter
+
+
+@dataclass(frozen=True)
+class LoraWeights:
+    """One adapter's LoRA as the host applies it: per base module, A `[rank, in]` and B `[out, rank]`
+    with the LoRA scaling already folded into B."""
+
+    modules: Mapping[str, tuple[torch.Tensor, torch.Tensor]]
+
+    @property
+    def max_rank(self) -> int:
+        return max(a.shape[0] for a, _ in self.modules.values())
 
 
 class _RowSlots:
@@ -70,29 +80,27 @@ class AdapterHost:
     def lora_bytes(self) -> int:
         """Memory held by the stacked LoRA weights of every loaded adapter."""
         return sum(
-            t.numel() * t.element_size() for layer in self._layers.values() for t in (layer.lora_a, layer.lora_b) if t is not None
+            t.numel() * t.element_size()
+            for layer in self._layers.values()
+            for t in (layer.lora_a, layer.lora_b)
+            if t is not None
         )
 
-    def load(self, adapter: ValidatedAdapter, key: str | None = None) -> None:
-        """Add an adapter in a new slot, selected by `key` (default: its name); all or nothing."""
-        key = key or adapter.name
+    def load(self, key: str, weights: LoraWeights) -> None:
+        """Add an adapter's weights in a new slot, selected by `key` in `row_adapters`; all or nothing."""
         if key in self._slot_of:
             raise InvalidAdapter(f"an adapter named {key!r} is already loaded")
-        try:
-            tensors = load_file(adapter.path / WEIGHTS_FILE)
-        except (OSError, SafetensorError) as exc:
-            raise InvalidAdapter(f"adapter {adapter.name!r} could not be loaded: {exc}") from None
         new_slot = len(self._slot_of) + 1
-        layers = {**self._layers, **{m: self._wrapped(m) for m in adapter.modules if m not in self._layers}}
-        rank = max([adapter.max_rank] + [layer.lora_a.shape[1] for layer in self._layers.values() if layer.lora_a is not None])
+        layers = {**self._layers, **{m: self._wrapped(m) for m in weights.modules if m not in self._layers}}
+        current = [layer.lora_a.shape[1] for layer in self._layers.values() if layer.lora_a is not None]
+        rank = max([weights.max_rank, *current])
         stacks = {}
         for module, layer in layers.items():  # build every new stack first, then publish them all
             a, b = _grown(layer, new_slot + 1, rank)
-            if module in adapter.modules:
-                prefix = f"base_model.model.{module}"
-                lora_a, lora_b = tensors[f"{prefix}.lora_A.weight"], tensors[f"{prefix}.lora_B.weight"]
+            if module in weights.modules:
+                lora_a, lora_b = weights.modules[module]
                 a[new_slot, : lora_a.shape[0]] = lora_a.to(a.dtype)
-                b[new_slot, :, : lora_b.shape[1]] = (lora_b.float() * adapter.scalings[module]).to(b.dtype)
+                b[new_slot, :, : lora_b.shape[1]] = lora_b.to(b.dtype)
             stacks[module] = (a, b)
         for module, layer in layers.items():
             if module not in self._layers:

@@ -15,15 +15,19 @@ import json
 import random
 from pathlib import Path
 
-from adapters.data import chat_prompt_ids, load_pairs
-from adapters.decoding import BASE, generate
-from server.config import Settings
-from server.model import load_base_model
+from qadapter.adapters.data import load_pairs
+from qadapter.adapters.scoring import ModelRows
+from qadapter.core.chat import user_prompt_ids
+from qadapter.core.decode import DecodeParams, Stream, decode
+from qadapter.core.model import load_base_model
+from qadapter.core.settings import Settings
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prompts-from", type=Path, required=True, help="preference JSONL to take first user turns from")
+    parser.add_argument(
+        "--prompts-from", type=Path, required=True, help="preference JSONL to take first user turns from"
+    )
     parser.add_argument("--num-prompts", type=int, default=240)
     parser.add_argument("--max-tokens", type=int, default=192)
     parser.add_argument("--min-gap", type=int, default=8, help="least length difference in tokens")
@@ -40,14 +44,21 @@ def main() -> None:
     firsts = sorted({next(m["content"] for m in p.prompt if m["role"] == "user") for p in data.pairs})
     random.Random(args.seed).shuffle(firsts)
     prompts = [p for p in firsts if 10 <= len(p) <= 300][: args.num_prompts]
-    ids = [chat_prompt_ids(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
-    # Each prompt twice in one call: the two samples differ because the generator moves on.
-    answers = generate(
-        loaded.model, ids + ids, BASE, args.max_tokens, frozenset({tokenizer.eos_token_id}), tokenizer.eos_token_id,
-        temperature=args.temperature, seed=args.seed, progress="sampling answers",
+    ids = [user_prompt_ids(tokenizer, p) for p in prompts]
+    # Each prompt twice in one call: the two samples differ because each position has its own seed.
+    params = DecodeParams(args.max_tokens, args.temperature, args.seed)
+    decoded = decode(
+        ModelRows(loaded.model),
+        ids + ids,
+        [Stream(None)],
+        params,
+        frozenset({tokenizer.eos_token_id}),
+        loaded.pad_token_id,
+        progress="sampling answers",
     )
+    answers = [per_stream[0] for per_stream in decoded]
     rows = []
-    for prompt, first, second in zip(prompts, answers[: len(prompts)], answers[len(prompts):]):
+    for prompt, first, second in zip(prompts, answers[: len(prompts)], answers[len(prompts) :]):
         short, long = sorted((first, second), key=len)
         if short[-1:] != [tokenizer.eos_token_id] or len(long) - len(short) < args.min_gap:
             continue
@@ -58,7 +69,9 @@ def main() -> None:
     for path, part in ((args.test, rows[:num_test]), (args.train, rows[num_test:])):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part), encoding="utf-8")
-    print(f"{len(rows)} pairs from {len(prompts)} prompts: {len(rows) - num_test} -> {args.train}, {num_test} -> {args.test}")
+    print(
+        f"{len(rows)} pairs from {len(prompts)} prompts: {len(rows) - num_test} -> {args.train}, {num_test} -> {args.test}"
+    )
 
 
 if __name__ == "__main__":

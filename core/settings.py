@@ -1,0 +1,62 @@
+"""The one settings object: built once from flags and `QADAPTER_*` variables, then passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+DEFAULT_MAX_RANK = 64
+
+
+class Settings(BaseSettings):
+    """Server and CLI configuration; every field is a flag (`--max-running`) and a `QADAPTER_<FIELD>` variable.
+
+    The one source of defaults: `qadapter serve` flags, the engine's limits and docs/configuration.md
+    are all made from these fields.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="QADAPTER_", extra="forbid")
+
+    home: Path = Field(default=Path.home() / ".cache" / "qadapter", description="Cache of converted models.")
+    model: str = Field(
+        default=EMBEDDED_MODEL,
+        description="Base model: a local Hugging Face directory, a .gguf file, a hub id, or the embedded model.",
+    )
+    device: str = Field(default="auto", description="auto (CUDA if present, else CPU), cpu, cuda or cuda:N.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="Weights' dtype; auto is bfloat16 on CUDA, float32 on CPU."
+    )
+    adapters_dir: Path = Field(default=Path("adapters-store"), description="The adapter store, served from the start.")
+    install_adapters: Path | None = Field(
+        default=None,
+        description="At start, copy into the store every adapter directory under this one whose name it lacks "
+        "(so an example deleted through the admin API returns at the next start).",
+    )
+    host: str = Field(default="127.0.0.1", description="Address `qadapter serve` listens on.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port `qadapter serve` listens on.")
+    api_keys: str = Field(default="", description="Comma-separated keys required on /v1/*; empty: /v1/* is open.")
+    admin_key: str = Field(default="", description="Key for /admin/*; empty: the admin routes are off.")
+    max_upload_bytes: int = Field(default=256 * 2**20, gt=0, description="Largest adapter upload accepted.")
+    max_resident_adapters: int = Field(default=64, gt=0, description="Adapter versions in device memory (LRU).")
+    max_lora_rank: int = Field(default=DEFAULT_MAX_RANK, gt=0, description="Largest LoRA rank accepted.")
+    max_running: int = Field(default=32, gt=0, description="Requests decoded together in one step.")
+    max_waiting: int = Field(default=256, ge=1, description="Queued requests before new ones get 503.")
+    max_prefill_tokens: int = Field(
+        default=4096, gt=0, description="Prompt tokens prefilled in one step, summed over batch rows."
+    )
+    max_context: int = Field(default=0, ge=0, description="Limit on prompt + max_tokens; 0: the model's own.")
+    default_max_tokens: int = Field(
+        default=512, gt=0, description="max_tokens of a request that sets none (capped by what the context leaves)."
+    )
+    metrics_need_key: bool = Field(default=False, description="Require an API key on /metrics too.")
+    shutdown_timeout_s: float = Field(
+        default=30.0, ge=0, description="Seconds running requests get to finish after SIGTERM."
+    )
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [key.strip() for key in self.api_keys.split(",") if key.strip()]

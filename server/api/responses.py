@@ -1,0 +1,102 @@
+"""OpenAI's response shapes: whole responses, SSE chunks and the model list, from a call's state."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from qadapter.server.engine.request import FinishReason, TokenEvent
+
+
+@dataclass
+class Choice:
+    """One output choice, backed by one engine request."""
+
+    index: int
+    prompt_index: int
+    events: AsyncIterator[TokenEvent]
+    text: str = ""
+    num_prompt_tokens: int = 0
+    num_generated_tokens: int = 0
+    finish_reason: FinishReason | None = None
+    stamps: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Call:
+    """What one HTTP call is doing: its kind, ids, adapter and choices."""
+
+    is_chat: bool
+    model: str
+    adapter: str | None
+    choices: list[Choice]
+    include_usage: bool
+    started: float = field(default_factory=time.perf_counter)
+    id: str = ""
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def usage(self) -> dict[str, int]:
+        prompts = {c.prompt_index: c.num_prompt_tokens for c in self.choices}
+        completion = sum(c.num_generated_tokens for c in self.choices)
+        return {
+            "prompt_tokens": sum(prompts.values()),
+            "completion_tokens": completion,
+            "total_tokens": sum(prompts.values()) + completion,
+        }
+
+
+def chunk(call: Call, index: int, delta: dict[str, str] | str, reason: str | None) -> str:
+    """One SSE event: a chat delta (a dict) or a completion's text, for the choice at `index`."""
+    if call.is_chat:
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
+    else:
+        choice = {"index": index, "text": delta, "logprobs": None, "finish_reason": reason}
+    usage = {"usage": None} if call.include_usage else {}
+    return sse_data({**_envelope(call, is_chunk=True), "choices": [choice], **usage})
+
+
+def usage_chunk(call: Call) -> str:
+    """The last SSE event of a stream that asked for usage (`stream_options.include_usage`)."""
+    return sse_data({**_envelope(call, is_chunk=True), "choices": [], "usage": call.usage()})
+
+
+def full_response(call: Call) -> dict[str, Any]:
+    """The body of a finished, non-streamed call."""
+    choices = []
+    for c in call.choices:
+        reason = c.finish_reason.value if c.finish_reason else None
+        if call.is_chat:
+            message = {"role": "assistant", "content": c.text}
+            choices.append({"index": c.index, "message": message, "logprobs": None, "finish_reason": reason})
+        else:
+            choices.append({"index": c.index, "text": c.text, "logprobs": None, "finish_reason": reason})
+    return {**_envelope(call, is_chunk=False), "choices": choices, "usage": call.usage()}
+
+
+def model_list(base_id: str, adapters: list[tuple[str, int]]) -> dict[str, Any]:
+    """GET /v1/models: the base model, then each adapter (name, version) with the base as `parent`."""
+    created = int(time.time())
+
+    def card(model_id: str, parent: str | None) -> dict[str, Any]:
+        return {
+            "id": model_id,
+            "object": "model",
+            "created": created,
+            "owned_by": "qadapter",
+            "root": model_id,
+            "parent": parent,
+        }
+
+    return {"object": "list", "data": [card(base_id, None), *(card(n, base_id) | {"version": v} for n, v in adapters)]}
+
+
+def sse_data(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+def _envelope(call: Call, is_chunk: bool) -> dict[str, Any]:
+    kind = ("chat.completion.chunk" if is_chunk else "chat.completion") if call.is_chat else "text_completion"
+    return {"id": call.id, "object": kind, "created": call.created, "model": call.model}

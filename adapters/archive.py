@@ -17,6 +17,7 @@ from qadapter.adapters.format import MANIFEST_FILE
 from qadapter.core.errors import InvalidAdapter
 
 MAX_ENTRIES = 32
+MAX_NAME_BYTES = 255  # of one path component, as most file systems allow
 
 
 def unpack(archive: Path, target: Path, max_bytes: int) -> Path:
@@ -75,12 +76,22 @@ def _entries(archive: Path) -> Iterator[list[Entry]]:
         yield [(m.name, _tar_kind(m), m.size, lambda m=m: tarred.extractfile(m)) for m in members]
 
 
+def check_file_name(name: str, what: str) -> None:
+    """Refuse a name no file system takes as given: empty, over 255 bytes, or with control characters."""
+    if not name or len(name.encode("utf-8", errors="replace")) > MAX_NAME_BYTES:
+        raise InvalidAdapter(f"{what} {name[:64]!r}… must be 1 to {MAX_NAME_BYTES} bytes long")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidAdapter(f"{what} {name!r} holds control characters")
+
+
 def _check_path(name: str) -> None:
     path = PurePosixPath(name)
     if not name or path.is_absolute() or name.startswith("\\") or re.match(r"[A-Za-z]:", name):
         raise InvalidAdapter(f"archive entry {name!r} has an absolute path")
     if ".." in path.parts:
         raise InvalidAdapter(f"archive entry {name!r} points outside the archive ('..')")
+    for part in path.parts:
+        check_file_name(part, "archive entry name")
 
 
 def _tar_kind(member: tarfile.TarInfo) -> str:

@@ -38,14 +38,17 @@ REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, MANIFEST_FILE)
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 FORMAT_VERSION = 1
+MAX_JSON_BYTES = 1 << 20
+MAX_JSON_DEPTH = 32
+MAX_DESCRIPTION_CHARS = 4096
 
 
 class BaseModelRef(BaseModel):
     """The base model an adapter was trained on."""
 
     model_config = ConfigDict(extra="forbid")
-    id: str = Field(min_length=1)
-    fingerprint: str = Field(min_length=1)
+    id: str = Field(min_length=1, max_length=512)
+    fingerprint: str = Field(min_length=1, max_length=128)
 
 
 class Manifest(BaseModel):
@@ -53,8 +56,8 @@ class Manifest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     format_version: Literal[1] = FORMAT_VERSION
-    name: str
-    description: str = ""
+    name: str  # check_name() holds it to the name pattern
+    description: str = Field(default="", max_length=MAX_DESCRIPTION_CHARS)
     base_model: BaseModelRef
     alpha: float = Field(default=DEFAULT_ALPHA, ge=MIN_ALPHA, le=MAX_ALPHA)
     omega: float = Field(default=DEFAULT_OMEGA, ge=0, le=MAX_OMEGA)
@@ -157,13 +160,35 @@ def _check_files(path: Path) -> None:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """A small JSON object: bounded in size and nesting, strict JSON (no NaN or Infinity)."""
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise InvalidAdapter(f"{path.name} is over {MAX_JSON_BYTES} bytes; an adapter's JSON files are a few KB")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
         raise InvalidAdapter(f"{path.name} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidAdapter(f"{path.name} is nested too deeply (at most {MAX_JSON_DEPTH} levels)") from None
     if not isinstance(data, dict):
         raise InvalidAdapter(f"{path.name} must hold a JSON object")
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise InvalidAdapter(f"{path.name} is nested too deeply (at most {MAX_JSON_DEPTH} levels)")
     return data
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number; write a finite number")
+
+
+def _depth(value: object) -> int:
+    """How deeply lists and objects nest in a parsed JSON value (iteratively: no recursion limit)."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            pending += [(child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)]
+    return deepest
 
 
 def read_manifest(path: Path) -> Manifest:

@@ -18,6 +18,9 @@ from qadapter.core.lora import LoraWeights
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
+# lora_alpha / r scales a LoRA's output; typical values are 8-512. Past this bound it is a mistake or
+# an attack (a huge scale drives the served logits to inf), refused before any weight is read.
+MAX_LORA_ALPHA = 4096
 
 # peft saves LoRA weights as `base_model.model.<module>.lora_A.weight` / `.lora_B.weight`.
 _TENSOR_KEY = re.compile(r"base_model\.model\.(?P<module>.+)\.lora_(?P<part>[AB])\.weight")
@@ -60,10 +63,18 @@ def check_lora_config(config: Mapping[str, Any], base: BaseModelInfo, max_rank: 
     for key in _UNSUPPORTED_OPTIONS:
         if config.get(key) not in (None, False, "none", [], {}):
             raise InvalidAdapter(f"{CONFIG_FILE}: {key}={config[key]!r} is not supported by this server")
-    if not _is_number(config.get("lora_alpha")) or not all(
-        map(_is_number, (config.get("alpha_pattern") or {}).values())
-    ):
-        raise InvalidAdapter(f"{CONFIG_FILE}: lora_alpha and alpha_pattern values must be numbers")
+    alphas = {"lora_alpha": config.get("lora_alpha")}
+    alphas |= {f"alpha_pattern.{key}": value for key, value in dict(config.get("alpha_pattern") or {}).items()}
+    for field, value in alphas.items():
+        if not _is_number(value) or not 0 < value <= MAX_LORA_ALPHA:  # also refuses nan
+            raise InvalidAdapter(
+                f"{CONFIG_FILE}: {field} must be a number in (0, {MAX_LORA_ALPHA}], got {value!r}", param=field
+            )
+    dropout = config.get("lora_dropout", 0.0)
+    if dropout is not None and (not _is_number(dropout) or not 0.0 <= dropout < 1.0):
+        raise InvalidAdapter(
+            f"{CONFIG_FILE}: lora_dropout must be a number in [0, 1), got {dropout!r}", param="lora_dropout"
+        )
     rank_pattern = dict(config.get("rank_pattern") or {})
     ranks = [config.get("r"), *rank_pattern.values()]
     if not all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in ranks):
@@ -89,7 +100,7 @@ _UNSUPPORTED_OPTIONS = (
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _pattern_value(pattern: Mapping[str, Any], module: str, default: Any) -> Any:

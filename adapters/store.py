@@ -1,9 +1,13 @@
 """The persistent adapter store: one directory per adapter version, installed atomically.
 
 Layout under the root: `<name>@<version>/` (a plain `<dir>/` is version 1 of its manifest's name),
-plus `.staging-*` directories for uploads in progress. An install is fsynced in its staging
-directory and renamed into place, so after a crash an adapter is either complete or absent; the
-staging leftovers are removed at start.
+`.staging-*` directories for uploads in progress and removals under way, and `.quarantine/`.
+
+Every change is a rename: an install is fsynced in its staging directory and renamed into place;
+a removal renames the version into a staging directory before deleting it. So a crash at any point
+leaves each version complete or absent, and the start removes the staging leftovers, removes
+superseded versions before it looks at them, and quarantines a broken current version instead of
+refusing to start. `on_step`, when given, is told each durable step (crash tests kill there).
 """
 
 from __future__ import annotations
@@ -15,17 +19,19 @@ import re
 import shutil
 import tempfile
 import threading
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from qadapter.adapters.format import (
     MANIFEST_FILE,
-    Manifest,
     ValidatedAdapter,
     check_name,
     read_manifest,
     validate,
 )
+from qadapter.adapters.quarantine import BrokenAdapter, Quarantine
 from qadapter.core.base import BaseModelInfo
 from qadapter.core.errors import AdapterExists, AdapterNotFound, InvalidAdapter
 
@@ -48,27 +54,49 @@ class StoredAdapter:
 class AdapterStore:
     """Thread-safe: installs and deletes of one name are serialised; one of racing uploads wins."""
 
-    def __init__(self, root: Path, base: BaseModelInfo, max_rank: int) -> None:
+    def __init__(
+        self, root: Path, base: BaseModelInfo, max_rank: int, on_step: Callable[[str], None] | None = None
+    ) -> None:
         self.root = Path(root)
         self._base = base
         self._max_rank = max_rank
+        self._on_step = on_step
         self._lock = threading.Lock()
+        self._quarantine = Quarantine(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         for leftover in self.root.glob(f"{STAGING_PREFIX}*"):
-            shutil.rmtree(leftover, ignore_errors=True)  # an upload cut short by a crash
+            shutil.rmtree(leftover, ignore_errors=True)  # an upload or a removal cut short by a crash
 
     def load_all(self) -> list[StoredAdapter]:
-        """Validate every stored adapter (newest version of each name); older versions are removed."""
-        newest: dict[str, StoredAdapter] = {}
-        for path in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            stored = StoredAdapter(validate(path, self._base, self._max_rank), _version_of(path))
-            current = newest.get(stored.name)
-            if current is None or stored.version > current.version:
-                newest[stored.name] = stored
-        for path in self.root.iterdir():
-            if path.is_dir() and not path.name.startswith(".") and all(path != s.adapter.path for s in newest.values()):
-                shutil.rmtree(path, ignore_errors=True)  # a version replaced just before a crash
-        return sorted(newest.values(), key=lambda s: s.name)
+        """The newest servable version of every stored name.
+
+        Older versions are removed without being read (a replace or delete cut short leaves them);
+        a current version that does not validate is quarantined and the next older one tried, so one
+        broken directory never stops the start.
+        """
+        served = []
+        for _, versions in sorted(self._all_versions().items()):
+            current = None
+            for path, version in sorted(versions, key=lambda v: v[1], reverse=True):
+                if current is not None:
+                    self._remove(path)  # superseded
+                    continue
+                try:
+                    current = StoredAdapter(self._validate(path), version)
+                except InvalidAdapter as exc:
+                    self._quarantine.put(path, str(exc))
+            if current is not None:
+                served.append(current)
+        return served
+
+    def broken(self) -> list[BrokenAdapter]:
+        """The quarantined directories, with why each was moved aside."""
+        return self._quarantine.entries()
+
+    def quarantine(self, stored: StoredAdapter, reason: str) -> None:
+        """Move a stored version aside that validated but could not be served (its weights failed to load)."""
+        with self._lock:
+            self._quarantine.put(stored.adapter.path, reason)
 
     def install_missing(self, source: Path) -> list[str]:
         """Copy in every adapter directory under `source` whose name the store lacks; return those names.
@@ -117,8 +145,9 @@ class AdapterStore:
         if name is not None:
             check_name(name)
             _rename_in_manifest(adapter_dir / MANIFEST_FILE, name)
-        adapter = validate(adapter_dir, self._base, self._max_rank)
+        adapter = self._validate(adapter_dir)
         _fsync_tree(adapter_dir)
+        self._step("install: fsynced")
         with self._lock:
             current = self._current(adapter.name)
             if current is not None and not replace:
@@ -133,66 +162,84 @@ class AdapterStore:
             version = 1 if current is None else current[1] + 1
             final = self.root / f"{adapter.name}@{version}"
             adapter_dir.rename(final)
+            self._step("install: renamed")
             _fsync_dir(self.root)
+            self._step("install: done")
         return StoredAdapter(dataclasses.replace(adapter, path=final), version)
 
     def remove_versions_before(self, name: str, version: int) -> None:
         """Delete the older versions of a name (once the new one is published)."""
         with self._lock:
-            for path, path_version in self._versions(name):
+            for path, path_version in sorted(self._versions(name), key=lambda v: v[1]):
                 if path_version < version:
-                    shutil.rmtree(path, ignore_errors=True)
+                    self._remove(path)
 
     def delete(self, name: str) -> None:
-        """Remove every version of a name (the rename first, so a crash leaves no half adapter)."""
+        """Remove every version of a name, oldest first: a crash part-way leaves the current one whole."""
         with self._lock:
             versions = self._versions(name)
             if not versions:
                 raise AdapterNotFound(f"The model {name!r} does not exist", param="name")
-            for path, _ in versions:
-                doomed = self.root / f"{STAGING_PREFIX}deleted-{path.name}"
-                path.rename(doomed)
-                shutil.rmtree(doomed, ignore_errors=True)
-            _fsync_dir(self.root)
+            for path, _ in sorted(versions, key=lambda v: v[1]):
+                self._remove(path)
 
     def discard(self, path: Path) -> None:
         """Remove a staging directory or an installed version that could not be published."""
         shutil.rmtree(path, ignore_errors=True)
+
+    def _validate(self, path: Path) -> ValidatedAdapter:
+        adapter = validate(path, self._base, self._max_rank)
+        if adapter.name == self._base.id:
+            raise InvalidAdapter(
+                f"adapter name {adapter.name!r} is the base model's id, which requests use for the base; "
+                "choose another name",
+                param="name",
+            )
+        return adapter
+
+    def _remove(self, path: Path) -> None:
+        """Rename a version away (one atomic step), then delete it."""
+        doomed = self.root / f"{STAGING_PREFIX}removed-{path.name}-{uuid.uuid4().hex[:8]}"
+        path.rename(doomed)
+        _fsync_dir(self.root)
+        self._step("remove: renamed")
+        shutil.rmtree(doomed, ignore_errors=True)
+        self._step("remove: done")
+
+    def _step(self, label: str) -> None:
+        if self._on_step is not None:
+            self._on_step(label)
+
+    def _all_versions(self) -> dict[str, list[tuple[Path, int]]]:
+        """Every stored version by name (a plain directory whose manifest cannot be read goes by its own name)."""
+        found: dict[str, list[tuple[Path, int]]] = {}
+        for path in self.root.iterdir():
+            if path.is_dir() and not path.name.startswith("."):
+                match = _VERSIONED.fullmatch(path.name)
+                name = match["name"] if match else (manifest_name(path) or path.name)
+                found.setdefault(name, []).append((path, int(match["version"]) if match else 1))
+        return found
 
     def _current(self, name: str) -> tuple[Path, int] | None:
         versions = self._versions(name)
         return max(versions, key=lambda v: v[1]) if versions else None
 
     def _versions(self, name: str) -> list[tuple[Path, int]]:
-        found = []
-        for path in self.root.iterdir():
-            if not path.is_dir() or path.name.startswith("."):
-                continue
-            match = _VERSIONED.fullmatch(path.name)
-            if match is not None and match["name"] == name:
-                found.append((path, int(match["version"])))
-            elif match is None and manifest_name(path) == name:
-                found.append((path, 1))
-        return found
-
-
-def _version_of(path: Path) -> int:
-    match = _VERSIONED.fullmatch(path.name)
-    return 1 if match is None else int(match["version"])
+        return self._all_versions().get(name, [])
 
 
 def manifest_name(path: Path) -> str | None:
     """The name in an adapter directory's manifest, or None when it cannot be read."""
     try:
-        return Manifest.model_validate_json((path / MANIFEST_FILE).read_text()).name
-    except (OSError, ValueError):
+        return read_manifest(path / MANIFEST_FILE).name
+    except (OSError, InvalidAdapter):
         return None
 
 
 def _rename_in_manifest(manifest_path: Path, name: str) -> None:
     try:
-        manifest = Manifest.model_validate_json(manifest_path.read_text())
-    except (OSError, ValueError):
+        manifest = read_manifest(manifest_path)
+    except (OSError, InvalidAdapter):
         return  # validate() reports what is wrong with it
     if manifest.name != name:
         manifest_path.write_text(manifest.model_copy(update={"name": name}).model_dump_json(indent=2) + "\n")

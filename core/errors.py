@@ -69,10 +69,22 @@ class PayloadTooLarge(QAdapterError):
     code = "payload_too_large"
 
 
+class RequestTimeout(QAdapterError):
+    """A request whose body did not arrive in time."""
+
+    code = "request_timeout"
+
+
 class Forbidden(QAdapterError):
     """A valid key that may not do this (an inference key on an admin route), or admin routes are off."""
 
     code = "forbidden"
+
+
+class RequestFault(QAdapterError):
+    """One request could not go on (its scores were not finite, its sampling failed); the others did."""
+
+    code = "request_fault"
 
 
 class InvalidData(QAdapterError):

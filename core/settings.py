@@ -41,12 +41,23 @@ class Settings(BaseSettings):
     api_keys: str = Field(default="", description="Comma-separated keys required on /v1/*; empty: /v1/* is open.")
     admin_key: str = Field(default="", description="Key for /admin/*; empty: the admin routes are off.")
     max_upload_bytes: int = Field(default=256 * 2**20, gt=0, description="Largest adapter upload accepted.")
+    max_request_bytes: int = Field(
+        default=4 * 2**20, gt=0, description="Largest /v1 request body accepted (413 past it, before any parsing)."
+    )
+    read_timeout_s: float = Field(
+        default=60.0, gt=0, description="Seconds a client gets to send a request's headers, and again its body (408)."
+    )
     max_resident_adapters: int = Field(default=64, gt=0, description="Adapter versions in device memory (LRU).")
     max_lora_rank: int = Field(default=DEFAULT_MAX_RANK, gt=0, description="Largest LoRA rank accepted.")
     max_running: int = Field(default=32, gt=0, description="Requests decoded together in one step.")
     max_waiting: int = Field(default=256, ge=1, description="Queued requests before new ones get 503.")
     max_prefill_tokens: int = Field(
-        default=4096, gt=0, description="Prompt tokens prefilled in one step, summed over batch rows."
+        default=4096, gt=0, description="Prompt tokens (summed over batch rows) of the requests admitted together."
+    )
+    prefill_chunk_tokens: int = Field(
+        default=512,
+        gt=0,
+        description="Prompt tokens (rows × columns) run per step: the most a long prompt delays the others.",
     )
     max_context: int = Field(default=0, ge=0, description="Limit on prompt + max_tokens; 0: the model's own.")
     default_max_tokens: int = Field(

@@ -7,18 +7,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from qadapter.adapters.store import AdapterStore
+from qadapter.core.base import BaseModelInfo
+from qadapter.core.errors import InvalidAdapter
 from qadapter.core.lora import AdapterHost
 from qadapter.core.model import load_base_model
 from qadapter.core.settings import Settings
 from qadapter.server.api import admin, errors, openai
 from qadapter.server.api.admin_service import AdapterAdmin
 from qadapter.server.api.auth import require_api_key
-from qadapter.server.api.gate import AdminGate
+from qadapter.server.api.gate import RequestGate
 from qadapter.server.api.metrics import Metrics
+from qadapter.server.api.openapi import error_responses, install_openapi
 from qadapter.server.api.serving import Serving
 from qadapter.server.engine.engine import Engine
 from qadapter.server.engine.registry import LoadAdapter
@@ -37,12 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
         engine.adapters.residency.on_load = app.state.metrics.adapter_load.observe
         engine.start()
         try:
-            store = AdapterStore(settings.adapters_dir, loaded.info, settings.max_lora_rank)
-            if settings.install_adapters is not None:
-                installed = store.install_missing(settings.install_adapters)
-                log.info("installed %s from %s", installed or "nothing new", settings.install_adapters)
-            for stored in store.load_all():  # a broken adapter stops the start, naming it
-                engine.adapters.apply(LoadAdapter(stored.adapter, stored.version)).result()
+            store = _open_store(settings, loaded.info, engine)
             app.state.engine = engine
             app.state.admin = AdapterAdmin(store, engine, settings.max_upload_bytes)
             app.state.serving = Serving(engine, loaded, settings, app.state.metrics)
@@ -61,25 +59,42 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     app.include_router(openai.router)
     app.include_router(admin.router)
-    app.add_middleware(AdminGate, settings=settings)
+    app.add_middleware(RequestGate, settings=settings)
+    install_openapi(app)
+    _add_ops_routes(app, settings)
+    return app
 
+
+def _open_store(settings: Settings, base: BaseModelInfo, engine: Engine) -> AdapterStore:
+    """The adapter store, with every servable adapter published (broken ones quarantined)."""
+    store = AdapterStore(settings.adapters_dir, base, settings.max_lora_rank)
+    if settings.install_adapters is not None:
+        installed = store.install_missing(settings.install_adapters)
+        log.info("installed %s from %s", installed or "nothing new", settings.install_adapters)
+    for stored in store.load_all():
+        try:
+            engine.adapters.apply(LoadAdapter(stored.adapter, stored.version)).result()
+        except InvalidAdapter as exc:  # its weights would not load: the other adapters serve
+            store.quarantine(stored, str(exc))
+    return store
+
+
+def _add_ops_routes(app: FastAPI, settings: Settings) -> None:
     @app.get("/health", tags=["ops"])
     async def health() -> dict[str, str]:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/ready", tags=["ops"])
+    @app.get("/ready", tags=["ops"], responses={503: {"description": "Loading, stopped or shutting down"}})
     async def ready(request: Request) -> JSONResponse:
         """Readiness: the model is loaded and the engine loop runs."""
         engine: Engine | None = getattr(request.app.state, "engine", None)
         is_ready = engine is not None and engine.is_running and not request.app.state.serving.is_draining
         return JSONResponse({"status": "ready" if is_ready else "not ready"}, status_code=200 if is_ready else 503)
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse, responses=error_responses(401))
     async def metrics(request: Request) -> Response:
-        """Prometheus metrics."""
+        """Prometheus metrics (text format; an API key only with QADAPTER_METRICS_NEED_KEY)."""
         if settings.metrics_need_key:
             await require_api_key(request)
         return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    return app

@@ -11,7 +11,9 @@ from qadapter.adapters.cli import add_eval, add_train
 from qadapter.core.cli_options import MODEL_SETTINGS, add_settings_options, settings_from
 from qadapter.core.errors import QAdapterError
 from qadapter.core.settings import Settings
+from qadapter.server.draining import ABORTED_STREAMS_GRACE_S, DrainingServer
 from qadapter.server.generate_cli import add_generate
+from qadapter.server.http_protocol import timed_h11_protocol
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,25 +59,13 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     app = create_app(settings)
-
-    class DrainingServer(uvicorn.Server):
-        """On SIGTERM/SIGINT, refuse new work at once, then let uvicorn wait for running requests."""
-
-        def handle_exit(self, sig: int, frame: object) -> None:
-            serving = getattr(app.state, "serving", None)
-            if serving is not None:
-                serving.is_draining = True
-            super().handle_exit(sig, frame)  # type: ignore[arg-type]
-            # uvicorn re-raises the signal once drained, so the exit status would read "killed";
-            # a completed graceful shutdown exits 0 instead.
-            self._captured_signals.clear()
-
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level="info",
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
+        http=timed_h11_protocol(settings.read_timeout_s),
+        timeout_graceful_shutdown=int(ABORTED_STREAMS_GRACE_S),  # the drain has already ended every request
     )
-    DrainingServer(config).run()
+    DrainingServer(config, app, settings.shutdown_timeout_s).run()
     return 0

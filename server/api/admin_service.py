@@ -8,13 +8,14 @@ Anything refused leaves no trace on disk, in memory or in /v1/models.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fastapi import UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from qadapter.adapters.archive import unpack
+from qadapter.adapters.archive import check_file_name, unpack
 from qadapter.adapters.store import AdapterStore, StoredAdapter, manifest_name
 from qadapter.core.errors import AdapterNotFound, InvalidAdapter
 from qadapter.server.engine.engine import Engine
@@ -55,7 +56,9 @@ class AdapterAdmin:
         return self.describe(published)
 
     def list(self) -> dict[str, Any]:
-        return {"object": "list", "data": [self.get(name) for name in self._engine.adapters.names()]}
+        """The served adapters, and the quarantined directories the store could not serve."""
+        served = [self.describe(p) for p in self._engine.adapters.snapshot()]
+        return {"object": "list", "data": served, "broken": [asdict(b) for b in self._store.broken()]}
 
     async def upload(
         self, files: list[UploadFile], archive: UploadFile | None, name: str | None, replace: bool
@@ -100,7 +103,8 @@ class AdapterAdmin:
         adapter_dir.mkdir()
         for upload in files:
             filename = upload.filename or ""
-            if not filename or PurePosixPath(filename).name != filename or filename.startswith("."):
+            check_file_name(filename, "upload file name")
+            if PurePosixPath(filename).name != filename or filename.startswith("."):
                 raise InvalidAdapter(f"upload file name {filename!r} must be a plain file name")
             await _save(upload, adapter_dir / filename)
         return adapter_dir

@@ -23,10 +23,14 @@ def bearer_token(request: Request) -> str:
 
 async def require_api_key(request: Request) -> None:
     """Refuse a request without a valid inference key, when keys are configured."""
-    keys: list[str] = request.app.state.settings.api_key_list
+    check_api_token(bearer_token(request), request.app.state.settings)
+
+
+def check_api_token(token: str, settings: Settings) -> None:
+    """An inference key, when keys are configured (an admin key is not one)."""
+    keys = settings.api_key_list
     if not keys:
         return
-    token = bearer_token(request)
     if not token:
         raise Unauthorized("Missing API key: send it as 'Authorization: Bearer <key>'.")
     if not key_matches(token, keys):
@@ -34,7 +38,7 @@ async def require_api_key(request: Request) -> None:
 
 
 async def require_admin_key(request: Request) -> None:
-    """Admin routes need the admin key (also checked by AdminGate before the body is read)."""
+    """Admin routes need the admin key (also checked by RequestGate before the body is read)."""
     check_admin_token(bearer_token(request), request.app.state.settings)
 
 

@@ -21,6 +21,8 @@ from qadapter.core.errors import (
     Overloaded,
     PayloadTooLarge,
     QAdapterError,
+    RequestFault,
+    RequestTimeout,
     Unauthorized,
 )
 
@@ -36,7 +38,9 @@ _STATUS: list[tuple[type[QAdapterError], int, str]] = [
     (Forbidden, 403, "invalid_request_error"),
     (AdapterExists, 409, "invalid_request_error"),
     (PayloadTooLarge, 413, "invalid_request_error"),
+    (RequestTimeout, 408, "invalid_request_error"),
     (Overloaded, 503, "server_error"),
+    (RequestFault, 500, "server_error"),
     (ModelLoadError, 500, "server_error"),
 ]
 

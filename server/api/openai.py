@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Security
 from fastapi.responses import Response
 
 from qadapter.core.errors import Overloaded
 from qadapter.server.api.auth import require_api_key
+from qadapter.server.api.openapi import api_key_scheme, error_responses
 from qadapter.server.api.protocol import ChatCompletionRequest, CompletionRequest
 from qadapter.server.api.serving import Serving
 
@@ -24,24 +25,31 @@ async def refuse_while_draining(request: Request) -> None:
 
 
 # A dependency, not an HTTP middleware: Starlette's BaseHTTPMiddleware hides client disconnects.
+# A completion is JSON, or with `stream: true` server-sent events.
+POST_RESPONSES = {
+    200: {"content": {"application/json": {}, "text/event-stream": {}}},
+    **error_responses(400, 401, 404, 408, 413, 500, 503),
+}
 router = APIRouter(
-    prefix="/v1", dependencies=[Depends(require_api_key), Depends(refuse_while_draining)], tags=["openai"]
+    prefix="/v1",
+    dependencies=[Security(api_key_scheme), Depends(require_api_key), Depends(refuse_while_draining)],
+    tags=["openai"],
 )
 
 
-@router.get("/models")
+@router.get("/models", responses=error_responses(401, 503))
 async def list_models(service: Serving = Depends(serving)) -> dict[str, Any]:
     """The base model and one entry per adapter (`parent` = the base)."""
     return service.models()
 
 
-@router.post("/completions")
+@router.post("/completions", responses=POST_RESPONSES)
 async def create_completion(body: CompletionRequest, request: Request, service: Serving = Depends(serving)) -> Response:
     """Complete a prompt; `model` picks an adapter by name, or the base model by its id."""
     return await service.completions(body, request)
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", responses=POST_RESPONSES)
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, service: Serving = Depends(serving)
 ) -> Response:

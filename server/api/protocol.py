@@ -1,12 +1,13 @@
 """Request bodies of the OpenAI-compatible API (pydantic), with vLLM's and our extra fields.
 
 Unknown fields are accepted and ignored (OpenAI clients send many); fields we know but cannot
-honour are refused with a 400 that names them, rather than silently ignored.
+honour are refused with a 400 that names them, rather than silently ignored. Types are strict:
+"yes" is no boolean and `true` no token id (an integer is a number, as JSON has it).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,14 +30,21 @@ _UNSUPPORTED: dict[str, tuple[Any, ...]] = {
 }
 
 
+STRICT = ConfigDict(strict=True)
+NonEmptyText = Annotated[str, Field(min_length=1)]
+TokenIds = Annotated[list[int], Field(min_length=1)]
+
+
 class StreamOptions(BaseModel):
+    model_config = STRICT
+
     include_usage: bool = False
 
 
 class SamplingBody(BaseModel):
     """Fields shared by completions and chat completions."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
@@ -74,16 +82,23 @@ class SamplingBody(BaseModel):
 
 
 class CompletionRequest(SamplingBody):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: (
+        NonEmptyText
+        | Annotated[list[NonEmptyText], Field(min_length=1)]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1)]
+    )
 
 
 class TextPart(BaseModel):
+    model_config = STRICT
+
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None

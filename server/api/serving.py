@@ -12,12 +12,12 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from qadapter.core.chat import chat_prompt_ids
-from qadapter.core.errors import InvalidRequest
+from qadapter.core.errors import AdapterNotFound
 from qadapter.core.model import LoadedModel
 from qadapter.core.settings import Settings
 from qadapter.server.api.errors import render, sse_error
 from qadapter.server.api.metrics import Metrics
+from qadapter.server.api.prompts import PromptEncoder
 from qadapter.server.api.protocol import ChatCompletionRequest, CompletionRequest, SamplingBody
 from qadapter.server.api.responses import Call, Choice, chunk, full_response, model_list, usage_chunk
 from qadapter.server.engine.engine import Engine
@@ -25,6 +25,7 @@ from qadapter.server.engine.request import GenerationRequest, SamplingParams, To
 
 log = logging.getLogger(__name__)
 DISCONNECT_POLL_S = 0.25
+UNKNOWN_MODEL_LABEL = "(unknown)"
 
 
 class Serving:
@@ -35,6 +36,7 @@ class Serving:
         self._loaded = loaded
         self._settings = settings
         self._metrics = metrics
+        self._prompts = PromptEncoder(loaded, engine.max_context)
         self.is_draining = False  # set on SIGTERM: running requests finish, new ones get 503
 
     @property
@@ -45,12 +47,20 @@ class Serving:
         return model_list(self.base_id, [(p.adapter.name, p.version) for p in self._engine.adapters.snapshot()])
 
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
-        prompts = self._completion_prompts(body.prompt)
+        self._check_model(body.model)
+        prompts = await self._prompts.completion(body.prompt)
         return await self._serve(body, prompts, request, is_chat=False)
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
-        prompt = chat_prompt_ids(self._loaded.tokenizer, body.conversation())
+        self._check_model(body.model)
+        prompt = await self._prompts.chat(body.conversation())
         return await self._serve(body, [prompt], request, is_chat=True)
+
+    def _check_model(self, model: str) -> None:
+        """An unknown model is a 404 before any work on the prompt (the engine checks again on submit)."""
+        if model != self.base_id and self._engine.adapters.published(model) is None:
+            self._metrics.requests.labels(UNKNOWN_MODEL_LABEL, "404").inc()
+            raise AdapterNotFound(f"The model {model!r} does not exist", param="model")
 
     # -- shared flow -----------------------------------------------------------------------------
 
@@ -62,7 +72,7 @@ class Serving:
         try:
             call = self._submit(body, prompts, adapter, is_chat)
         except Exception as exc:
-            self._metrics.requests.labels(body.model, str(render(exc)[0])).inc()
+            self._metrics.requests.labels(self._label(body.model), str(render(exc)[0])).inc()
             raise
         if body.stream:
             return StreamingResponse(self._sse(call), media_type="text/event-stream")
@@ -118,21 +128,6 @@ class Serving:
             omega=body.omega,
         )
 
-    def _completion_prompts(self, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
-        tokenizer = self._loaded.tokenizer
-        if isinstance(prompt, str):
-            prompt = [prompt]
-        if not prompt:
-            raise InvalidRequest("prompt must not be empty", param="prompt")
-        if all(isinstance(p, int) for p in prompt):
-            prompts = [list(prompt)]  # type: ignore[arg-type]
-        else:
-            prompts = [tokenizer(p).input_ids if isinstance(p, str) else list(p) for p in prompt]  # type: ignore[union-attr]
-        vocab = self._loaded.model.config.vocab_size
-        if any(not 0 <= t < vocab for p in prompts for t in p):
-            raise InvalidRequest(f"prompt token ids must be in [0, {vocab})", param="prompt")
-        return prompts
-
     async def _drain(
         self, choice: Choice, on_event: Callable[[Choice, TokenEvent], Awaitable[None]] | None = None
     ) -> None:
@@ -182,10 +177,16 @@ class Serving:
         finally:
             for task in tasks:
                 task.cancel()  # a client that went away: its engine requests are aborted
-            self._record(call, status if all(c.finish_reason for c in call.choices) else "499")
+            client_left = status == "200" and not all(c.finish_reason for c in call.choices)
+            self._record(call, "499" if client_left else status)  # an engine fault is a 5xx, not the client
+
+    def _label(self, model: str) -> str:
+        """The metrics label of a requested model: its name when it is served, else one shared label,
+        so that arbitrary model strings cannot grow /metrics without bound."""
+        return model if model == self.base_id or self._engine.adapters.published(model) else UNKNOWN_MODEL_LABEL
 
     def _record(self, call: Call, status: str) -> None:
-        label = call.model
+        label = self._label(call.model)
         self._metrics.requests.labels(label, status).inc()
         usage = call.usage()
         self._metrics.prompt_tokens.labels(label).inc(usage["prompt_tokens"])

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from qadapter.core.errors import ContextTooLong, InvalidAdapter, InvalidRequest, Overloaded
+from qadapter.core.errors import ContextTooLong, InvalidAdapter, InvalidRequest, Overloaded, RequestFault
 from qadapter.core.lora import AdapterHost
 from qadapter.core.model import LoadedModel
 from qadapter.core.settings import Settings
@@ -50,7 +50,7 @@ class Engine:
         self._stop_token_ids = loaded.stop_token_ids
         self._max_context = settings.max_context or loaded.model.config.max_position_embeddings
         self._host = host
-        self._runner = BatchRunner(host, loaded.pad_token_id)
+        self._runner = BatchRunner(host, loaded.pad_token_id, settings.prefill_chunk_tokens)
         self._sampler = Sampler(host.device)
         self._scheduler = Scheduler(settings)
         self._wakeup = threading.Event()
@@ -96,6 +96,15 @@ class Engine:
         if waiting is not None:
             self._emit(waiting, "", FinishReason.ABORT)  # it never ran: nothing for the engine to free
         self._wakeup.set()
+
+    def abort_all(self) -> None:
+        """Cancel every waiting and running request (the end of a drain): each ends with `abort`."""
+        for request_id in self._scheduler.request_ids():
+            self.abort(request_id)
+
+    @property
+    def is_idle(self) -> bool:
+        return not self._scheduler.num_running and not self._scheduler.num_waiting
 
     @property
     def max_context(self) -> int:
@@ -158,21 +167,26 @@ class Engine:
         self.adapters.fail_pending(stopped)
 
     def step(self) -> bool:
-        """schedule → run → postprocess; False when there was nothing to do."""
+        """schedule → run → postprocess; False when there was nothing to do.
+
+        A step decodes every running row and runs one chunk of the joining group's prompts; a new
+        group is admitted once the previous one has joined.
+        """
         self.adapters.apply_pending()
-        batch = self._scheduler.schedule()
+        batch = self._scheduler.schedule(admit=not self._runner.is_prefilling)
         self._finish([seq for seq in batch.decode if seq.is_aborted], FinishReason.ABORT)
-        if batch.is_empty:
-            return False
+        joining = self._make_resident(batch.prefill)
+        if joining:
+            self._runner.start_prefill(joining)
+        if not self._runner.num_rows and not self._runner.is_prefilling:
+            return bool(batch.prefill)  # what was admitted failed to load; nothing to run
         start = time.perf_counter()
-        picks: list[tuple[Sequence, int]] = []
-        batch.prefill = self._make_resident(batch.prefill)
+        picks: list[tuple[Sequence, int | RequestFault]] = []
         with torch.inference_mode():
             if self._runner.num_rows:
                 picks += self._pick(self._runner.decode(), self._runner.rows)
-            if batch.prefill:
-                first_new_row = self._runner.num_rows
-                logits = self._runner.prefill(batch.prefill)
+            first_new_row = self._runner.num_rows
+            if self._runner.is_prefilling and (logits := self._runner.prefill_chunk()) is not None:
                 picks += self._pick(logits, self._runner.rows[first_new_row:])
         self._postprocess(picks)
         self.adapters.free_retired()
@@ -188,18 +202,22 @@ class Engine:
                 if seq.adapter_key is not None:
                     self.adapters.make_resident(seq.adapter_key)
             except InvalidAdapter as exc:
-                self._scheduler.finish([seq])
-                self._streams.send(seq, exc)
+                self._fail([seq], exc)
             else:
                 ready.append(seq)
         return ready
 
-    def _pick(self, logits: torch.Tensor, rows: list[tuple[Sequence, str | None]]) -> list[tuple[Sequence, int]]:
+    def _pick(
+        self, logits: torch.Tensor, rows: list[tuple[Sequence, str | None]]
+    ) -> list[tuple[Sequence, int | RequestFault]]:
         seqs = sequences_of(rows)
         return list(zip(seqs, self._sampler.pick(seqs, policy_scores(logits, rows))))
 
-    def _postprocess(self, picks: list[tuple[Sequence, int]]) -> None:
+    def _postprocess(self, picks: list[tuple[Sequence, int | RequestFault]]) -> None:
         for seq, token in picks:
+            if isinstance(token, RequestFault):  # this request alone stops; the batch goes on
+                self._fail([seq], token)
+                continue
             params = seq.request.params
             seq.output_ids.append(token)
             self._num_generated_tokens += 1
@@ -224,6 +242,14 @@ class Engine:
         for seq in seqs:
             self._sampler.release(seq)
             self._emit(seq, text, reason)
+
+    def _fail(self, seqs: list[Sequence], exc: Exception) -> None:
+        """End these requests with an error; their rows leave the batch."""
+        self._scheduler.finish(seqs)
+        self._runner.remove(seqs)
+        for seq in seqs:
+            self._sampler.release(seq)
+            self._streams.send(seq, exc)
 
     def _fail_all(self, exc: Exception, include_waiting: bool = False) -> None:
         """After a failed step the batch state is unknown: fail every running request, start clean."""

@@ -1,38 +1,66 @@
 """The forwards of one engine step over a single KV cache shared by every running row.
 
 KV layout: one left-padded cache for the whole batch, with a 2-D attention mask and per-row
-positions. A joining request is prefilled in its own forward and its cache is padded into the
-running one; a leaving request's rows are dropped and all-padding columns trimmed. It works with
-any Hugging Face causal LM's own attention; a paged cache would need attention kernels of our own.
-
-Measured (64 rows, ~130 cached tokens, 2 CPU cores): with transformers' DynamicCache, 55% of a
-decode step was `torch.cat` re-copying the whole cache to append one token. `GrowableCache` keeps
-spare room and writes the new token in place, so appending costs the new token only.
+positions. Joining requests are prefilled as a group in a cache of their own, a chunk of at most
+`prefill_chunk_tokens` (rows × columns) per step, so an abort or a new arrival waits for one chunk,
+not for a whole long prompt; after the last chunk the group's cache is padded into the running
+one. A leaving request's rows are dropped and all-padding columns trimmed. It works with any
+Hugging Face causal LM's own attention; a paged cache would need attention kernels of our own.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.cache_utils import Cache
 
 from qadapter.core.lora import AdapterHost
+from qadapter.server.engine.kv_cache import GrowableCache, GrowableLayer
 from qadapter.server.engine.request import Sequence
+
+Row = tuple[Sequence, str | None]  # a sequence and its adapter key (None: a base row)
+
+
+@dataclass
+class _PrefillGroup:
+    """Joining rows whose prompts are being run, `done` columns so far."""
+
+    rows: list[Row]
+    ids: torch.Tensor  # [rows, width] left-padded prompts
+    mask: torch.Tensor  # [rows, width] 1 = real token
+    positions: torch.Tensor  # [rows, width]
+    cache: GrowableCache
+    done: int = 0
+
+    def keep(self, index: torch.Tensor, rows: list[Row]) -> None:
+        self.rows = rows
+        self.ids, self.mask, self.positions = self.ids[index], self.mask[index], self.positions[index]
+        for layer in self.cache.layers:
+            if isinstance(layer, GrowableLayer) and layer.is_initialized:
+                layer.replace(layer.keys[index], layer.values[index])
 
 
 class BatchRunner:
     """Owns the batched KV cache; rows are kept in the order of `self.rows`."""
 
-    def __init__(self, host: AdapterHost, pad_token_id: int) -> None:
+    def __init__(self, host: AdapterHost, pad_token_id: int, prefill_chunk_tokens: int) -> None:
         self._host = host
         self._pad_token_id = pad_token_id
+        self._prefill_chunk_tokens = prefill_chunk_tokens
         self._cache: Cache | None = None
         self._mask: torch.Tensor | None = None  # [rows, kv_len] 1 = real token, 0 = left padding
-        self.rows: list[tuple[Sequence, str | None]] = []  # (sequence, adapter key, or None for a base row)
+        self._prefill: _PrefillGroup | None = None
+        self.rows: list[Row] = []  # decoding rows, in cache order
 
     @property
     def num_rows(self) -> int:
         return len(self.rows)
+
+    @property
+    def is_prefilling(self) -> bool:
+        return self._prefill is not None
 
     def decode(self) -> torch.Tensor:
         """One token for every running row (each row's last output token); logits `[rows, vocab]`."""
@@ -46,8 +74,9 @@ class BatchRunner:
         )
         return logits
 
-    def prefill(self, seqs: list[Sequence]) -> torch.Tensor:
-        """Run the prompts of joining sequences and add their rows; logits `[new rows, vocab]`."""
+    def start_prefill(self, seqs: list[Sequence]) -> None:
+        """Take joining sequences as the next prefill group (there is none under way)."""
+        assert self._prefill is None, "one prefill group at a time"
         rows = [(seq, key) for seq in seqs for key in ((seq.adapter_key, None) if seq.adapter_key else (None,))]
         width = max(seq.num_prompt_tokens for seq in seqs)
         device = self._host.device
@@ -58,18 +87,38 @@ class BatchRunner:
             ids[i, width - n :] = torch.tensor(seq.request.prompt_ids, device=device)
             mask[i, width - n :] = 1
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        logits, cache = self._host.forward(ids, GrowableCache(), [name for _, name in rows], mask, positions)
-        self._join(cache, mask)
-        self.rows += rows
+        self._prefill = _PrefillGroup(rows, ids, mask, positions, GrowableCache())
+
+    def prefill_chunk(self) -> torch.Tensor | None:
+        """Run the next chunk of the prefill group; after its last chunk the group's rows join the
+        decoding rows and their logits `[new rows, vocab]` are returned (None before that)."""
+        group = self._prefill
+        assert group is not None
+        end = min(group.ids.shape[1], group.done + max(1, self._prefill_chunk_tokens // len(group.rows)))
+        logits, _ = self._host.forward(
+            group.ids[:, group.done : end],
+            group.cache,
+            [name for _, name in group.rows],
+            group.mask[:, :end],
+            group.positions[:, group.done : end],
+        )
+        group.done = end
+        if end < group.ids.shape[1]:
+            return None
+        self._prefill = None
+        self._join(group.cache, group.mask)
+        self.rows += group.rows
         return logits
 
     def reset(self) -> None:
         """Drop every row (after a failed step, whose state is unknown)."""
-        self.rows, self._cache, self._mask = [], None, None
+        self.rows, self._cache, self._mask, self._prefill = [], None, None, None
 
     def remove(self, seqs: list[Sequence]) -> None:
         """Drop the rows of finished or aborted sequences and free their KV memory."""
         leaving = set(map(id, seqs))
+        if self._prefill is not None:
+            self._remove_from_prefill(leaving)
         keep = [i for i, (seq, _) in enumerate(self.rows) if id(seq) not in leaving]
         if len(keep) == len(self.rows):
             return
@@ -84,6 +133,15 @@ class BatchRunner:
         for layer in self._cache.layers:
             assert isinstance(layer, GrowableLayer)
             layer.replace(layer.keys[index, :, first_real:], layer.values[index, :, first_real:])
+
+    def _remove_from_prefill(self, leaving: set[int]) -> None:
+        group = self._prefill
+        assert group is not None
+        keep = [i for i, (seq, _) in enumerate(group.rows) if id(seq) not in leaving]
+        if not keep:
+            self._prefill = None
+        elif len(keep) < len(group.rows):
+            group.keep(torch.tensor(keep, device=group.ids.device), [group.rows[i] for i in keep])
 
     def _join(self, cache: Cache, mask: torch.Tensor) -> None:
         if self._cache is None or self._mask is None:
@@ -105,42 +163,3 @@ def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
         return t
     pad = [0, 0] * (t.dim() - dim - 1) + [missing, 0]  # F.pad lists dims from the last
     return F.pad(t, pad)
-
-
-class GrowableLayer(DynamicLayer):
-    """One layer's keys and values `[rows, heads, len, dim]`, views into buffers with spare room."""
-
-    def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.device = key_states.device
-            self.is_initialized = True
-            self.replace(key_states, value_states)
-            return self.keys, self.values
-        length, added = self.keys.shape[-2], key_states.shape[-2]
-        if length + added > self._key_buffer.shape[-2]:
-            self.replace(self.keys, self.values, min_room=added)
-        self._key_buffer[:, :, length : length + added] = key_states
-        self._value_buffer[:, :, length : length + added] = value_states
-        self.keys = self._key_buffer[:, :, : length + added]
-        self.values = self._value_buffer[:, :, : length + added]
-        return self.keys, self.values
-
-    def replace(self, keys: torch.Tensor, values: torch.Tensor, min_room: int = 0) -> None:
-        """Hold a copy of `keys`/`values` with room for at least `min_room` more (and half again)."""
-        length = keys.shape[-2]
-        capacity = length + max(min_room, 64, length // 2)
-        self._key_buffer = keys.new_empty((*keys.shape[:2], capacity, keys.shape[-1]))
-        self._value_buffer = values.new_empty((*values.shape[:2], capacity, values.shape[-1]))
-        self._key_buffer[:, :, :length] = keys
-        self._value_buffer[:, :, :length] = values
-        self.keys = self._key_buffer[:, :, :length]
-        self.values = self._value_buffer[:, :, :length]
-
-
-class GrowableCache(DynamicCache):
-    """A DynamicCache whose layers append in place (see GrowableLayer)."""
-
-    def __init__(self) -> None:
-        Cache.__init__(self, layer_class_to_replicate=GrowableLayer)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from qadapter.core.errors import RequestFault
 from qadapter.core.policy import stream_scores
 from qadapter.core.sampling import new_generator, pick_token
 from qadapter.server.engine.request import Sequence
@@ -35,17 +36,28 @@ class Sampler:
         self._device = device
         self._generators: dict[int, torch.Generator] = {}  # id(sequence) → generator
 
-    def pick(self, seqs: list[Sequence], scores: torch.Tensor) -> list[int]:
-        """One token per sequence from its scores `[seqs, vocab]`."""
-        tokens = scores.argmax(dim=-1).tolist()
+    def pick(self, seqs: list[Sequence], scores: torch.Tensor) -> list[int | RequestFault]:
+        """One token per sequence from its scores `[seqs, vocab]`, or the fault that stops that sequence
+        alone: scores with a NaN or +inf, or no finite score at all (one reduction for the whole step)."""
+        tokens: list[int | RequestFault] = scores.argmax(dim=-1).tolist()
+        usable = torch.isfinite(scores.amax(dim=-1)).tolist()  # amax is NaN if any score is
         for i, seq in enumerate(seqs):
             params = seq.request.params
-            if not params.is_greedy:
-                generator = self._generators.get(id(seq))
-                if generator is None:
-                    generator = self._generators[id(seq)] = new_generator(params.seed, self._device)
-                tokens[i] = pick_token(scores[i], params.temperature, generator, params.top_p, params.top_k)
+            if not usable[i]:
+                tokens[i] = RequestFault("The model produced no finite scores for this request; it was stopped.")
+            elif not params.is_greedy:
+                tokens[i] = self._sample(seq, scores[i])
         return tokens
+
+    def _sample(self, seq: Sequence, scores: torch.Tensor) -> int | RequestFault:
+        params = seq.request.params
+        generator = self._generators.get(id(seq))
+        if generator is None:
+            generator = self._generators[id(seq)] = new_generator(params.seed, self._device)
+        try:
+            return pick_token(scores, params.temperature, generator, params.top_p, params.top_k)
+        except RuntimeError as exc:  # e.g. probabilities that underflow to all zeros
+            return RequestFault(f"Sampling failed for this request ({exc}); it was stopped.")
 
     def release(self, seq: Sequence) -> None:
         self._generators.pop(id(seq), None)

@@ -32,7 +32,7 @@ class Scheduler:
     def __init__(self, settings: Settings) -> None:
         self._max_running = settings.max_running  # a Q-adapter request is two batch rows
         self._max_waiting = settings.max_waiting
-        self._max_prefill_tokens = settings.max_prefill_tokens  # summed over the rows of one step
+        self._max_prefill_tokens = settings.max_prefill_tokens  # summed over the rows of one admitted group
         self._lock = threading.Lock()
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
@@ -73,12 +73,13 @@ class Scheduler:
                     seq.is_aborted = True
         return None
 
-    def schedule(self) -> Batch:
-        """Admit waiting requests in arrival order while the limits allow; decode all running ones."""
+    def schedule(self, admit: bool = True) -> Batch:
+        """Decode all running requests; with `admit`, admit waiting ones in arrival order while the
+        limits allow (the prefill budget bounds one group of joining requests)."""
         with self._lock:
             batch = Batch(decode=list(self._running))
             budget = self._max_prefill_tokens
-            while self._waiting and len(self._running) < self._max_running:
+            while admit and self._waiting and len(self._running) < self._max_running:
                 seq = self._waiting[0]
                 cost = seq.num_prompt_tokens * seq.num_rows
                 # The first admission of a step ignores the budget, so a long prompt cannot starve.
@@ -97,6 +98,11 @@ class Scheduler:
         with self._lock:
             done = set(map(id, seqs))
             self._running = [seq for seq in self._running if id(seq) not in done]
+
+    def request_ids(self) -> list[str]:
+        """Every waiting and running request's id."""
+        with self._lock:
+            return [seq.request_id for seq in (*self._waiting, *self._running)]
 
     def take_running(self) -> list[Sequence]:
         """Remove and return every running sequence (after an engine fault)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import pickle
@@ -9,7 +10,7 @@ import tarfile
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -260,6 +261,11 @@ REJECTIONS = {
     "rank too high": (400, "above this server's maximum of 64"),
     "wrong shapes": (400, "do not fit the base layer"),
     "truncated safetensors": (400, "corrupt or truncated"),
+    "lora_alpha NaN": (400, "NaN is not a JSON number"),
+    "lora_alpha Infinity": (400, "Infinity is not a JSON number"),
+    "absurd lora_alpha": (400, "lora_alpha must be a number in (0, 4096]"),
+    "huge description": (400, "description: String should have at most 4096 characters"),
+    "deep manifest": (400, "nested too deeply"),
 }
 
 
@@ -276,6 +282,11 @@ def test_invalid_adapters_are_refused_without_a_trace(
         "rank too high": {"config": {"r": 128}},
         "wrong shapes": {"weights": {**weights, key: torch.zeros(8, 7)}},
         "truncated safetensors": {"truncate": True},
+        "lora_alpha NaN": {"config": {"lora_alpha": float("nan")}},
+        "lora_alpha Infinity": {"config": {"lora_alpha": float("inf")}},
+        "absurd lora_alpha": {"config": {"lora_alpha": 1e12}},
+        "huge description": {"manifest": {"description": "x" * 100_000}},
+        "deep manifest": {"manifest": {"training": json.loads("[" * 900 + "]" * 900)}},
     }[case]
     before_store, before_models = sorted(p.name for p in store.iterdir()), served(admin_server)
     response = upload(admin_server, _edited(source, tmp_path, **edits), name="refused")
@@ -426,3 +437,97 @@ def test_cold_adapters_load_on_demand_with_bounded_residency(adapters_dir: Path,
         assert small.metric("qadapter_adapter_load_seconds_count") >= 4
     finally:
         small.stop()
+
+
+@pytest.mark.parametrize(
+    ("filename", "message"),
+    [
+        (b"a" * 300, "must be 1 to 255 bytes long"),
+        (b"adapter\x00config.json", "holds control characters"),
+        (b"../qadapter.json", "must be a plain file name"),
+    ],
+)
+def test_hostile_upload_file_names_are_400_and_the_connection_lives_on(
+    admin_server: ServerProcess, store: Path, sources: dict[str, Path], filename: bytes, message: str
+) -> None:
+    """The multipart body is written by hand: httpx would percent-encode a NUL in a file name."""
+    boundary = b"qadapter-test-boundary"
+    parts = [(f.encode(), (sources["other"] / f).read_bytes()) for f in FILES] + [(filename, b"x")]
+    body = (
+        b"".join(
+            b"--"
+            + boundary
+            + b'\r\nContent-Disposition: form-data; name="files"; filename="'
+            + name
+            + b'"\r\n\r\n'
+            + content
+            + b"\r\n"
+            for name, content in parts
+        )
+        + b"--"
+        + boundary
+        + b"--\r\n"
+    )
+    headers = {**admin_headers(), "Content-Type": f"multipart/form-data; boundary={boundary.decode()}"}
+    before = sorted(p.name for p in store.iterdir())
+    with httpx.Client(base_url=admin_server.url, timeout=60) as http:
+        response = http.post("/admin/adapters", content=body, headers=headers)
+        assert response.status_code == 400, response.text
+        assert message in response.json()["error"]["message"]
+        assert http.get("/admin/adapters", headers=admin_headers()).status_code == 200  # the same connection serves on
+    assert sorted(p.name for p in store.iterdir()) == before
+
+
+def test_a_manifest_nested_beyond_the_parser_is_400(
+    admin_server: ServerProcess, store: Path, sources: dict[str, Path]
+) -> None:
+    files = [("files", (f, (sources["other"] / f).read_bytes())) for f in (CONFIG_FILE, WEIGHTS_FILE)]
+    files.append(("files", (MANIFEST_FILE, b"[" * 100_000 + b"]" * 100_000)))
+    before = sorted(p.name for p in store.iterdir())
+    response = httpx.post(f"{admin_server.url}/admin/adapters", files=files, headers=admin_headers(), timeout=60)
+    assert response.status_code == 400 and MANIFEST_FILE in response.json()["error"]["message"], response.text
+    assert sorted(p.name for p in store.iterdir()) == before
+
+
+def test_an_adapter_may_not_take_the_base_models_id(admin_server: ServerProcess, sources: dict[str, Path]) -> None:
+    base_id = "smollm2-135m-instruct"
+    response = upload(admin_server, sources["other"], name=base_id)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "name", response.text
+    assert "the base model's id" in response.json()["error"]["message"]
+    models = httpx.get(f"{admin_server.url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()["data"]
+    assert [m["id"] for m in models].count(base_id) == 1
+
+
+def test_a_kill_during_replace_and_a_broken_adapter_leave_a_server_that_starts(
+    sources: dict[str, Path], tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    first = ServerProcess(store, tmp_path / "a.log", "--admin-key", ADMIN)
+    replacing = threading.Thread(target=lambda: _quietly(upload, first, sources["second"], None, "PUT", "/swap"))
+    try:
+        assert upload(first, sources["first"]).status_code == 201  # "swap"
+        assert upload(first, sources["other"], name="doomed").status_code == 201
+        replacing.start()
+        time.sleep(0.05)  # the replace is under way
+    finally:
+        first.kill_hard()
+        replacing.join()
+    (next(store.glob("doomed@*")) / WEIGHTS_FILE).write_bytes(b"not safetensors")  # the current version breaks
+
+    second = ServerProcess(store, tmp_path / "b.log", "--api-keys", KEY, "--admin-key", ADMIN)
+    try:
+        assert served(second) == {"smollm2-135m-instruct", "swap"}
+        assert greedy_answer(second, "swap")  # whichever version the kill left, it serves whole
+        listing = httpx.get(f"{second.url}/admin/adapters", headers=admin_headers()).json()
+        (broken,) = listing["broken"]
+        assert broken["stored_as"] == "doomed@1" and "corrupt or truncated" in broken["reason"]
+        with pytest.raises(openai.NotFoundError):  # never the base model's output instead
+            greedy_answer(second, "doomed")
+    finally:
+        second.stop()
+
+
+def _quietly(call: Callable[..., object], *args: object) -> None:
+    """Run a request whose server may be killed under it."""
+    with contextlib.suppress(httpx.HTTPError):
+        call(*args)

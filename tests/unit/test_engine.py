@@ -11,7 +11,7 @@ import pytest
 from qadapter.adapters.synthetic import random_adapter
 from qadapter.core.base import BaseModelInfo
 from qadapter.core.decode import DecodeParams, Stream, decode
-from qadapter.core.errors import AdapterNotFound, ContextTooLong, InvalidRequest, Overloaded
+from qadapter.core.errors import AdapterNotFound, ContextTooLong, InvalidRequest, Overloaded, RequestFault
 from qadapter.core.knobs import Knobs
 from qadapter.core.lora import AdapterHost
 from qadapter.core.model import LoadedModel
@@ -390,3 +390,73 @@ def test_more_adapters_than_resident_slots_all_serve_and_memory_stays_bounded(
     assert stats.num_resident == 1 and stats.num_adapters == 3
     assert stats.num_evictions >= 4 and stats.num_loads >= 7
     assert stats.lora_bytes <= roomy.stats().lora_bytes // 2
+
+
+def test_a_request_whose_scores_are_not_finite_fails_alone(tmp_path: Path, embedded: LoadedModel) -> None:
+    """Finite but huge LoRA weights (the validator lets them through) drive the adapter's logits to
+    inf/NaN: its requests end with an error, greedy or sampled, and the rest of the batch goes on."""
+    engine = _engine(tmp_path, embedded, start=False)
+    info = BaseModelInfo.from_model(tiny_model(), "tiny-llama")
+    engine.adapters.apply(LoadAdapter(random_adapter(tmp_path / "poison", info, name="poison", b_std=1e37)))
+    alone = {
+        rid: tokens(
+            asyncio.run(drive(engine, [(0, GenerationRequest(rid, tuple(PROMPTS[0]), adapter, greedy(12)))]))[rid]
+        )
+        for rid, adapter in (("base", None), ("calm", "calm"))
+    }
+    plan = [
+        ("poison-greedy", "poison", greedy(12)),
+        ("poison-sampled", "poison", SamplingParams(max_tokens=12, temperature=1.0, seed=1, ignore_eos=True)),
+        ("base", None, greedy(12)),
+        ("calm", "calm", greedy(12)),
+    ]
+
+    async def run() -> dict[str, list[TokenEvent] | Exception]:
+        streams = {rid: engine.submit(GenerationRequest(rid, tuple(PROMPTS[0]), a, p)) for rid, a, p in plan}
+        while engine.stats().num_running or engine.stats().num_waiting:
+            engine.step()
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        results: dict[str, list[TokenEvent] | Exception] = {}
+        for rid, stream in streams.items():
+            try:
+                results[rid] = [event async for event in stream]
+            except RequestFault as exc:
+                results[rid] = exc
+        return results
+
+    results = asyncio.run(run())
+    assert isinstance(results["poison-greedy"], RequestFault) and isinstance(results["poison-sampled"], RequestFault)
+    assert {rid: tokens(results[rid]) for rid in alone} == alone  # type: ignore[arg-type]
+    assert engine.stats().num_running == 0 and engine.stats().num_batch_rows == 0
+
+
+def test_a_prefill_in_chunks_gives_the_same_tokens(tmp_path: Path, embedded: LoadedModel) -> None:
+    """With room for 4 prompt tokens a step, an 11-token prompt on an adapter (2 rows) runs in 6 chunks
+    while another request decodes; every token equals the one-forward prefill's."""
+    plan = [
+        (0, GenerationRequest("long", tuple(PROMPTS[2]), "loud", greedy(10))),
+        (0, GenerationRequest("short", tuple(PROMPTS[1]), None, greedy(20))),
+    ]
+    whole = asyncio.run(drive(_engine(tmp_path / "whole", embedded, start=False), plan))
+    chunked = asyncio.run(drive(_engine(tmp_path / "chunked", embedded, start=False, prefill_chunk_tokens=4), plan))
+    assert {rid: tokens(events) for rid, events in chunked.items()} == {
+        rid: tokens(events) for rid, events in whole.items()
+    }
+
+
+def test_an_abort_during_a_chunked_prefill_frees_it_within_a_step(tmp_path: Path, embedded: LoadedModel) -> None:
+    engine = _engine(tmp_path, embedded, start=False, prefill_chunk_tokens=4)
+
+    async def run() -> list[TokenEvent]:
+        stream = engine.submit(GenerationRequest("long", tuple(PROMPTS[2]), "loud", greedy(10)))
+        engine.step()  # the first of its 6 chunks
+        assert engine._runner.is_prefilling
+        engine.abort("long")
+        engine.step()
+        await asyncio.sleep(0)
+        return [event async for event in stream]
+
+    events = asyncio.run(run())
+    assert events[-1].finish_reason == FinishReason.ABORT and not tokens(events)
+    assert not engine._runner.is_prefilling and engine.stats().num_running == 0

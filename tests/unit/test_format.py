@@ -149,9 +149,35 @@ def test_rejects_ranks_that_are_not_positive_integers(
     _rejects(adapter_dir, tiny_info, "LoRA ranks must be positive integers")
 
 
-def test_rejects_a_non_numeric_lora_alpha(adapter_dir: Path, tiny_info: BaseModelInfo) -> None:
-    _edit_json(adapter_dir / CONFIG_FILE, lora_alpha="x")
-    _rejects(adapter_dir, tiny_info, "lora_alpha and alpha_pattern values must be numbers")
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"lora_alpha": "x"}, "lora_alpha must be a number in (0, 4096]"),
+        ({"lora_alpha": 0}, "lora_alpha must be a number in (0, 4096]"),
+        ({"lora_alpha": 1e9}, "lora_alpha must be a number in (0, 4096]"),
+        ({"alpha_pattern": {"q_proj": -2}}, "alpha_pattern.q_proj must be a number"),
+        ({"lora_dropout": 1.5}, "lora_dropout must be a number in [0, 1)"),
+        ({"lora_alpha": float("nan")}, "NaN is not a JSON number"),
+        ({"lora_alpha": float("inf")}, "Infinity is not a JSON number"),
+        ({"lora_dropout": float("-inf")}, "-Infinity is not a JSON number"),
+    ],
+)
+def test_rejects_non_finite_or_absurd_lora_settings_naming_them(
+    adapter_dir: Path, tiny_info: BaseModelInfo, changes: dict, message: str
+) -> None:
+    _edit_json(adapter_dir / CONFIG_FILE, **changes)  # json.dumps writes NaN and Infinity as their bare names
+    _rejects(adapter_dir, tiny_info, message)
+
+
+def test_rejects_manifests_too_large_or_too_deep(adapter_dir: Path, tiny_info: BaseModelInfo) -> None:
+    _edit_json(adapter_dir / MANIFEST_FILE, description="x" * 5000)
+    _rejects(adapter_dir, tiny_info, "description: String should have at most 4096 characters")
+    _edit_json(adapter_dir / MANIFEST_FILE, description="", training={"deep": json.loads("[" * 40 + "]" * 40)})
+    _rejects(adapter_dir, tiny_info, "nested too deeply")
+    (adapter_dir / MANIFEST_FILE).write_text("[" * 200_000 + "]" * 200_000)  # deeper than the parser recurses
+    _rejects(adapter_dir, tiny_info, "qadapter.json")
+    (adapter_dir / MANIFEST_FILE).write_text(" " * (2 << 20) + "{}")
+    _rejects(adapter_dir, tiny_info, "is over 1048576 bytes")
 
 
 @pytest.mark.parametrize(("option", "value"), [("bias", "all"), ("layers_to_transform", [0]), ("lora_bias", True)])

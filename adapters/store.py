@@ -93,11 +93,6 @@ class AdapterStore:
         """The quarantined directories, with why each was moved aside."""
         return self._quarantine.entries()
 
-    def quarantine(self, stored: StoredAdapter, reason: str) -> None:
-        """Move a stored version aside that validated but could not be served (its weights failed to load)."""
-        with self._lock:
-            self._quarantine.put(stored.adapter.path, reason)
-
     def install_missing(self, source: Path) -> list[str]:
         """Copy in every adapter directory under `source` whose name the store lacks; return those names.
 

@@ -1,15 +1,19 @@
 """The base model with every loaded LoRA adapter; one forward serves rows of many adapters and base rows.
 
-Each targeted linear layer keeps the LoRA weights of all loaded adapters stacked by slot
-(`[slots, rank, in]` and `[slots, out, rank]`, slot 0 all zeros for base rows). A forward gathers
+Each targeted linear layer keeps the LoRA weights of the loaded adapters in a slot pool
+(`[slots, rank, in]` and `[slots, out, rank]`; slot 0 stays zero for base rows). A forward gathers
 each row's slot and applies its delta with two batched matmuls, so a step costs the same whether
 its rows use one adapter or many (peft's mixed batches loop over the adapters of every layer, which
-cost ~20% of a step with 8 distinct adapters). Smaller ranks are zero-padded to the largest one:
-zero columns add nothing.
+cost ~20% of a step with 8 distinct adapters). Smaller ranks are zero-padded to the pool's rank.
+
+A load writes one adapter into a free slot in place and an unload frees its slot: neither copies
+the other adapters. The pool grows geometrically (slots and rank double when full), so growing is
+rare and a load costs O(adapter size) amortized; before it grows, it checks that the memory is free.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -19,6 +23,10 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 
 from qadapter.core.errors import AdapterNotFound, InvalidAdapter
+from qadapter.core.memory import free_bytes
+
+log = logging.getLogger(__name__)
+INITIAL_SLOTS = 4  # slot 0 (zeros) and room for three adapters before the first growth
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,10 @@ class LoraWeights:
     def max_rank(self) -> int:
         return max(a.shape[0] for a, _ in self.modules.values())
 
+    def pinned(self) -> LoraWeights:
+        """The same weights in page-locked host memory, so the copy to a GPU slot can run asynchronously."""
+        return LoraWeights({m: (a.pin_memory(), b.pin_memory()) for m, (a, b) in self.modules.items()})
+
 
 class _RowSlots:
     """The adapter slot of every batch row in the forward under way (None: no LoRA at all)."""
@@ -43,30 +55,52 @@ class _RowSlots:
 class LoraLinear(nn.Module):
     """A frozen linear layer plus, per batch row, the LoRA delta of that row's adapter."""
 
-    def __init__(self, base: nn.Linear, row_slots: _RowSlots) -> None:
+    def __init__(self, base: nn.Linear, row_slots: _RowSlots, num_slots: int, rank: int) -> None:
         super().__init__()
         self.base = base
         self.row_slots = row_slots
-        self.lora_a: torch.Tensor | None = None  # [slots, rank, in]
-        self.lora_b: torch.Tensor | None = None  # [slots, out, rank], scaling folded in
+        out_features, in_features = base.weight.shape
+        like = {"dtype": base.weight.dtype, "device": base.weight.device}
+        self.lora_a = torch.zeros((num_slots, rank, in_features), **like)  # type: ignore[arg-type]
+        self.lora_b = torch.zeros((num_slots, out_features, rank), **like)  # type: ignore[arg-type]  # scaled
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [rows, seq, in]
         out = self.base(x)
         slots = self.row_slots.slots
-        if slots is None or self.lora_a is None or self.lora_b is None:
+        if slots is None:
             return out
         a, b = self.lora_a[slots], self.lora_b[slots]  # [rows, rank, in], [rows, out, rank]
         return out + torch.bmm(torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2))
 
+    def write(self, slot: int, weights: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """Put one adapter's A and B (or zeros, for a module it leaves alone) into a slot."""
+        self.lora_a[slot].zero_()
+        self.lora_b[slot].zero_()
+        if weights is not None:
+            a, b = weights
+            self.lora_a[slot, : a.shape[0]].copy_(a, non_blocking=True)
+            self.lora_b[slot, :, : b.shape[1]].copy_(b, non_blocking=True)
+
+    def resize(self, num_slots: int, rank: int) -> None:
+        """Larger stacks holding the current ones (a rare, geometric growth)."""
+        a = self.lora_a.new_zeros((num_slots, rank, self.lora_a.shape[2]))
+        b = self.lora_b.new_zeros((num_slots, self.lora_b.shape[1], rank))
+        old_slots, old_rank = self.lora_a.shape[:2]
+        a[:old_slots, :old_rank] = self.lora_a
+        b[:old_slots, :, :old_rank] = self.lora_b
+        self.lora_a, self.lora_b = a, b
+
 
 class AdapterHost:
-    """Owns the base model and the LoRA weights of every loaded adapter."""
+    """Owns the base model and the slot pool of every loaded adapter's LoRA weights."""
 
     def __init__(self, model: PreTrainedModel) -> None:
         self._model = model
         self._row_slots = _RowSlots()
         self._layers: dict[str, LoraLinear] = {}  # module name → wrapped layer
-        self._slot_of: dict[str, int] = {}  # adapter name → slot (1-based; 0 = no adapter)
+        self._slot_of: dict[str, int] = {}  # adapter key → its slot (0: no adapter)
+        self._num_slots = INITIAL_SLOTS
+        self._rank = 0
 
     @property
     def device(self) -> torch.device:
@@ -76,51 +110,41 @@ class AdapterHost:
     def adapter_names(self) -> list[str]:
         return list(self._slot_of)
 
+    def slot_of(self, key: str) -> int:
+        """The pool slot an adapter occupies."""
+        return self._slot_of[key]
+
     @property
     def lora_bytes(self) -> int:
-        """Memory held by the stacked LoRA weights of every loaded adapter."""
+        """Memory the slot pool holds (loaded adapters and free slots)."""
         return sum(
-            t.numel() * t.element_size()
-            for layer in self._layers.values()
-            for t in (layer.lora_a, layer.lora_b)
-            if t is not None
+            t.numel() * t.element_size() for layer in self._layers.values() for t in (layer.lora_a, layer.lora_b)
         )
 
     def load(self, key: str, weights: LoraWeights) -> None:
-        """Add an adapter's weights in a new slot, selected by `key` in `row_adapters`; all or nothing."""
+        """Write an adapter's weights into a free slot, selected by `key` in `row_adapters`; all or nothing."""
         if key in self._slot_of:
             raise InvalidAdapter(f"an adapter named {key!r} is already loaded")
-        new_slot = len(self._slot_of) + 1
-        layers = {**self._layers, **{m: self._wrapped(m) for m in weights.modules if m not in self._layers}}
-        current = [layer.lora_a.shape[1] for layer in self._layers.values() if layer.lora_a is not None]
-        rank = max([weights.max_rank, *current])
-        stacks = {}
-        for module, layer in layers.items():  # build every new stack first, then publish them all
-            a, b = _grown(layer, new_slot + 1, rank)
-            if module in weights.modules:
-                lora_a, lora_b = weights.modules[module]
-                a[new_slot, : lora_a.shape[0]] = lora_a.to(a.dtype)
-                b[new_slot, :, : lora_b.shape[1]] = lora_b.to(b.dtype)
-            stacks[module] = (a, b)
-        for module, layer in layers.items():
-            if module not in self._layers:
-                self._install(module, layer)
-            layer.lora_a, layer.lora_b = stacks[module]
-        self._slot_of[key] = new_slot
+        new_modules = [m for m in weights.modules if m not in self._layers]
+        num_slots = self._num_slots * 2 if len(self._slot_of) + 1 >= self._num_slots else self._num_slots
+        rank = self._rank if weights.max_rank <= self._rank else max(weights.max_rank, 2 * self._rank)
+        self._check_room(new_modules, num_slots, rank)  # before anything changes
+        if (num_slots, rank) != (self._num_slots, self._rank):
+            for layer in self._layers.values():
+                layer.resize(num_slots, rank)
+            self._num_slots, self._rank = num_slots, rank
+            log.info("LoRA slot pool: %d slots × rank %d, %.1f MiB", num_slots, rank, self.lora_bytes / 2**20)
+        for module in new_modules:
+            self._install(module, LoraLinear(self._base_linear(module), self._row_slots, num_slots, rank))
+        slot = min(set(range(1, self._num_slots)) - set(self._slot_of.values()))
+        for module, layer in self._layers.items():
+            layer.write(slot, weights.modules.get(module))
+        self._slot_of[key] = slot
 
-    def unload(self, name: str) -> None:
-        """Remove an adapter's slot and free its weights (no running row may still use it)."""
-        slot = self._slot_of.pop(name, None)
-        if slot is None:
-            raise AdapterNotFound(f"adapter {name!r} is not loaded")
-        for layer in self._layers.values():
-            assert layer.lora_a is not None and layer.lora_b is not None
-            if not self._slot_of:  # the last one: drop the base slot's zeros too
-                layer.lora_a, layer.lora_b = None, None
-                continue
-            keep = [i for i in range(layer.lora_a.shape[0]) if i != slot]
-            layer.lora_a, layer.lora_b = layer.lora_a[keep], layer.lora_b[keep]  # new tensors: old freed
-        self._slot_of = {n: s - (s > slot) for n, s in self._slot_of.items()}
+    def unload(self, key: str) -> None:
+        """Free an adapter's slot (no running row may still use it); nothing else moves."""
+        if self._slot_of.pop(key, None) is None:
+            raise AdapterNotFound(f"adapter {key!r} is not loaded")
 
     @torch.inference_mode()
     def forward(
@@ -154,25 +178,29 @@ class AdapterHost:
             self._row_slots.slots = None
         return out.logits[:, -1, :], out.cache
 
-    def _wrapped(self, module: str) -> LoraLinear:
+    def _check_room(self, new_modules: list[str], num_slots: int, rank: int) -> None:
+        """Refuse, with what to change, a growth the device has no memory for."""
+        element = next(self._model.parameters()).element_size()
+        grown = sum(
+            (num_slots * rank - layer.lora_a.shape[0] * layer.lora_a.shape[1]) * sum(layer.base.weight.shape)
+            for layer in self._layers.values()
+        )
+        added = sum(num_slots * rank * sum(self._base_linear(m).weight.shape) for m in new_modules)
+        needed = (grown + added) * element
+        available = free_bytes(self.device)
+        if needed and available is not None and needed > available:
+            raise InvalidAdapter(
+                f"the LoRA slot pool would need {needed / 2**20:.0f} MiB more to grow to {num_slots} slots × rank "
+                f"{rank}, and {self.device} has {available / 2**20:.0f} MiB free; lower --max-resident-adapters "
+                "or --max-lora-rank, or serve adapters of a smaller rank"
+            )
+
+    def _base_linear(self, module: str) -> nn.Linear:
         base = self._model.get_submodule(module)
         assert isinstance(base, nn.Linear), f"{module} is not a linear layer"  # validate() checked
-        return LoraLinear(base, self._row_slots)
+        return base
 
     def _install(self, module: str, layer: LoraLinear) -> None:
         parent, _, child = module.rpartition(".")
         setattr(self._model.get_submodule(parent), child, layer)
         self._layers[module] = layer
-
-
-def _grown(layer: LoraLinear, num_slots: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero stacks of `num_slots` slots at `rank`, holding the layer's current slots."""
-    weight = layer.base.weight
-    out_features, in_features = weight.shape
-    a = torch.zeros((num_slots, rank, in_features), dtype=weight.dtype, device=weight.device)
-    b = torch.zeros((num_slots, out_features, rank), dtype=weight.dtype, device=weight.device)
-    if layer.lora_a is not None and layer.lora_b is not None:
-        old_slots, old_rank = layer.lora_a.shape[:2]
-        a[:old_slots, :old_rank] = layer.lora_a
-        b[:old_slots, :, :old_rank] = layer.lora_b
-    return a, b

@@ -12,7 +12,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from qadapter.adapters.store import AdapterStore
 from qadapter.core.base import BaseModelInfo
-from qadapter.core.errors import InvalidAdapter
 from qadapter.core.lora import AdapterHost
 from qadapter.core.model import load_base_model
 from qadapter.core.settings import Settings
@@ -71,11 +70,8 @@ def _open_store(settings: Settings, base: BaseModelInfo, engine: Engine) -> Adap
     if settings.install_adapters is not None:
         installed = store.install_missing(settings.install_adapters)
         log.info("installed %s from %s", installed or "nothing new", settings.install_adapters)
-    for stored in store.load_all():
-        try:
-            engine.adapters.apply(LoadAdapter(stored.adapter, stored.version)).result()
-        except InvalidAdapter as exc:  # its weights would not load: the other adapters serve
-            store.quarantine(stored, str(exc))
+    for stored in store.load_all():  # broken ones were quarantined: the others serve
+        engine.adapters.apply(LoadAdapter(stored.adapter, stored.version)).result()
     return store
 
 

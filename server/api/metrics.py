@@ -31,7 +31,7 @@ class _EngineCollector(Collector):
         yield CounterMetricFamily(
             "qadapter_adapter_evictions", "Adapters evicted to make room.", value=stats.num_evictions
         )
-        yield GaugeMetricFamily("qadapter_adapter_bytes", "Memory of the loaded LoRA weights.", value=stats.lora_bytes)
+        yield GaugeMetricFamily("qadapter_adapter_bytes", "Memory the LoRA slot pool holds.", value=stats.lora_bytes)
         per_adapter = GaugeMetricFamily(
             "qadapter_adapter_requests_running", "Running requests per adapter.", labels=["adapter"]
         )

@@ -9,14 +9,14 @@ from dataclasses import dataclass
 
 import torch
 
-from qadapter.core.errors import ContextTooLong, InvalidAdapter, InvalidRequest, Overloaded, RequestFault
+from qadapter.core.errors import ContextTooLong, InvalidRequest, Overloaded, RequestFault
 from qadapter.core.lora import AdapterHost
 from qadapter.core.model import LoadedModel
 from qadapter.core.settings import Settings
 from qadapter.server.engine.detokenize import TextTracker
 from qadapter.server.engine.registry import AdapterRegistry
 from qadapter.server.engine.request import FinishReason, GenerationRequest, Sequence, TokenEvent
-from qadapter.server.engine.residency import Residency
+from qadapter.server.engine.residency import Residency, WeightReader
 from qadapter.server.engine.runner import BatchRunner
 from qadapter.server.engine.sampler import Sampler, policy_scores, sequences_of
 from qadapter.server.engine.scheduler import Scheduler
@@ -45,7 +45,9 @@ class EngineStats:
 class Engine:
     """Continuous batching of base and Q-adapter requests; one batched decode forward per step."""
 
-    def __init__(self, loaded: LoadedModel, host: AdapterHost, settings: Settings) -> None:
+    def __init__(
+        self, loaded: LoadedModel, host: AdapterHost, settings: Settings, read_weights: WeightReader | None = None
+    ) -> None:
         self._tokenizer = loaded.tokenizer
         self._stop_token_ids = loaded.stop_token_ids
         self._max_context = settings.max_context or loaded.model.config.max_position_embeddings
@@ -54,7 +56,13 @@ class Engine:
         self._sampler = Sampler(host.device)
         self._scheduler = Scheduler(settings)
         self._wakeup = threading.Event()
-        residency = Residency(host, settings.max_resident_adapters, self._scheduler.uses)
+        residency = Residency(
+            host,
+            settings.max_resident_adapters,
+            self._scheduler.uses,
+            self._wakeup.set,
+            **({"read_weights": read_weights} if read_weights else {}),
+        )
         self.adapters = AdapterRegistry(residency, self._scheduler.uses, self._wakeup.set)
         self._streams = StreamRegistry(self.abort)
         self._is_stopping = False
@@ -165,6 +173,7 @@ class Engine:
         stopped = Overloaded("the server is shutting down; retry on another replica", retry_after_s=5)
         self._fail_all(stopped, include_waiting=True)
         self.adapters.fail_pending(stopped)
+        self.adapters.residency.shutdown()
 
     def step(self) -> bool:
         """schedule → run → postprocess; False when there was nothing to do.
@@ -173,13 +182,16 @@ class Engine:
         group is admitted once the previous one has joined.
         """
         self.adapters.apply_pending()
-        batch = self._scheduler.schedule(admit=not self._runner.is_prefilling)
+        self._load_cold_adapters()
+        batch = self._scheduler.schedule(admit=not self._runner.is_prefilling, is_ready=self._is_ready)
         self._finish([seq for seq in batch.decode if seq.is_aborted], FinishReason.ABORT)
-        joining = self._make_resident(batch.prefill)
-        if joining:
-            self._runner.start_prefill(joining)
+        if batch.prefill:
+            for seq in batch.prefill:
+                if seq.adapter_key is not None:
+                    self.adapters.residency.touch(seq.adapter_key)
+            self._runner.start_prefill(batch.prefill)
         if not self._runner.num_rows and not self._runner.is_prefilling:
-            return bool(batch.prefill)  # what was admitted failed to load; nothing to run
+            return False
         start = time.perf_counter()
         picks: list[tuple[Sequence, int | RequestFault]] = []
         with torch.inference_mode():
@@ -193,19 +205,16 @@ class Engine:
         self._last_step_s = time.perf_counter() - start
         return True
 
-    def _make_resident(self, joining: list[Sequence]) -> list[Sequence]:
-        """Load the cold adapters joining requests pinned (they wait for it); a load that fails
-        fails its own requests only."""
-        ready = []
-        for seq in joining:
-            try:
-                if seq.adapter_key is not None:
-                    self.adapters.make_resident(seq.adapter_key)
-            except InvalidAdapter as exc:
+    def _load_cold_adapters(self) -> None:
+        """Start reading the weights waiting requests need, install those read; a load that failed
+        fails the requests waiting for it, and only them."""
+        self.adapters.prefetch(self._scheduler.waiting_adapter_keys())  # resident or loading ones: no-ops
+        for key, exc in self.adapters.residency.install_ready().items():
+            for seq in self._scheduler.take_waiting(lambda s, key=key: s.adapter_key == key):
                 self._fail([seq], exc)
-            else:
-                ready.append(seq)
-        return ready
+
+    def _is_ready(self, seq: Sequence) -> bool:
+        return seq.adapter_key is None or self.adapters.residency.is_resident(seq.adapter_key)
 
     def _pick(
         self, logits: torch.Tensor, rows: list[tuple[Sequence, str | None]]

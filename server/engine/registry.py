@@ -1,5 +1,7 @@
-"""Which adapter versions the engine serves: load → validate → publish between steps, versions that
-running requests pin, and freeing a replaced or deleted version once nothing pins it."""
+"""Which adapter versions the engine serves: validated versions are published between steps (and
+loaded on the loader thread, now if there is room, else when a request needs them), running
+requests pin the version they started with, and a replaced or deleted version is freed once
+nothing pins it."""
 
 from __future__ import annotations
 
@@ -99,9 +101,10 @@ class AdapterRegistry:
 
     # -- the engine thread -----------------------------------------------------------------------------
 
-    def make_resident(self, key: str) -> None:
-        """Load a pinned version into device memory if it is cold."""
-        self.residency.ensure(key, self._by_key[key])
+    def prefetch(self, keys: set[str]) -> None:
+        """Start loading the cold versions that waiting requests pinned."""
+        for key in keys:
+            self.residency.prefetch(key, self._by_key[key])
 
     def apply_pending(self) -> None:
         """Apply every queued change, each resolving its future."""
@@ -143,8 +146,9 @@ class AdapterRegistry:
             )
         self._num_loads += 1
         published = PublishedAdapter(change.adapter, change.version, self._num_loads)
-        self.residency.ensure(published.key, change.adapter)  # off the request path
         self._by_key[published.key] = change.adapter
+        if self.residency.has_room:  # warm it while nothing else needs the slot
+            self.residency.prefetch(published.key, change.adapter)
         with self._lock:
             replaced = self._published.get(name)
             self._published[name] = published

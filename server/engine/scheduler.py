@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from qadapter.core.errors import Overloaded
@@ -73,23 +74,32 @@ class Scheduler:
                     seq.is_aborted = True
         return None
 
-    def schedule(self, admit: bool = True) -> Batch:
+    def schedule(self, admit: bool = True, is_ready: Callable[[Sequence], bool] = lambda _: True) -> Batch:
         """Decode all running requests; with `admit`, admit waiting ones in arrival order while the
-        limits allow (the prefill budget bounds one group of joining requests)."""
+        limits allow (the prefill budget bounds one group of joining requests). A request that is
+        not ready (its adapter is still loading) keeps its place; those behind it may pass."""
         with self._lock:
             batch = Batch(decode=list(self._running))
             budget = self._max_prefill_tokens
-            while admit and self._waiting and len(self._running) < self._max_running:
-                seq = self._waiting[0]
+            for seq in list(self._waiting) if admit else []:
+                if len(self._running) >= self._max_running:
+                    break
+                if not is_ready(seq):
+                    continue
                 cost = seq.num_prompt_tokens * seq.num_rows
                 # The first admission of a step ignores the budget, so a long prompt cannot starve.
                 if batch.prefill and cost > budget:
                     break
-                self._waiting.popleft()
+                self._waiting.remove(seq)
                 budget -= cost
                 batch.prefill.append(seq)
                 self._running.append(seq)
             return batch
+
+    def waiting_adapter_keys(self) -> set[str]:
+        """The adapter versions that waiting requests pinned."""
+        with self._lock:
+            return {seq.adapter_key for seq in self._waiting if seq.adapter_key is not None}
 
     def finish(self, seqs: list[Sequence]) -> None:
         """Remove finished or aborted sequences from the running set."""
@@ -110,11 +120,12 @@ class Scheduler:
             running, self._running = self._running, []
             return running
 
-    def take_waiting(self) -> list[Sequence]:
-        """Remove and return every waiting sequence (at shutdown)."""
+    def take_waiting(self, which: Callable[[Sequence], bool] = lambda _: True) -> list[Sequence]:
+        """Remove and return the waiting sequences `which` selects (every one by default: at shutdown)."""
         with self._lock:
-            waiting, self._waiting = list(self._waiting), deque()
-            return waiting
+            taken = [seq for seq in self._waiting if which(seq)]
+            self._waiting = deque(seq for seq in self._waiting if not which(seq))
+            return taken
 
     def uses(self, adapter_key: str) -> bool:
         """Whether any waiting or running request pins this adapter version."""

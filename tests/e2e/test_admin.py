@@ -120,15 +120,21 @@ def delete(server: ServerProcess, name: str) -> httpx.Response:
 
 
 def test_upload_files_then_chat_with_the_openai_client(admin_server: ServerProcess, sources: dict[str, Path]) -> None:
-    memory_before = admin_server.metric("qadapter_adapter_bytes")
+    resident_before = admin_server.metric("qadapter_adapters_resident")
     response = upload(admin_server, sources["other"], name="files-up")
     assert response.status_code == 201, response.text
     assert response.json()["name"] == "files-up" and response.json()["version"] == 1
     assert "files-up" in served(admin_server)
     assert greedy_answer(admin_server, "files-up")
-    assert admin_server.metric("qadapter_adapter_bytes") > memory_before
+    assert admin_server.metric("qadapter_adapters_resident") == resident_before + 1
+    pool_bytes = admin_server.metric("qadapter_adapter_bytes")
+    assert pool_bytes > 0
     assert delete(admin_server, "files-up").status_code == 200
-    assert admin_server.metric("qadapter_adapter_bytes") == memory_before  # its weights were freed
+    assert admin_server.metric("qadapter_adapters_resident") == resident_before  # its slot was freed
+    assert upload(admin_server, sources["other"], name="files-up-again").status_code == 201
+    assert greedy_answer(admin_server, "files-up-again")
+    assert admin_server.metric("qadapter_adapter_bytes") == pool_bytes  # into the freed slot: the pool did not grow
+    assert delete(admin_server, "files-up-again").status_code == 200
 
 
 @pytest.mark.parametrize("kind", ["tar.gz", "zip"])

@@ -122,7 +122,9 @@ def test_unloading_keeps_the_other_adapters_and_frees_the_slot(tmp_path: Path, t
     assert decode(host, [PROMPT], streams, DecodeParams(max_tokens=10), NO_STOP)[0] == before
     with pytest.raises(AdapterNotFound):
         decode(host, [PROMPT], [Stream("b")], DecodeParams(max_tokens=2), NO_STOP)[0]
-    assert host.lora_bytes == bytes_before * 3 // 4  # slots: base (zeros) + a + c, was + b
+    host.load("d", random_adapter(tmp_path / "d", tiny_info, name="d", b_std=0.3, seed=7).read_weights())
+    assert host.slot_of("d") == 2 and host.lora_bytes == bytes_before  # b's slot, reused: the pool did not grow
+    assert decode(host, [PROMPT], streams, DecodeParams(max_tokens=10), NO_STOP)[0] == before
 
 
 def test_adapters_of_different_ranks_share_a_batch(tmp_path: Path, tiny_info: BaseModelInfo) -> None:

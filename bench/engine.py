@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -49,6 +50,7 @@ FILLER = (
 class Workload:
     max_tokens: int
     num_naive: int
+    num_arrivals: int
     prompt_tokens: int = 100
 
 
@@ -90,24 +92,40 @@ def naive_tps(host: AdapterHost, adapter: str, prompts: list[tuple[int, ...]], m
     return len(prompts) * max_tokens / (time.perf_counter() - start)
 
 
+async def timed_request(
+    engine: Engine, rid: str, prompt: tuple[int, ...], adapter: str | None, params: SamplingParams, delay_s: float = 0.0
+) -> tuple[float, list[float], int]:
+    """(time to first token, gaps between tokens, tokens) of one request sent after `delay_s`."""
+    await asyncio.sleep(delay_s)
+    sent = time.perf_counter()
+    stamps, num_tokens = [], 0
+    async for event in engine.submit(GenerationRequest(rid, prompt, adapter, params)):
+        stamps.append(time.perf_counter())
+        num_tokens += len(event.token_ids)
+    return stamps[0] - sent, [b - a for a, b in zip(stamps, stamps[1:])], num_tokens
+
+
 async def engine_run(
-    engine: Engine, prompts: list[tuple[int, ...]], adapters: list[str | None], max_tokens: int
+    engine: Engine,
+    prompts: list[tuple[int, ...]],
+    adapters: list[str | None],
+    max_tokens: int,
+    arrivals_per_s: float | None = None,
 ) -> RunResult:
-    """All requests at once; request i uses adapters[i % len(adapters)]."""
+    """Request i uses adapters[i % len(adapters)]; all at once, or arriving as a Poisson process."""
     params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
-
-    async def one(i: int, prompt: tuple[int, ...]) -> tuple[float, list[float], int]:
-        sent = time.perf_counter()
-        stamps, num_tokens = [], 0
-        async for event in engine.submit(
-            GenerationRequest(f"r{i}-{sent}", prompt, adapters[i % len(adapters)], params)
-        ):
-            stamps.append(time.perf_counter())
-            num_tokens += len(event.token_ids)
-        return stamps[0] - sent, [b - a for a, b in zip(stamps, stamps[1:])], num_tokens
-
+    gaps = random.Random(0)
+    delays, at = [], 0.0
+    for _ in prompts:
+        delays.append(at)
+        at += gaps.expovariate(arrivals_per_s) if arrivals_per_s else 0.0
     start = time.perf_counter()
-    results = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
+    results = await asyncio.gather(
+        *(
+            timed_request(engine, f"r{i}-{start}", p, adapters[i % len(adapters)], params, delays[i])
+            for i, p in enumerate(prompts)
+        )
+    )
     elapsed = time.perf_counter() - start
     assert all(n == max_tokens for _, _, n in results), "every request must produce max_tokens tokens"
     return RunResult(
@@ -115,6 +133,30 @@ async def engine_run(
         ttfts_s=[t for t, _, _ in results],
         itls_s=[gap for _, gaps, _ in results for gap in gaps],
     )
+
+
+def arrivals(
+    engine: Engine,
+    prompts: list[tuple[int, ...]],
+    adapters: list[str | None],
+    work: Workload,
+    tps_c32: float,
+    rate: float | None,
+) -> dict[str, float]:
+    """Requests arriving at `rate` per second, by default one that keeps about 24 running (Little's law
+    with the step time at c32): tokens/s, ITL p95, and the share of step time outside the forwards."""
+    step_s = 32 / tps_c32  # one token per running request per step
+    rate = rate or 24 / (work.max_tokens * step_s)
+    before = engine.stats()
+    result = asyncio.run(engine_run(engine, prompts, adapters, work.max_tokens, arrivals_per_s=rate))
+    after = engine.stats()
+    stepped = after.step_s_total - before.step_s_total
+    return {
+        "arrivals_tps": round(result.tps, 2),
+        "arrivals_itl_p95_ms": percentile_ms(result.itls_s, 95),
+        "arrivals_per_s": round(rate, 2),
+        "arrivals_outside_forward_share": round(1 - (after.forward_s_total - before.forward_s_total) / stepped, 3),
+    }
 
 
 def percentile_ms(values: list[float], q: int) -> float:
@@ -125,10 +167,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
     parser.add_argument("--quick", action="store_true", help="shrink the workload for a smoke run")
+    parser.add_argument("--arrivals-per-s", type=float, help="the arrivals workload's rate (default: ~24 running)")
     add_model_options(parser)
     parser.set_defaults(max_running=64)  # every request of the largest run decodes at once
     args = parser.parse_args()
-    work = Workload(max_tokens=8, num_naive=2) if args.quick else Workload(max_tokens=64, num_naive=8)
+    work = Workload(8, num_naive=2, num_arrivals=8) if args.quick else Workload(64, num_naive=8, num_arrivals=64)
     settings = settings_from(args)
     loaded = load_base_model(settings)
     prompts = make_prompts(loaded, 32, work.prompt_tokens)
@@ -141,6 +184,7 @@ def main() -> None:
         for adapter in adapters:
             engine.adapters.apply(LoadAdapter(adapter)).result()
         names: list[str | None] = [adapter.name for adapter in adapters]
+        asyncio.run(engine_run(engine, list(prompts[:8]), names, 1))  # every adapter resident; the engine idles
         # The baseline drives the same model and weights directly while the engine idles.
         naive_key = engine.adapters.resolve(adapters[0].name).key
         naive_tps(host, naive_key, list(prompts[:1]), WARMUP_TOKENS)
@@ -160,6 +204,8 @@ def main() -> None:
         figures["base_tps_c8"] = run(8, [None]).tps
         figures["same_adapter_tps_c8"] = run(8, [names[0]]).tps
         figures["distinct_adapters_tps_c8"] = run(8, names).tps
+        many = make_prompts(loaded, work.num_arrivals, work.prompt_tokens)
+        figures |= arrivals(engine, many, four, work, figures["engine_tps_c32"], args.arrivals_per_s)
     engine.shutdown()
     report: dict[str, float | int | bool] = {key: round(value, 2) for key, value in figures.items()}
     report |= {

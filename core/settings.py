@@ -55,7 +55,7 @@ class Settings(BaseSettings):
         default=4096, gt=0, description="Prompt tokens (summed over batch rows) of the requests admitted together."
     )
     prefill_chunk_tokens: int = Field(
-        default=512,
+        default=2048,
         gt=0,
         description="Prompt tokens (rows × columns) run per step: the most a long prompt delays the others.",
     )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
@@ -20,26 +21,11 @@ from qadapter.server.engine.residency import Residency, WeightReader
 from qadapter.server.engine.runner import BatchRunner
 from qadapter.server.engine.sampler import Sampler, policy_scores, sequences_of
 from qadapter.server.engine.scheduler import Scheduler
+from qadapter.server.engine.stats import EngineStats
 from qadapter.server.engine.stream import RequestStream, StreamRegistry
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    """Counters the metrics layer reads."""
-
-    num_running: int
-    num_waiting: int
-    num_batch_rows: int
-    num_generated_tokens: int
-    last_step_s: float
-    running_per_adapter: dict[str | None, int]
-    num_adapters: int  # served (registered) adapters
-    num_resident: int  # adapter versions in device memory
-    num_loads: int
-    num_evictions: int
-    lora_bytes: int  # memory of the resident adapters' weights
+T = TypeVar("T")
 
 
 class Engine:
@@ -69,6 +55,8 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, name="qadapter-engine", daemon=True)
         self._num_generated_tokens = 0
         self._last_step_s = 0.0
+        self._step_s_total = 0.0  # time in steps that ran a forward, and in those forwards
+        self._forward_s_total = 0.0
 
     # -- the facade (any thread / the event loop) ------------------------------------------------
 
@@ -136,6 +124,8 @@ class Engine:
             num_loads=residency.num_loads,
             num_evictions=residency.num_evictions,
             lora_bytes=self._host.lora_bytes,
+            step_s_total=self._step_s_total,
+            forward_s_total=self._forward_s_total,
         )
 
     def _admit(self, request: GenerationRequest) -> Sequence:
@@ -181,6 +171,7 @@ class Engine:
         A step decodes every running row and runs one chunk of the joining group's prompts; a new
         group is admitted once the previous one has joined.
         """
+        step_start = time.perf_counter()
         self.adapters.apply_pending()
         self._load_cold_adapters()
         batch = self._scheduler.schedule(admit=not self._runner.is_prefilling, is_ready=self._is_ready)
@@ -192,18 +183,27 @@ class Engine:
             self._runner.start_prefill(batch.prefill)
         if not self._runner.num_rows and not self._runner.is_prefilling:
             return False
-        start = time.perf_counter()
         picks: list[tuple[Sequence, int | RequestFault]] = []
         with torch.inference_mode():
             if self._runner.num_rows:
-                picks += self._pick(self._runner.decode(), self._runner.rows)
+                picks += self._pick(self._timed(self._runner.decode), self._runner.rows)
             first_new_row = self._runner.num_rows
-            if self._runner.is_prefilling and (logits := self._runner.prefill_chunk()) is not None:
+            if self._runner.is_prefilling and (logits := self._timed(self._runner.prefill_chunk)) is not None:
                 picks += self._pick(logits, self._runner.rows[first_new_row:])
         self._postprocess(picks)
         self.adapters.free_retired()
-        self._last_step_s = time.perf_counter() - start
+        self._last_step_s = time.perf_counter() - step_start
+        self._step_s_total += self._last_step_s
         return True
+
+    def _timed(self, forward: Callable[[], T]) -> T:
+        """Run a forward, counting its time (to the end of its kernels on a GPU) apart from the step's."""
+        start = time.perf_counter()
+        result = forward()
+        if self._host.device.type == "cuda":
+            torch.cuda.synchronize(self._host.device)  # the sampler's .tolist() would wait for it anyway
+        self._forward_s_total += time.perf_counter() - start
+        return result
 
     def _load_cold_adapters(self) -> None:
         """Start reading the weights waiting requests need, install those read; a load that failed

@@ -387,7 +387,8 @@ def test_more_adapters_than_resident_slots_all_serve_and_memory_stays_bounded(
     assert got == expected  # cold adapters were loaded on demand, not refused
     stats = tight.stats()
     assert stats.num_resident == 1 and stats.num_adapters == 3
-    assert stats.num_loads >= 6  # the six requests take turns on the three adapters: each loads its own
+    assert stats.num_evictions >= 2  # three adapters through one resident slot
+    # (how many loads exactly depends on when each load lands: requests that share an adapter share its load)
     assert stats.num_loads == stats.num_evictions + stats.num_resident  # every other load was paid for by an eviction
     assert stats.lora_bytes == roomy.stats().lora_bytes  # every load reused a freed slot: the pool never grew
 

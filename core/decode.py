@@ -113,6 +113,7 @@ def decode_steps(
     row_output = [i for i, (_, s) in enumerate(outputs) for _ in streams[s].row_adapters]  # row → its output
     first_rows = [row_output.index(i) for i in range(len(outputs))]
     knobs = [streams[s].knobs if streams[s].adapter else None for _, s in outputs]
+    base_rows = [row + 1 if k is not None else row for row, k in zip(first_rows, knobs)]
     device = model.device
     seeds = [None if params.seed is None else params.seed + first_prompt + p for p, _ in outputs]
     generators = [new_generator(seed, device) for seed in seeds]
@@ -122,7 +123,7 @@ def decode_steps(
     finished = [False] * len(outputs)
     for _ in range(params.max_tokens):
         logits, cache = model.forward(input_ids, cache, row_adapters, mask, positions)  # [rows, vocab]
-        tokens = _pick(stream_scores(logits, first_rows, knobs), params.temperature, generators)
+        tokens = _pick(stream_scores(logits, first_rows, base_rows, knobs), params.temperature, generators)
         step: list[list[int | None]] = [[None] * len(streams) for _ in prompts]
         for i, ((p, s), token) in enumerate(zip(outputs, tokens)):
             step[p][s] = None if finished[i] else token

@@ -107,6 +107,15 @@ class AdapterHost:
         return self._model.device
 
     @property
+    def dtype(self) -> torch.dtype:
+        return self._model.dtype
+
+    @property
+    def uses_additive_masks(self) -> bool:
+        """Whether the model's attention adds its mask to the scores (eager) rather than taking booleans."""
+        return getattr(self._model.config, "_attn_implementation", "sdpa") == "eager"
+
+    @property
     def adapter_names(self) -> list[str]:
         return list(self._slot_of)
 

@@ -48,16 +48,17 @@ def customised_logits(
     return (q + _broadcast(omega, q) * base_logprobs) / _broadcast(alpha, q)
 
 
-def stream_scores(logits: torch.Tensor, first_rows: list[int], knobs: list[Knobs | None]) -> torch.Tensor:
-    """Float32 scores `[streams, vocab]` of streams whose rows start at `first_rows` of `logits` `[rows, vocab]`.
+def stream_scores(
+    logits: torch.Tensor, q_rows: list[int], base_rows: list[int], knobs: list[Knobs | None]
+) -> torch.Tensor:
+    """Float32 scores `[streams, vocab]` of streams whose Q and base rows of `logits` `[rows, vocab]` are given.
 
-    A Q-adapter stream (its knobs) owns its adapter row and the base row after it; a base stream
-    (None) owns one row, scored as a Q-adapter with Q = base, ω = 0, α = 1: exactly its own logits.
+    A Q-adapter stream (its knobs) has an adapter row and a base row; a base stream (None) has one row,
+    both its rows, scored as a Q-adapter with Q = base, ω = 0, α = 1: exactly its own logits.
     """
-    base_rows = [row if k is None else row + 1 for row, k in zip(first_rows, knobs)]
     alphas = torch.tensor([1.0 if k is None else k.alpha for k in knobs], device=logits.device)
     omegas = torch.tensor([0.0 if k is None else k.omega for k in knobs], device=logits.device)
-    return customised_logits(logits[first_rows], logits[base_rows], alphas, omegas)
+    return customised_logits(logits[q_rows], logits[base_rows], alphas, omegas)
 
 
 def value(custom_logits: torch.Tensor, alpha: PerRow = DEFAULT_ALPHA) -> torch.Tensor:

@@ -13,20 +13,23 @@ from qadapter.server.engine.request import Sequence
 def policy_scores(logits: torch.Tensor, rows: list[tuple[Sequence, str | None]]) -> torch.Tensor:
     """Per-sequence float32 scores `[seqs, vocab]`, sequences in the order of their first row.
 
-    A Q-adapter sequence owns its adapter row and the base row after it; a base sequence one row.
+    A Q-adapter sequence has an adapter row and a base row, anywhere in `rows`; a base sequence one row.
     """
-    firsts = _first_rows(rows)
-    return stream_scores(logits, firsts, [rows[i][0].knobs for i in firsts])
+    q_rows, base_rows = _rows_of(rows)
+    seqs = [rows[i][0] for i in q_rows]
+    return stream_scores(logits, q_rows, base_rows, [seq.knobs for seq in seqs])
 
 
 def sequences_of(rows: list[tuple[Sequence, str | None]]) -> list[Sequence]:
     """The sequences of `rows` in the order `policy_scores` scores them."""
-    return [rows[i][0] for i in _first_rows(rows)]
+    return [rows[i][0] for i in _rows_of(rows)[0]]
 
 
-def _first_rows(rows: list[tuple[Sequence, str | None]]) -> list[int]:
-    """Each sequence's first row: its adapter row, or its only row for a base sequence."""
-    return [i for i, (seq, name) in enumerate(rows) if name is not None or seq.adapter is None]
+def _rows_of(rows: list[tuple[Sequence, str | None]]) -> tuple[list[int], list[int]]:
+    """Each sequence's Q row (its adapter row, or its only row) and base row, in the order of their Q rows."""
+    base_row = {id(seq): i for i, (seq, key) in enumerate(rows) if key is None}
+    q_rows = [i for i, (seq, key) in enumerate(rows) if key is not None or seq.adapter is None]
+    return q_rows, [base_row[id(rows[i][0])] for i in q_rows]
 
 
 class Sampler:

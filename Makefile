@@ -37,6 +37,7 @@ bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/engine.py --json
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/hotswap.py --json
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/hostile.py --json
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/adapters.py --json
 
 # Rewrite the tree into the enforced style (what `make test` checks).
 format: install

@@ -175,7 +175,7 @@ def main() -> None:
     settings = settings_from(args)
     loaded = load_base_model(settings)
     prompts = make_prompts(loaded, 32, work.prompt_tokens)
-    host = AdapterHost(loaded.model)
+    host = AdapterHost(loaded.model, settings.max_resident_adapters + 1)
     engine = Engine(loaded, host, settings)
     engine.start()
     figures: dict[str, float] = {}

@@ -7,8 +7,9 @@ its rows use one adapter or many (peft's mixed batches loop over the adapters of
 cost ~20% of a step with 8 distinct adapters). Smaller ranks are zero-padded to the pool's rank.
 
 A load writes one adapter into a free slot in place and an unload frees its slot: neither copies
-the other adapters. The pool grows geometrically (slots and rank double when full), so growing is
-rare and a load costs O(adapter size) amortized; before it grows, it checks that the memory is free.
+the other adapters. The pool is sized for `num_slots` adapters when a layer is first wrapped (the
+server asks for --max-resident-adapters + 1) and only grows, doubling, past that (every resident
+adapter pinned) or for a larger rank; before it allocates, it checks that the memory is free.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from qadapter.core.errors import AdapterNotFound, InvalidAdapter
 from qadapter.core.memory import free_bytes
 
 log = logging.getLogger(__name__)
-INITIAL_SLOTS = 4  # slot 0 (zeros) and room for three adapters before the first growth
+DEFAULT_SLOTS = 4  # slot 0 (zeros) and room for three adapters before the first growth
 
 
 @dataclass(frozen=True)
@@ -94,12 +95,12 @@ class LoraLinear(nn.Module):
 class AdapterHost:
     """Owns the base model and the slot pool of every loaded adapter's LoRA weights."""
 
-    def __init__(self, model: PreTrainedModel) -> None:
+    def __init__(self, model: PreTrainedModel, num_slots: int = DEFAULT_SLOTS) -> None:
         self._model = model
         self._row_slots = _RowSlots()
         self._layers: dict[str, LoraLinear] = {}  # module name → wrapped layer
         self._slot_of: dict[str, int] = {}  # adapter key → its slot (0: no adapter)
-        self._num_slots = INITIAL_SLOTS
+        self._num_slots = max(2, num_slots)
         self._rank = 0
 
     @property
@@ -145,6 +146,14 @@ class AdapterHost:
             log.info("LoRA slot pool: %d slots × rank %d, %.1f MiB", num_slots, rank, self.lora_bytes / 2**20)
         for module in new_modules:
             self._install(module, LoraLinear(self._base_linear(module), self._row_slots, num_slots, rank))
+        if new_modules:
+            log.info(
+                "LoRA slot pool: %d slots × rank %d over %d layers, %.1f MiB",
+                num_slots,
+                rank,
+                len(self._layers),
+                self.lora_bytes / 2**20,
+            )
         slot = min(set(range(1, self._num_slots)) - set(self._slot_of.values()))
         for module, layer in self._layers.items():
             layer.write(slot, weights.modules.get(module))

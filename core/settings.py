@@ -57,7 +57,8 @@ class Settings(BaseSettings):
     prefill_chunk_tokens: int = Field(
         default=2048,
         gt=0,
-        description="Prompt tokens (rows × columns) run per step: the most a long prompt delays the others.",
+        description="Prompt token-rows run per step (and a quarter of that in columns): what a joining prompt "
+        "may delay the others by.",
     )
     max_context: int = Field(default=0, ge=0, description="Limit on prompt + max_tokens; 0: the model's own.")
     default_max_tokens: int = Field(

@@ -34,7 +34,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = load_base_model(settings)
-        engine = Engine(loaded, AdapterHost(loaded.model), settings)
+        engine = Engine(loaded, AdapterHost(loaded.model, settings.max_resident_adapters + 1), settings)
         app.state.metrics = Metrics(engine.stats, loaded.info.id)
         engine.adapters.residency.on_load = app.state.metrics.adapter_load.observe
         engine.start()

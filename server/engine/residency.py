@@ -46,6 +46,7 @@ class Residency:
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qadapter-loader")
         self.num_loads = 0
         self.num_evictions = 0
+        self.max_install_s = 0.0  # the longest a load held the engine thread (its copy into a slot)
         self.on_load: Callable[[float], None] | None = None  # gets each load's seconds (metrics)
 
     @property
@@ -81,7 +82,9 @@ class Residency:
             try:
                 weights = read.result()
                 self._evict_down_to(self._max_resident - 1)
+                installing = time.perf_counter()
                 self._host.load(key, weights)
+                self.max_install_s = max(self.max_install_s, time.perf_counter() - installing)
             except InvalidAdapter as exc:
                 failed[key] = exc
                 continue

@@ -47,3 +47,17 @@ def test_engine_benchmark_prints_every_key() -> None:
         expected_device,
         "bfloat16" if torch.cuda.is_available() else "float32",
     )
+
+
+def test_the_device_check_runs_on_a_cpu_in_its_smoke_form() -> None:
+    """bench/device_check.py is the one script a GPU session runs: CI keeps it working with tiny shapes."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "device_check.py"), "--smoke"], capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["cuda_tests_ok"] and "error" not in report["engine"] and "error" not in report["adapters"]
+    keys = {"many_vs_one_tps", "load_ms_p50", "load_ms_p95", "max_load_blocking_ms", "load_cost_growth"}
+    assert keys <= set(report["adapters"])
+    assert {"mixed_over_one", "decode_step_ms", "decode_step_bound_ms", "step_over_bound"} <= set(report["c4"])
+    assert len(report["targets"]) == 3 and all("met" in target for target in report["targets"].values())

@@ -6,25 +6,16 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub; set before transformers loads
 
-
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from bench.synthetic_base import TINY
 from qadapter.core.base import BaseModelInfo
 from qadapter.core.model import LoadedModel, load_base_model
 from qadapter.core.settings import Settings
 
-TINY_CONFIG = dict(
-    vocab_size=512,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-    tie_word_embeddings=True,
-)
+TINY_CONFIG = {**TINY, "max_position_embeddings": 256}  # a short context: limits are quick to reach
 
 
 def tiny_model(seed: int = 0, **overrides: object) -> LlamaForCausalLM:

@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import tempfile
-import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,12 +32,12 @@ from qadapter.adapters.format import (
     validate,
 )
 from qadapter.adapters.quarantine import BrokenAdapter, Quarantine
+from qadapter.adapters.store_lock import STAGING_PREFIX, StoreLock, is_abandoned, staging_prefix
 from qadapter.core.base import BaseModelInfo
 from qadapter.core.errors import AdapterExists, AdapterNotFound, InvalidAdapter
 
 log = logging.getLogger(__name__)
 
-STAGING_PREFIX = ".staging-"
 _VERSIONED = re.compile(r"(?P<name>.+)@(?P<version>\d+)")
 
 
@@ -61,11 +61,9 @@ class AdapterStore:
         self._base = base
         self._max_rank = max_rank
         self._on_step = on_step
-        self._lock = threading.Lock()
-        self._quarantine = Quarantine(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
-        for leftover in self.root.glob(f"{STAGING_PREFIX}*"):
-            shutil.rmtree(leftover, ignore_errors=True)  # an upload or a removal cut short by a crash
+        self._lock = StoreLock(self.root)
+        self._quarantine = Quarantine(self.root)
 
     def load_all(self) -> list[StoredAdapter]:
         """The newest servable version of every stored name.
@@ -74,6 +72,14 @@ class AdapterStore:
         a current version that does not validate is quarantined and the next older one tried, so one
         broken directory never stops the start.
         """
+        with self._lock.held():
+            return self._recover()
+
+    def _recover(self) -> list[StoredAdapter]:
+        now = time.time()
+        for leftover in self.root.glob(f"{STAGING_PREFIX}*"):
+            if is_abandoned(leftover, now):
+                shutil.rmtree(leftover, ignore_errors=True)  # an upload or a removal cut short by a crash
         served = []
         for _, versions in sorted(self._all_versions().items()):
             current = None
@@ -129,7 +135,7 @@ class AdapterStore:
 
     def staging_dir(self) -> Path:
         """A fresh directory on the store's filesystem for an upload to unpack into."""
-        return Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.root))
+        return Path(tempfile.mkdtemp(prefix=staging_prefix(), dir=self.root))
 
     def install(self, adapter_dir: Path, name: str | None, replace: bool) -> StoredAdapter:
         """Validate an unpacked adapter and move it into place as the name's next version.
@@ -143,7 +149,7 @@ class AdapterStore:
         adapter = self._validate(adapter_dir)
         _fsync_tree(adapter_dir)
         self._step("install: fsynced")
-        with self._lock:
+        with self._lock.held():
             current = self._current(adapter.name)
             if current is not None and not replace:
                 raise AdapterExists(
@@ -164,14 +170,14 @@ class AdapterStore:
 
     def remove_versions_before(self, name: str, version: int) -> None:
         """Delete the older versions of a name (once the new one is published)."""
-        with self._lock:
+        with self._lock.held():
             for path, path_version in sorted(self._versions(name), key=lambda v: v[1]):
                 if path_version < version:
                     self._remove(path)
 
     def delete(self, name: str) -> None:
         """Remove every version of a name, oldest first: a crash part-way leaves the current one whole."""
-        with self._lock:
+        with self._lock.held():
             versions = self._versions(name)
             if not versions:
                 raise AdapterNotFound(f"The model {name!r} does not exist", param="name")

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,7 @@ def test_a_kill_at_any_step_leaves_a_store_that_starts_whole(
     assert served in possible, f"after a kill at {step!r}: {served}"
     if step.endswith("done") or step == "remove: renamed":
         assert served == possible[1]  # the step that makes the change durable was taken
-    left = sorted(p.name for p in root.iterdir())
+    left = sorted(p.name for p in root.iterdir() if p.name != ".lock")
     assert left == sorted(["other@1", *(f"crashy@{v}" for v in served.values())])  # nothing half, no leftovers
     assert started.broken() == []
 
@@ -129,10 +130,51 @@ def test_a_broken_current_version_is_quarantined_and_an_older_whole_one_serves(
     assert set(broken) == {"mixed@2", "lost@1", "tiny-llama@1"}
     assert "corrupt or truncated" in broken["mixed@2"] and "missing adapter_model.safetensors" in broken["lost@1"]
     assert "the base model's id" in broken["tiny-llama@1"]
-    assert sorted(p.name for p in root.iterdir()) == [".quarantine", "keep@1", "mixed@1"]
+    assert sorted(p.name for p in root.iterdir()) == [".lock", ".quarantine", "keep@1", "mixed@1"]
 
 
 def _copy(source: Path, target: Path) -> Path:
     for file in source.iterdir():
         (target / file.name).write_bytes(file.read_bytes())
     return target
+
+
+RACER = """
+import sys, time
+from pathlib import Path
+from qadapter.adapters.store import AdapterStore
+from qadapter.core.base import BaseModelInfo
+from qadapter.core.errors import AdapterExists
+from tests.conftest import tiny_model
+
+root, source, start_at = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+store = AdapterStore(root, BaseModelInfo.from_model(tiny_model(), "tiny-llama"), 64)
+staging = store.staging_dir()
+for file in source.iterdir():
+    (staging / file.name).write_bytes(file.read_bytes())
+time.sleep(max(0.0, start_at - time.time()))  # both processes install at the same moment
+try:
+    print(store.install(staging, "race", replace=False).version)
+except AdapterExists:
+    print("exists")
+"""
+
+
+def test_processes_racing_to_upload_one_name_have_one_winner(tmp_path: Path, info: BaseModelInfo) -> None:
+    """The store's lock holds across processes (and, on a shared file system, hosts), not just threads."""
+    root = tmp_path / "store"
+    AdapterStore(root, info, 64)
+    sources = [random_adapter(tmp_path / f"src{i}", info, "race", b_std=0.1, seed=i).path for i in range(2)]
+    start_at = time.time() + 8  # after both have imported torch
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(root), str(source), str(start_at)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for source in sources
+    ]
+    outcomes = sorted(racer.communicate(timeout=120)[0].strip() for racer in racers)
+    assert outcomes == ["1", "exists"]
+    assert [p.name for p in root.iterdir() if not p.name.startswith(".")] == ["race@1"]

@@ -81,7 +81,7 @@ class AdapterStore:
             if is_abandoned(leftover, now):
                 shutil.rmtree(leftover, ignore_errors=True)  # an upload or a removal cut short by a crash
         served = []
-        for _, versions in sorted(self._all_versions().items()):
+        for _, versions in sorted(self.all_versions().items()):
             current = None
             for path, version in sorted(versions, key=lambda v: v[1], reverse=True):
                 if current is not None:
@@ -94,6 +94,14 @@ class AdapterStore:
             if current is not None:
                 served.append(current)
         return served
+
+    def current_versions(self) -> dict[str, tuple[Path, int]]:
+        """The newest version of every stored name (path, version), unvalidated: a cheap listing."""
+        return {name: max(versions, key=lambda v: v[1]) for name, versions in self.all_versions().items()}
+
+    def version_path(self, name: str, version: int) -> Path | None:
+        """Where one stored version of a name lies, or None when it is gone (replaced, deleted)."""
+        return next((path for path, v in self._versions(name) if v == version), None)
 
     def broken(self) -> list[BrokenAdapter]:
         """The quarantined directories, with why each was moved aside."""
@@ -211,7 +219,7 @@ class AdapterStore:
         if self._on_step is not None:
             self._on_step(label)
 
-    def _all_versions(self) -> dict[str, list[tuple[Path, int]]]:
+    def all_versions(self) -> dict[str, list[tuple[Path, int]]]:
         """Every stored version by name (a plain directory whose manifest cannot be read goes by its own name)."""
         found: dict[str, list[tuple[Path, int]]] = {}
         for path in self.root.iterdir():
@@ -226,7 +234,7 @@ class AdapterStore:
         return max(versions, key=lambda v: v[1]) if versions else None
 
     def _versions(self, name: str) -> list[tuple[Path, int]]:
-        return self._all_versions().get(name, [])
+        return self.all_versions().get(name, [])
 
 
 def manifest_name(path: Path) -> str | None:

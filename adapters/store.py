@@ -103,6 +103,13 @@ class AdapterStore:
         """Where one stored version of a name lies, or None when it is gone (replaced, deleted)."""
         return next((path for path, v in self._versions(name) if v == version), None)
 
+    @staticmethod
+    def install_stamp(path: Path) -> int:
+        """Which install a version directory holds: nothing changes in it once installed, so its mtime
+        tells two installs of one name and version apart (a name deleted and uploaded again starts
+        over at version 1)."""
+        return path.stat().st_mtime_ns
+
     def broken(self) -> list[BrokenAdapter]:
         """The quarantined directories, with why each was moved aside."""
         return self._quarantine.entries()

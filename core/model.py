@@ -16,8 +16,10 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
+    GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -66,14 +68,23 @@ class LoadedModel:
         return frozenset(i for i in [*ids, self.tokenizer.eos_token_id] if i is not None)
 
 
-def load_base_model(settings: Settings) -> LoadedModel:
-    """Resolve `settings.model`, load it on the chosen device and dtype, freeze it."""
-    device = _pick_device(settings.device)
+def load_base_model(settings: Settings, weights: bool = True) -> LoadedModel:
+    """Resolve `settings.model`, load it on the chosen device and dtype, freeze it.
+
+    Without `weights`, the model is built on the meta device (no memory): its config, parameter
+    shapes and fingerprint and its tokenizer are real — what a cluster's ingress needs.
+    """
+    device = _pick_device(settings.device) if weights else torch.device("meta")
     dtype = _DTYPES.get(settings.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     source, model_id = _resolve_source(settings.model, settings.home)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        if weights:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        else:
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source), dtype=dtype)
+            model.generation_config = GenerationConfig.from_pretrained(source)
     except (OSError, ValueError) as exc:
         if Path(source).is_dir():
             advice = f"is {source!r} a complete Hugging Face model directory? (a cached conversion can be deleted to redo it)"

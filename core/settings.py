@@ -64,6 +64,18 @@ class Settings(BaseSettings):
     default_max_tokens: int = Field(
         default=512, gt=0, description="max_tokens of a request that sets none (capped by what the context leaves)."
     )
+    replicas: int = Field(
+        default=0,
+        ge=0,
+        description="Engine replicas on Ray Serve (cluster mode, needs the `cluster` extra); 0: one engine in "
+        "this process.",
+    )
+    ray_address: str = Field(
+        default="",
+        description="A Ray cluster to join in cluster mode (`auto`: the one `ray start` began on this machine); empty: start a local one.",
+    )
+    replica_cpus: float = Field(default=1.0, gt=0, description="CPUs each engine replica reserves (its torch threads).")
+    replica_gpus: float = Field(default=0.0, ge=0, description="GPUs each engine replica reserves.")
     metrics_need_key: bool = Field(default=False, description="Require an API key on /metrics too.")
     shutdown_timeout_s: float = Field(
         default=30.0, ge=0, description="Seconds running requests get to finish after SIGTERM."

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -13,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from qadapter.adapters.store import AdapterStore
 from qadapter.core.base import BaseModelInfo
 from qadapter.core.lora import AdapterHost
-from qadapter.core.model import load_base_model
+from qadapter.core.model import LoadedModel, load_base_model
 from qadapter.core.settings import Settings
 from qadapter.server.api import admin, errors, openai
 from qadapter.server.api.admin_service import AdapterAdmin
@@ -28,16 +29,28 @@ from qadapter.server.engine.registry import LoadAdapter
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The app; the model loads and the engine starts in its lifespan."""
+class LocalEngine:
+    """The engine of a single-process server: the model and the engine in this process."""
+
+    def start(self, settings: Settings) -> tuple[LoadedModel, Engine]:
+        loaded = load_base_model(settings)
+        self._engine = Engine(loaded, AdapterHost(loaded.model, settings.max_resident_adapters + 1), settings)
+        self._engine.start()
+        return loaded, self._engine
+
+    def stop(self) -> None:
+        self._engine.shutdown()
+
+
+def create_app(settings: Settings, engines: EngineStarter | None = None) -> FastAPI:
+    """The app; the model loads and the engine starts in its lifespan (in this process, or the
+    replicas of a cluster: one app, one code path, either way)."""
+    starter = engines or LocalEngine()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = load_base_model(settings)
-        engine = Engine(loaded, AdapterHost(loaded.model, settings.max_resident_adapters + 1), settings)
-        app.state.metrics = Metrics(engine.stats, loaded.info.id)
-        engine.adapters.residency.on_load = app.state.metrics.adapter_load.observe
-        engine.start()
+        loaded, engine = starter.start(settings)
+        app.state.metrics = Metrics(engine.replica_stats, lambda: len(engine.adapters.names()), loaded.info.id)
         try:
             store = _open_store(settings, loaded.info, engine)
             app.state.engine = engine
@@ -46,7 +59,7 @@ def create_app(settings: Settings) -> FastAPI:
             log.info("serving %s with adapters %s", loaded.info.id, engine.adapters.names() or "(none)")
             yield
         finally:
-            engine.shutdown()
+            starter.stop()
 
     app = FastAPI(
         title="qadapter",
@@ -64,7 +77,15 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def _open_store(settings: Settings, base: BaseModelInfo, engine: Engine) -> AdapterStore:
+class EngineStarter(Protocol):
+    """Starts what serves the requests and gives back the base model (for tokenising) and the engine."""
+
+    def start(self, settings: Settings) -> tuple[LoadedModel, Any]: ...
+
+    def stop(self) -> None: ...
+
+
+def _open_store(settings: Settings, base: BaseModelInfo, engine: Any) -> AdapterStore:
     """The adapter store, with every servable adapter published (broken ones quarantined)."""
     store = AdapterStore(settings.adapters_dir, base, settings.max_lora_rank)
     if settings.install_adapters is not None:

@@ -20,6 +20,7 @@ from qadapter.adapters.store import AdapterStore, StoredAdapter, manifest_name
 from qadapter.core.errors import AdapterNotFound, InvalidAdapter
 from qadapter.server.engine.engine import Engine
 from qadapter.server.engine.registry import LoadAdapter, PublishedAdapter, UnloadAdapter
+from qadapter.server.engine.stats import by_adapter_name
 
 
 class AdapterAdmin:
@@ -46,7 +47,10 @@ class AdapterAdmin:
             "size_bytes": adapter.size_bytes,
             "base_model": manifest.base_model.model_dump(),
             "resident": self._engine.adapters.is_resident(adapter.name),
-            "running_requests": self._engine.stats().running_per_adapter.get(adapter.name, 0),
+            "running_requests": sum(
+                by_adapter_name(stats.running_per_adapter).get(adapter.name, 0)
+                for stats in self._engine.replica_stats().values()
+            ),
         }
 
     def get(self, name: str) -> dict[str, Any]:

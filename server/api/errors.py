@@ -21,6 +21,7 @@ from qadapter.core.errors import (
     Overloaded,
     PayloadTooLarge,
     QAdapterError,
+    ReplicaFailed,
     RequestFault,
     RequestTimeout,
     Unauthorized,
@@ -40,6 +41,7 @@ _STATUS: list[tuple[type[QAdapterError], int, str]] = [
     (PayloadTooLarge, 413, "invalid_request_error"),
     (RequestTimeout, 408, "invalid_request_error"),
     (Overloaded, 503, "server_error"),
+    (ReplicaFailed, 503, "server_error"),
     (RequestFault, 500, "server_error"),
     (ModelLoadError, 500, "server_error"),
 ]
@@ -53,7 +55,10 @@ def render(exc: Exception) -> tuple[int, dict, dict[str, str]]:
     """(status, body, headers) for any exception; unexpected ones are a 500 that hides internals."""
     if isinstance(exc, QAdapterError):
         status, error_type = next(((s, t) for cls, s, t in _STATUS if isinstance(exc, cls)), (500, "server_error"))
-        headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if isinstance(exc, Overloaded) else {}
+        retry_after_s = (
+            exc.retry_after_s if isinstance(exc, Overloaded) else 1 if isinstance(exc, ReplicaFailed) else None
+        )
+        headers = {} if retry_after_s is None else {"Retry-After": str(max(1, round(retry_after_s)))}
         return status, error_body(str(exc), error_type, exc.code, exc.param), headers
     log.error("internal error", exc_info=exc)
     return (

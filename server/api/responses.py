@@ -6,9 +6,19 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from qadapter.server.engine.request import FinishReason, TokenEvent
+
+
+class EventStream(Protocol):
+    """What an engine's `open` gives back: its events in order; `aclose` aborts the request."""
+
+    replica: str
+
+    def __aiter__(self) -> AsyncIterator[TokenEvent]: ...
+
+    async def aclose(self) -> None: ...
 
 
 @dataclass
@@ -17,7 +27,7 @@ class Choice:
 
     index: int
     prompt_index: int
-    events: AsyncIterator[TokenEvent]
+    events: EventStream
     text: str = ""
     num_prompt_tokens: int = 0
     num_generated_tokens: int = 0

@@ -70,12 +70,13 @@ class Serving:
         if ignored:
             log.info("ignoring unknown request fields %s", ignored)
         try:
-            call = self._submit(body, prompts, adapter, is_chat)
+            call = await self._submit(body, prompts, adapter, is_chat)
         except Exception as exc:
             self._metrics.requests.labels(self._label(body.model), str(render(exc)[0])).inc()
             raise
+        headers = {"x-qadapter-replica": ",".join(sorted({c.events.replica for c in call.choices}))}
         if body.stream:
-            return StreamingResponse(self._sse(call), media_type="text/event-stream")
+            return StreamingResponse(self._sse(call), media_type="text/event-stream", headers=headers)
         try:
             await _until_done_or_disconnected(asyncio.gather(*(self._drain(c) for c in call.choices)), request)
         except asyncio.CancelledError:
@@ -85,10 +86,10 @@ class Serving:
             self._record(call, str(render(exc)[0]))
             raise
         self._record(call, "200")
-        return JSONResponse(full_response(call))
+        return JSONResponse(full_response(call), headers=headers)
 
-    def _submit(self, body: SamplingBody, prompts: list[list[int]], adapter: str | None, is_chat: bool) -> Call:
-        """Start one engine request per (prompt, n); if one is refused, abort those already started."""
+    async def _submit(self, body: SamplingBody, prompts: list[list[int]], adapter: str | None, is_chat: bool) -> Call:
+        """Start one engine request per (prompt, n); if one is refused, close those already started."""
         max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
         call = Call(
             is_chat=is_chat,
@@ -103,11 +104,11 @@ class Serving:
                 for copy in range(body.n):
                     params = self._params(body, max_tokens, len(prompt), copy)
                     request = GenerationRequest(f"{call.id}-{len(call.choices)}", tuple(prompt), adapter, params)
-                    events = self._engine.submit(request)
+                    events = await self._engine.open(request)
                     call.choices.append(Choice(index=len(call.choices), prompt_index=prompt_index, events=events))
-        except Exception:
+        except BaseException:
             for choice in call.choices:
-                self._engine.abort(f"{call.id}-{choice.index}")
+                await choice.events.aclose()
             raise
         return call
 

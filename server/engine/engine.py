@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -32,8 +35,14 @@ class Engine:
     """Continuous batching of base and Q-adapter requests; one batched decode forward per step."""
 
     def __init__(
-        self, loaded: LoadedModel, host: AdapterHost, settings: Settings, read_weights: WeightReader | None = None
+        self,
+        loaded: LoadedModel,
+        host: AdapterHost,
+        settings: Settings,
+        read_weights: WeightReader | None = None,
+        replica_id: str = "0",
     ) -> None:
+        self.replica_id = replica_id  # which engine this is, in metrics and the x-qadapter-replica header
         self._tokenizer = loaded.tokenizer
         self._stop_token_ids = loaded.stop_token_ids
         self._max_context = settings.max_context or loaded.model.config.max_position_embeddings
@@ -50,7 +59,7 @@ class Engine:
             **({"read_weights": read_weights} if read_weights else {}),
         )
         self.adapters = AdapterRegistry(residency, self._scheduler.uses, self._wakeup.set)
-        self._streams = StreamRegistry(self.abort)
+        self._streams = StreamRegistry(self.abort, replica_id)
         self._is_stopping = False
         self._thread = threading.Thread(target=self._loop, name="qadapter-engine", daemon=True)
         self._num_generated_tokens = 0
@@ -86,6 +95,10 @@ class Engine:
         self._wakeup.set()
         return stream
 
+    async def open(self, request: GenerationRequest) -> RequestStream:
+        """`submit`, as the serving layer calls every engine (a remote one answers asynchronously)."""
+        return self.submit(request)
+
     def abort(self, request_id: str) -> None:
         """Cancel a request; it leaves the batch within one step and its memory is freed."""
         waiting = self._scheduler.abort(request_id)
@@ -113,20 +126,29 @@ class Engine:
     def stats(self) -> EngineStats:
         residency = self.adapters.residency
         return EngineStats(
+            process=f"{socket.gethostname()}:{os.getpid()}",
             num_running=self._scheduler.num_running,
             num_waiting=self._scheduler.num_waiting,
             num_batch_rows=self._runner.num_rows,
             num_generated_tokens=self._num_generated_tokens,
             last_step_s=self._last_step_s,
             running_per_adapter=dict(self._scheduler.running_per_adapter()),
+            waiting_per_adapter=dict(self._scheduler.waiting_per_adapter()),
             num_adapters=len(self.adapters.names()),
             num_resident=residency.num_resident,
+            resident_adapters=tuple(self.adapters.resident_names()),
+            max_resident=residency.max_resident,
             num_loads=residency.num_loads,
             num_evictions=residency.num_evictions,
             lora_bytes=self._host.lora_bytes,
+            load_times=copy.deepcopy(residency.load_times),
             step_s_total=self._step_s_total,
             forward_s_total=self._forward_s_total,
         )
+
+    def replica_stats(self) -> dict[str, EngineStats]:
+        """Each engine's figures by replica id: this one alone."""
+        return {self.replica_id: self.stats()}
 
     def _admit(self, request: GenerationRequest) -> Sequence:
         params = request.params
@@ -227,21 +249,12 @@ class Engine:
             if isinstance(token, RequestFault):  # this request alone stops; the batch goes on
                 self._fail([seq], token)
                 continue
-            params = seq.request.params
-            seq.output_ids.append(token)
             self._num_generated_tokens += 1
-            tracker = seq.tracker
-            is_stop_token = token in params.stop_token_ids or (token in self._stop_token_ids and not params.ignore_eos)
-            visible = seq.output_ids[:-1] if is_stop_token else seq.output_ids
-            text, hit_stop_string = tracker.update(visible)
-            if hit_stop_string:
-                self._finish([seq], FinishReason.STOP, text)
-            elif is_stop_token:  # text held back as a possible stop-string start is real text now
-                self._finish([seq], FinishReason.STOP, text + tracker.flush(visible))
-            elif len(seq.output_ids) >= params.max_tokens:
-                self._finish([seq], FinishReason.LENGTH, text + tracker.flush(visible))
-            else:
+            text, reason = seq.take(token, self._stop_token_ids)
+            if reason is None:
                 self._emit(seq, text, None)
+            else:
+                self._finish([seq], reason, text)
 
     def _finish(self, seqs: list[Sequence], reason: FinishReason, text: str = "") -> None:
         if not seqs:

@@ -23,6 +23,11 @@ class LoadAdapter:
 
     adapter: ValidatedAdapter
     version: int = 1
+    name: str | None = None  # what requests call it (default: its manifest's; a cluster replica: name@version)
+
+    @property
+    def served_as(self) -> str:
+        return self.name or self.adapter.name
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,10 @@ class AdapterRegistry:
     def published(self, name: str) -> PublishedAdapter | None:
         return self._published.get(name)
 
+    def resident_names(self) -> list[str]:
+        """The served names whose current version is in device memory."""
+        return [name for name, p in list(self._published.items()) if self.residency.is_resident(p.key)]
+
     def is_resident(self, name: str) -> bool:
         """Whether the version new requests get is in device memory now."""
         published = self._published.get(name)
@@ -138,8 +147,10 @@ class AdapterRegistry:
             self._changes.get_nowait()[1].set_exception(exc)
 
     def _load(self, change: LoadAdapter) -> None:
-        name = change.adapter.name
+        name = change.served_as
         current = self._published.get(name)
+        if current is not None and (current.version, current.adapter.path) == (change.version, change.adapter.path):
+            return  # published already (two requests raced to load it)
         if current is not None and change.version <= current.version:
             raise InvalidAdapter(
                 f"adapter {name!r} version {change.version} is not newer than the served version {current.version}"

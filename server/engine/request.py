@@ -107,3 +107,18 @@ class Sequence:
     @property
     def num_prompt_tokens(self) -> int:
         return len(self.request.prompt_ids)
+
+    def take(self, token: int, eos_ids: frozenset[int]) -> tuple[str, FinishReason | None]:
+        """Append a generated token: the new text, and why the sequence ends now (None: it goes on)."""
+        params = self.request.params
+        self.output_ids.append(token)
+        is_stop_token = token in params.stop_token_ids or (token in eos_ids and not params.ignore_eos)
+        visible = self.output_ids[:-1] if is_stop_token else self.output_ids
+        text, hit_stop_string = self.tracker.update(visible)
+        if hit_stop_string:
+            return text, FinishReason.STOP
+        if is_stop_token:  # text held back as a possible stop-string start is real text now
+            return text + self.tracker.flush(visible), FinishReason.STOP
+        if len(self.output_ids) >= params.max_tokens:
+            return text + self.tracker.flush(visible), FinishReason.LENGTH
+        return text, None

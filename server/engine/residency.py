@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from qadapter.adapters.format import ValidatedAdapter
 from qadapter.core.errors import InvalidAdapter
 from qadapter.core.lora import AdapterHost, LoraWeights
+from qadapter.server.engine.stats import Timings
 
 log = logging.getLogger(__name__)
 WeightReader = Callable[[ValidatedAdapter], LoraWeights]
@@ -37,7 +38,7 @@ class Residency:
         read_weights: WeightReader = ValidatedAdapter.read_weights,
     ) -> None:
         self._host = host
-        self._max_resident = max_resident
+        self.max_resident = max_resident
         self._is_pinned = is_pinned
         self._wakeup = wakeup
         self._read_weights = read_weights
@@ -47,7 +48,8 @@ class Residency:
         self.num_loads = 0
         self.num_evictions = 0
         self.max_install_s = 0.0  # the longest a load held the engine thread (its copy into a slot)
-        self.on_load: Callable[[float], None] | None = None  # gets each load's seconds (metrics)
+        self.load_times = Timings()
+        self.on_load: Callable[[float], None] | None = None  # gets each load's seconds (benchmarks)
 
     @property
     def num_resident(self) -> int:
@@ -59,7 +61,7 @@ class Residency:
 
     @property
     def has_room(self) -> bool:
-        return len(self._resident) + len(self._loading) < self._max_resident
+        return len(self._resident) + len(self._loading) < self.max_resident
 
     def is_resident(self, key: str) -> bool:
         return key in self._resident
@@ -81,7 +83,7 @@ class Residency:
             del self._loading[key]
             try:
                 weights = read.result()
-                self._evict_down_to(self._max_resident - 1)
+                self._evict_down_to(self.max_resident - 1)
                 installing = time.perf_counter()
                 self._host.load(key, weights)
                 self.max_install_s = max(self.max_install_s, time.perf_counter() - installing)
@@ -90,6 +92,7 @@ class Residency:
                 continue
             self._resident[key] = None
             self.num_loads += 1
+            self.load_times.observe(time.perf_counter() - started)
             if self.on_load is not None:
                 self.on_load(time.perf_counter() - started)
         return failed
@@ -108,7 +111,7 @@ class Residency:
 
     def trim(self) -> None:
         """Back within the limit once the versions that pushed past it are no longer pinned."""
-        self._evict_down_to(self._max_resident)
+        self._evict_down_to(self.max_resident)
 
     def shutdown(self) -> None:
         self._loader.shutdown(wait=False, cancel_futures=True)

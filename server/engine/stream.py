@@ -15,8 +15,14 @@ class RequestStream:
     """The events of one request, in order; closing it (or cancelling its reader) aborts the request."""
 
     def __init__(
-        self, request_id: str, events: asyncio.Queue[Item], abort: Callable[[str], None], forget: Callable[[str], None]
+        self,
+        request_id: str,
+        events: asyncio.Queue[Item],
+        abort: Callable[[str], None],
+        forget: Callable[[str], None],
+        replica: str,
     ) -> None:
+        self.replica = replica  # the engine that serves it
         self._request_id = request_id
         self._events = events
         self._abort = abort
@@ -55,8 +61,9 @@ class RequestStream:
 class StreamRegistry:
     """The open streams by request id; `send` is safe from any thread."""
 
-    def __init__(self, abort: Callable[[str], None]) -> None:
+    def __init__(self, abort: Callable[[str], None], replica: str) -> None:
         self._abort = abort
+        self._replica = replica
         self._open: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Item], Sequence]] = {}
 
     def __contains__(self, request_id: str) -> bool:
@@ -66,7 +73,7 @@ class StreamRegistry:
         """A stream for `seq`'s events, read on the running event loop."""
         events: asyncio.Queue[Item] = asyncio.Queue()
         self._open[seq.request_id] = (asyncio.get_running_loop(), events, seq)
-        return RequestStream(seq.request_id, events, self._abort, self.forget)
+        return RequestStream(seq.request_id, events, self._abort, self.forget, self._replica)
 
     def forget(self, request_id: str) -> None:
         self._open.pop(request_id, None)

@@ -58,7 +58,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     from qadapter.server.app import create_app
 
     settings = settings_from(args)
-    app = create_app(settings)
+    app = create_app(settings, _cluster_engines() if settings.replicas else None)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -69,3 +69,13 @@ def _run_serve(args: argparse.Namespace) -> int:
     )
     DrainingServer(config, app, settings.shutdown_timeout_s).run()
     return 0
+
+
+def _cluster_engines() -> object:
+    try:
+        from qadapter.server.cluster.launch import RayEngines
+    except ImportError as exc:
+        raise QAdapterError(
+            f"cluster mode (--replicas) needs Ray Serve ({exc.name} is missing): pip install 'qadapter[cluster]'"
+        ) from None
+    return RayEngines()

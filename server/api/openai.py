@@ -43,6 +43,12 @@ async def list_models(service: Serving = Depends(serving)) -> dict[str, Any]:
     return service.models()
 
 
+@router.get("/models/{model_id:path}", responses=error_responses(401, 404, 503))
+async def retrieve_model(model_id: str, service: Serving = Depends(serving)) -> dict[str, Any]:
+    """One model: the base model, or an adapter (`parent` = the base)."""
+    return service.model(model_id)
+
+
 @router.post("/completions", responses=POST_RESPONSES)
 async def create_completion(body: CompletionRequest, request: Request, service: Serving = Depends(serving)) -> Response:
     """Complete a prompt; `model` picks an adapter by name, or the base model by its id."""

@@ -9,24 +9,34 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from qadapter.core.errors import InvalidRequest
 from qadapter.core.knobs import MAX_ALPHA, MAX_OMEGA, MIN_ALPHA
-from qadapter.server.engine.request import MAX_SEED
+from qadapter.server.engine.request import MAX_REPETITION_PENALTY, MAX_SEED, MIN_REPETITION_PENALTY
 
-# field → the values that mean "not used"; anything else is refused.
+# Fields of OpenAI's and vLLM's APIs this server cannot honour yet → the values that mean "not
+# used"; anything else is refused with a 400 that names the field, never silently dropped.
 _UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "logprobs": (None, False, 0),
     "top_logprobs": (None, 0),
+    "prompt_logprobs": (None, 0),
     "best_of": (None, 1),
     "echo": (None, False),
     "suffix": (None, ""),
-    "presence_penalty": (None, 0, 0.0),
-    "frequency_penalty": (None, 0, 0.0),
-    "logit_bias": (None, {}),
+    "response_format": (None, {"type": "text"}),
+    "guided_json": (None,),
+    "guided_regex": (None,),
+    "guided_choice": (None,),
+    "guided_grammar": (None,),
+    "structured_outputs": (None,),
     "tools": (None, []),
+    "tool_choice": (None, "none"),
     "functions": (None, []),
+    "function_call": (None, "none"),
+    "audio": (None,),
+    "use_beam_search": (None, False),
 }
 
 
@@ -56,10 +66,15 @@ class SamplingBody(BaseModel):
     user: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None  # token id (a string, as JSON keys are) → bias in [-100, 100]
     # vLLM's extras (the OpenAI SDK sends them as extra_body)
     top_k: int | None = Field(default=None, ge=0)
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
+    repetition_penalty: float | None = Field(default=None, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY)
+    min_tokens: int | None = Field(default=None, ge=0)
     # the Q-adapter knobs (extra_body): override the adapter manifest for this request
     alpha: float | None = Field(default=None, ge=MIN_ALPHA, le=MAX_ALPHA)
     omega: float | None = Field(default=None, ge=0, le=MAX_OMEGA)
@@ -74,10 +89,15 @@ class SamplingBody(BaseModel):
 
     def refuse_unsupported(self) -> list[str]:
         """Raise for known fields we cannot honour; return the unknown fields (to be ignored)."""
+        if self.stream_options is not None and not self.stream:  # as OpenAI
+            raise InvalidRequest("stream_options is only allowed when stream is true", param="stream_options")
         extra = self.model_extra or {}
         for name, unused in _UNSUPPORTED.items():
             if name in extra and extra[name] not in unused:
-                raise InvalidRequest(f"{name} is not supported by this server", param=name)
+                raise InvalidRequest(
+                    f"{name} is not supported by this server; leave it out (docs/api.md lists the fields it honours)",
+                    param=name,
+                )
         return sorted(name for name in extra if name not in _UNSUPPORTED)
 
 
@@ -103,6 +123,17 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def only_text_parts(cls, content: Any) -> Any:
+        """An image or audio part is refused in words a user understands, not in pydantic's."""
+        if isinstance(content, list):
+            kinds = {part.get("type") for part in content if isinstance(part, dict)} - {"text"}
+            if kinds:
+                found = ", ".join(sorted(str(kind) for kind in kinds))
+                raise PydanticCustomError("text_only", f"only text content parts are supported (got {found})")
+        return content
 
     def text(self) -> str:
         if isinstance(self.content, list):

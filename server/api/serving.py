@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,7 +13,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from qadapter.core.errors import AdapterNotFound
+from qadapter.core.errors import AdapterNotFound, InvalidRequest
 from qadapter.core.model import LoadedModel
 from qadapter.core.settings import Settings
 from qadapter.server.api.errors import render, sse_error
@@ -26,6 +27,7 @@ from qadapter.server.engine.request import GenerationRequest, SamplingParams, To
 log = logging.getLogger(__name__)
 DISCONNECT_POLL_S = 0.25
 UNKNOWN_MODEL_LABEL = "(unknown)"
+HEADER_SAFE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # field names that may go into a response header
 
 
 class Serving:
@@ -36,30 +38,44 @@ class Serving:
         self._loaded = loaded
         self._settings = settings
         self._metrics = metrics
-        self._prompts = PromptEncoder(loaded, engine.max_context)
+        self.prompts = PromptEncoder(loaded, engine.max_context)
         self.is_draining = False  # set on SIGTERM: running requests finish, new ones get 503
 
     @property
     def base_id(self) -> str:
         return self._loaded.info.id
 
+    @property
+    def max_context(self) -> int:
+        return self._engine.max_context
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._loaded.tokenizer
+
     def models(self) -> dict[str, Any]:
         return model_list(self.base_id, [(p.adapter.name, p.version) for p in self._engine.adapters.snapshot()])
 
+    def model(self, model_id: str) -> dict[str, Any]:
+        """One entry of `models()`; an unknown id is a 404."""
+        self.check_model(model_id)
+        return next(card for card in self.models()["data"] if card["id"] == model_id)
+
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
-        self._check_model(body.model)
-        prompts = await self._prompts.completion(body.prompt)
+        self.check_model(body.model, is_inference=True)
+        prompts = await self.prompts.completion(body.prompt)
         return await self._serve(body, prompts, request, is_chat=False)
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
-        self._check_model(body.model)
-        prompt = await self._prompts.chat(body.conversation())
+        self.check_model(body.model, is_inference=True)
+        prompt = await self.prompts.chat(body.conversation())
         return await self._serve(body, [prompt], request, is_chat=True)
 
-    def _check_model(self, model: str) -> None:
+    def check_model(self, model: str, is_inference: bool = False) -> None:
         """An unknown model is a 404 before any work on the prompt (the engine checks again on submit)."""
         if model != self.base_id and self._engine.adapters.published(model) is None:
-            self._metrics.requests.labels(UNKNOWN_MODEL_LABEL, "404").inc()
+            if is_inference:
+                self._metrics.requests.labels(UNKNOWN_MODEL_LABEL, "404").inc()
             raise AdapterNotFound(f"The model {model!r} does not exist", param="model")
 
     # -- shared flow -----------------------------------------------------------------------------
@@ -75,6 +91,8 @@ class Serving:
             self._metrics.requests.labels(self._label(body.model), str(render(exc)[0])).inc()
             raise
         headers = {"x-qadapter-replica": ",".join(sorted({c.events.replica for c in call.choices}))}
+        if ignored:  # as vLLM, unknown fields are ignored; the client can see which
+            headers["x-qadapter-ignored-fields"] = ",".join(n for n in ignored[:32] if HEADER_SAFE.fullmatch(n))
         if body.stream:
             return StreamingResponse(self._sse(call), media_type="text/event-stream", headers=headers)
         try:
@@ -123,11 +141,34 @@ class Serving:
             top_k=body.top_k or 0,
             seed=None if body.seed is None else body.seed + copy,  # n copies differ, and repeat
             stop=body.stop_strings(),
-            stop_token_ids=tuple(body.stop_token_ids or ()),
+            stop_token_ids=self._stop_token_ids(body.stop_token_ids or []),
             ignore_eos=body.ignore_eos,
             alpha=body.alpha,
             omega=body.omega,
+            repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
+            frequency_penalty=body.frequency_penalty or 0.0,
+            presence_penalty=body.presence_penalty or 0.0,
+            logit_bias=self._logit_bias(body.logit_bias or {}),
+            min_tokens=body.min_tokens or 0,
         )
+
+    def _stop_token_ids(self, token_ids: list[int]) -> tuple[int, ...]:
+        self.check_token_ids(token_ids, "stop_token_ids")
+        return tuple(token_ids)
+
+    def _logit_bias(self, bias: dict[str, float]) -> tuple[tuple[int, float], ...]:
+        """OpenAI's logit_bias (token ids as strings) as (token id, bias) pairs of this vocabulary."""
+        try:
+            pairs = tuple(sorted((int(token), value) for token, value in bias.items()))
+        except ValueError:
+            raise InvalidRequest('logit_bias keys must be token ids, e.g. {"1234": -100}', param="logit_bias") from None
+        self.check_token_ids([token for token, _ in pairs], "logit_bias")
+        return pairs
+
+    def check_token_ids(self, token_ids: list[int], param: str) -> None:
+        vocab_size = self._loaded.model.config.vocab_size
+        if any(not 0 <= token < vocab_size for token in token_ids):
+            raise InvalidRequest(f"{param} token ids must be in [0, {vocab_size})", param=param)
 
     async def _drain(
         self, choice: Choice, on_event: Callable[[Choice, TokenEvent], Awaitable[None]] | None = None

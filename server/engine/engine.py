@@ -242,7 +242,7 @@ class Engine:
         self, logits: torch.Tensor, rows: list[tuple[Sequence, str | None]]
     ) -> list[tuple[Sequence, int | RequestFault]]:
         seqs = sequences_of(rows)
-        return list(zip(seqs, self._sampler.pick(seqs, policy_scores(logits, rows))))
+        return list(zip(seqs, self._sampler.pick(seqs, policy_scores(logits, rows, self._stop_token_ids))))
 
     def _postprocess(self, picks: list[tuple[Sequence, int | RequestFault]]) -> None:
         for seq, token in picks:

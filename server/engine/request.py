@@ -11,6 +11,9 @@ from qadapter.core.temperature import is_greedy
 from qadapter.server.engine.detokenize import TextTracker
 
 MAX_SEED = 2**63 - 1
+# vLLM takes any positive repetition penalty; past these bounds a seen token is as good as banned (or
+# forced), and a tiny one overflows the scores to infinity
+MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 10.0
 
 
 @dataclass(frozen=True)
@@ -27,10 +30,22 @@ class SamplingParams:
     ignore_eos: bool = False
     alpha: float | None = None  # None = the adapter manifest's value
     omega: float | None = None
+    # sampling controls on the customised scores (server/engine/controls.py)
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias)
+    min_tokens: int = 0
 
     @property
     def is_greedy(self) -> bool:
         return is_greedy(self.temperature)
+
+    @property
+    def has_controls(self) -> bool:
+        """Whether any control changes the scores (a request without any pays nothing for them)."""
+        penalties = (self.repetition_penalty != 1.0, self.frequency_penalty, self.presence_penalty)
+        return any(penalties) or bool(self.logit_bias) or self.min_tokens > 0
 
     def __post_init__(self) -> None:
         checks = [
@@ -46,6 +61,19 @@ class SamplingParams:
             (self.omega is None or 0.0 <= self.omega <= MAX_OMEGA, "omega", f"must be in [0, {MAX_OMEGA:g}]"),
             (all(self.stop), "stop", "stop strings must not be empty"),
             (self.seed is None or 0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}]"),
+            (
+                MIN_REPETITION_PENALTY <= self.repetition_penalty <= MAX_REPETITION_PENALTY,
+                "repetition_penalty",
+                f"must be in [{MIN_REPETITION_PENALTY:g}, {MAX_REPETITION_PENALTY:g}]",
+            ),
+            (-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty", "must be between -2 and 2"),
+            (-2.0 <= self.presence_penalty <= 2.0, "presence_penalty", "must be between -2 and 2"),
+            (
+                all(-100.0 <= b <= 100.0 for _, b in self.logit_bias),
+                "logit_bias",
+                "values must be between -100 and 100",
+            ),
+            (0 <= self.min_tokens <= self.max_tokens, "min_tokens", "must be between 0 and max_tokens"),
         ]
         for ok, param, rule in checks:
             if not ok:

@@ -1,4 +1,5 @@
-"""From a step's logits to one token per sequence: Q-Adapter combination, then per-request sampling."""
+"""From a step's logits to one token per sequence: Q-Adapter combination, the request's sampling
+controls, then per-request sampling."""
 
 from __future__ import annotations
 
@@ -7,17 +8,21 @@ import torch
 from qadapter.core.errors import RequestFault
 from qadapter.core.policy import stream_scores
 from qadapter.core.sampling import new_generator, pick_token
+from qadapter.server.engine.controls import apply_controls
 from qadapter.server.engine.request import Sequence
 
 
-def policy_scores(logits: torch.Tensor, rows: list[tuple[Sequence, str | None]]) -> torch.Tensor:
-    """Per-sequence float32 scores `[seqs, vocab]`, sequences in the order of their first row.
+def policy_scores(
+    logits: torch.Tensor, rows: list[tuple[Sequence, str | None]], eos_ids: frozenset[int]
+) -> torch.Tensor:
+    """Per-sequence float32 scores `[seqs, vocab]`, sequences in the order of their first row, with
+    their sampling controls applied.
 
     A Q-adapter sequence has an adapter row and a base row, anywhere in `rows`; a base sequence one row.
     """
     q_rows, base_rows = _rows_of(rows)
     seqs = [rows[i][0] for i in q_rows]
-    return stream_scores(logits, q_rows, base_rows, [seq.knobs for seq in seqs])
+    return apply_controls(stream_scores(logits, q_rows, base_rows, [seq.knobs for seq in seqs]), seqs, eos_ids)
 
 
 def sequences_of(rows: list[tuple[Sequence, str | None]]) -> list[Sequence]:

@@ -14,13 +14,16 @@ from pydantic_core import PydanticCustomError
 
 from qadapter.core.errors import InvalidRequest
 from qadapter.core.knobs import MAX_ALPHA, MAX_OMEGA, MIN_ALPHA
-from qadapter.server.engine.request import MAX_REPETITION_PENALTY, MAX_SEED, MIN_REPETITION_PENALTY
+from qadapter.server.engine.request import (
+    MAX_REPETITION_PENALTY,
+    MAX_SEED,
+    MAX_TOP_LOGPROBS,
+    MIN_REPETITION_PENALTY,
+)
 
 # Fields of OpenAI's and vLLM's APIs this server cannot honour yet → the values that mean "not
 # used"; anything else is refused with a 400 that names the field, never silently dropped.
 _UNSUPPORTED: dict[str, tuple[Any, ...]] = {
-    "logprobs": (None, False, 0),
-    "top_logprobs": (None, 0),
     "prompt_logprobs": (None, 0),
     "best_of": (None, 1),
     "echo": (None, False),
@@ -79,6 +82,10 @@ class SamplingBody(BaseModel):
     alpha: float | None = Field(default=None, ge=MIN_ALPHA, le=MAX_ALPHA)
     omega: float | None = Field(default=None, ge=0, le=MAX_OMEGA)
 
+    def num_logprobs(self) -> int | None:
+        """How many alternatives to report per token with its log-probability; None: no log-probabilities."""
+        return None
+
     def stop_strings(self) -> tuple[str, ...]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         if len(stops) > 4:
@@ -108,6 +115,10 @@ class CompletionRequest(SamplingBody):
         | TokenIds
         | Annotated[list[TokenIds], Field(min_length=1)]
     )
+    logprobs: int | None = Field(default=None, ge=0, le=5)  # the legacy API's: alternatives per token
+
+    def num_logprobs(self) -> int | None:
+        return self.logprobs
 
 
 class TextPart(BaseModel):
@@ -144,6 +155,13 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(SamplingBody):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    def num_logprobs(self) -> int | None:
+        if self.top_logprobs and not self.logprobs:  # as OpenAI
+            raise InvalidRequest("top_logprobs needs logprobs to be true", param="top_logprobs")
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def conversation(self) -> list[dict[str, str]]:
         """The messages as the chat encoder takes them (role, text)."""

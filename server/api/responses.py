@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, Protocol
 
-from qadapter.server.engine.request import FinishReason, TokenEvent
+from qadapter.server.engine.request import FinishReason, TokenEvent, TokenLogprob
 
 
 class EventStream(Protocol):
@@ -33,6 +34,7 @@ class Choice:
     num_generated_tokens: int = 0
     finish_reason: FinishReason | None = None
     stamps: list[float] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None  # None: the request did not ask for them
 
 
 @dataclass
@@ -47,6 +49,28 @@ class Call:
     started: float = field(default_factory=time.perf_counter)
     id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
+    token_text: Callable[[int], str] = str  # a token id's text, for log-probabilities
+
+    def logprobs(self, entries: list[TokenLogprob] | None, text_offset: int = 0) -> dict[str, Any] | None:
+        """OpenAI's `logprobs` of a choice (or of a chunk's tokens), in the route's shape."""
+        if entries is None:
+            return None
+        if self.is_chat:
+            return {"content": [self._chat_logprob(entry) for entry in entries]}
+        texts = [self.token_text(entry.token_id) for entry in entries]
+        return {
+            "tokens": texts,
+            "token_logprobs": [entry.logprob for entry in entries],
+            "top_logprobs": [{self.token_text(t): lp for t, lp in entry.top} for entry in entries],
+            "text_offset": list(accumulate((len(t) for t in texts[:-1]), initial=text_offset)) if texts else [],
+        }
+
+    def _chat_logprob(self, entry: TokenLogprob) -> dict[str, Any]:
+        def described(token_id: int, logprob: float) -> dict[str, Any]:
+            text = self.token_text(token_id)
+            return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+        return {**described(entry.token_id, entry.logprob), "top_logprobs": [described(*top) for top in entry.top]}
 
     def usage(self) -> dict[str, int]:
         prompts = {c.prompt_index: c.num_prompt_tokens for c in self.choices}
@@ -58,12 +82,14 @@ class Call:
         }
 
 
-def chunk(call: Call, index: int, delta: dict[str, str] | str, reason: str | None) -> str:
+def chunk(
+    call: Call, index: int, delta: dict[str, str] | str, reason: str | None, logprobs: dict[str, Any] | None = None
+) -> str:
     """One SSE event: a chat delta (a dict) or a completion's text, for the choice at `index`."""
     if call.is_chat:
-        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
     else:
-        choice = {"index": index, "text": delta, "logprobs": None, "finish_reason": reason}
+        choice = {"index": index, "text": delta, "logprobs": logprobs, "finish_reason": reason}
     usage = {"usage": None} if call.include_usage else {}
     return sse_data({**_envelope(call, is_chunk=True), "choices": [choice], **usage})
 
@@ -78,11 +104,12 @@ def full_response(call: Call) -> dict[str, Any]:
     choices = []
     for c in call.choices:
         reason = c.finish_reason.value if c.finish_reason else None
+        logprobs = call.logprobs(c.logprobs)
         if call.is_chat:
             message = {"role": "assistant", "content": c.text}
-            choices.append({"index": c.index, "message": message, "logprobs": None, "finish_reason": reason})
+            choices.append({"index": c.index, "message": message, "logprobs": logprobs, "finish_reason": reason})
         else:
-            choices.append({"index": c.index, "text": c.text, "logprobs": None, "finish_reason": reason})
+            choices.append({"index": c.index, "text": c.text, "logprobs": logprobs, "finish_reason": reason})
     return {**_envelope(call, is_chunk=False), "choices": choices, "usage": call.usage()}
 
 

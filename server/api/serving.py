@@ -115,7 +115,9 @@ class Serving:
             adapter=adapter,
             choices=[],
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
+            token_text=lambda token_id: self.tokenizer.decode([token_id]),
         )
+        wants_logprobs = body.num_logprobs() is not None
         call.id = f"{'chatcmpl' if is_chat else 'cmpl'}-{uuid.uuid4().hex}"
         try:
             for prompt_index, prompt in enumerate(prompts):
@@ -123,7 +125,8 @@ class Serving:
                     params = self._params(body, max_tokens, len(prompt), copy)
                     request = GenerationRequest(f"{call.id}-{len(call.choices)}", tuple(prompt), adapter, params)
                     events = await self._engine.open(request)
-                    call.choices.append(Choice(index=len(call.choices), prompt_index=prompt_index, events=events))
+                    choice = Choice(len(call.choices), prompt_index, events, logprobs=[] if wants_logprobs else None)
+                    call.choices.append(choice)
         except BaseException:
             for choice in call.choices:
                 await choice.events.aclose()
@@ -150,6 +153,7 @@ class Serving:
             presence_penalty=body.presence_penalty or 0.0,
             logit_bias=self._logit_bias(body.logit_bias or {}),
             min_tokens=body.min_tokens or 0,
+            logprobs=body.num_logprobs(),
         )
 
     def _stop_token_ids(self, token_ids: list[int]) -> tuple[int, ...]:
@@ -179,14 +183,16 @@ class Serving:
             choice.num_prompt_tokens = event.num_prompt_tokens
             choice.num_generated_tokens = event.num_generated_tokens
             choice.finish_reason = event.finish_reason
+            if choice.logprobs is not None:
+                choice.logprobs.extend(event.logprobs)
             if on_event is not None:
                 await on_event(choice, event)
 
     async def _sse(self, call: Call) -> AsyncIterator[str]:
-        queue: asyncio.Queue[tuple[Choice, TokenEvent] | Exception | None] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[Choice, TokenEvent, int] | Exception | None] = asyncio.Queue()
 
         async def forward(choice: Choice, event: TokenEvent) -> None:
-            await queue.put((choice, event))
+            await queue.put((choice, event, len(choice.text) - len(event.text)))  # where its text starts
 
         async def run(choice: Choice) -> None:
             try:
@@ -207,11 +213,12 @@ class Serving:
                     status = str(render(item)[0])
                     yield sse_error(item)
                     break
-                choice, event = item
+                choice, event, offset = item
                 reason = event.finish_reason.value if event.finish_reason else None
-                if event.text or reason:
+                if event.text or reason or event.logprobs:
                     content = {"content": event.text} if event.text else {}
-                    yield chunk(call, choice.index, content if call.is_chat else event.text, reason)
+                    logprobs = call.logprobs(None if choice.logprobs is None else list(event.logprobs), offset)
+                    yield chunk(call, choice.index, content if call.is_chat else event.text, reason, logprobs)
                 remaining -= event.finish_reason is not None
             if call.include_usage and status == "200":
                 yield usage_chunk(call)

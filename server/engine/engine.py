@@ -295,5 +295,6 @@ class Engine:
                 num_prompt_tokens=seq.num_prompt_tokens,
                 num_generated_tokens=len(seq.output_ids),
                 finish_reason=reason,
+                logprobs=seq.new_logprobs(),
             ),
         )

@@ -11,6 +11,7 @@ from qadapter.core.temperature import is_greedy
 from qadapter.server.engine.detokenize import TextTracker
 
 MAX_SEED = 2**63 - 1
+MAX_TOP_LOGPROBS = 20
 # vLLM takes any positive repetition penalty; past these bounds a seen token is as good as banned (or
 # forced), and a tiny one overflows the scores to infinity
 MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 10.0
@@ -36,6 +37,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias)
     min_tokens: int = 0
+    logprobs: int | None = None  # log-probabilities of each token and of this many alternatives; None: none
 
     @property
     def is_greedy(self) -> bool:
@@ -74,6 +76,11 @@ class SamplingParams:
                 "values must be between -100 and 100",
             ),
             (0 <= self.min_tokens <= self.max_tokens, "min_tokens", "must be between 0 and max_tokens"),
+            (
+                self.logprobs is None or 0 <= self.logprobs <= MAX_TOP_LOGPROBS,
+                "logprobs",
+                f"must be in [0, {MAX_TOP_LOGPROBS}]",
+            ),
         ]
         for ok, param, rule in checks:
             if not ok:
@@ -88,6 +95,15 @@ class GenerationRequest:
     prompt_ids: tuple[int, ...]
     adapter: str | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability under the served policy, and the most likely tokens' (id, log-prob)."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 class FinishReason(enum.StrEnum):
@@ -106,6 +122,7 @@ class TokenEvent:
     num_prompt_tokens: int
     num_generated_tokens: int
     finish_reason: FinishReason | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()  # of the tokens this event adds, when the request asked
 
 
 @dataclass(eq=False)
@@ -118,6 +135,8 @@ class Sequence:
     adapter_key: str | None = None  # the loaded version it pins (the adapter host's key)
     output_ids: list[int] = field(default_factory=list)
     is_aborted: bool = False
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of its output tokens, when asked
+    num_sent_logprobs: int = 0
 
     @property
     def request_id(self) -> str:
@@ -141,6 +160,8 @@ class Sequence:
         params = self.request.params
         self.output_ids.append(token)
         is_stop_token = token in params.stop_token_ids or (token in eos_ids and not params.ignore_eos)
+        if is_stop_token and self.logprobs:  # a stop token is no part of the output: neither is its log-prob
+            self.logprobs.pop()
         visible = self.output_ids[:-1] if is_stop_token else self.output_ids
         text, hit_stop_string = self.tracker.update(visible)
         if hit_stop_string:
@@ -150,3 +171,9 @@ class Sequence:
         if len(self.output_ids) >= params.max_tokens:
             return text + self.tracker.flush(visible), FinishReason.LENGTH
         return text, None
+
+    def new_logprobs(self) -> tuple[TokenLogprob, ...]:
+        """The log-probabilities not sent yet."""
+        new = tuple(self.logprobs[self.num_sent_logprobs :])
+        self.num_sent_logprobs = len(self.logprobs)
+        return new

@@ -9,7 +9,7 @@ from qadapter.core.errors import RequestFault
 from qadapter.core.policy import stream_scores
 from qadapter.core.sampling import new_generator, pick_token
 from qadapter.server.engine.controls import apply_controls
-from qadapter.server.engine.request import Sequence
+from qadapter.server.engine.request import Sequence, TokenLogprob
 
 
 def policy_scores(
@@ -37,6 +37,18 @@ def _rows_of(rows: list[tuple[Sequence, str | None]]) -> tuple[list[int], list[i
     return q_rows, [base_row[id(rows[i][0])] for i in q_rows]
 
 
+LOWEST_LOGPROB = -9999.0  # what a banned token's -inf is reported as (JSON has no infinity), as vLLM
+
+
+def token_logprob(scores: torch.Tensor, token: int, num_top: int) -> TokenLogprob:
+    """`token`'s log-probability under the served policy, the softmax of its scores `[vocab]` (after
+    α/ω and the sampling controls, before temperature and top-k/top-p), and the `num_top` likeliest."""
+    logprobs = torch.log_softmax(scores, dim=-1).clamp(min=LOWEST_LOGPROB)
+    top = torch.topk(logprobs, num_top) if num_top else None
+    alternatives = () if top is None else tuple(zip(top.indices.tolist(), top.values.tolist()))
+    return TokenLogprob(token, float(logprobs[token]), alternatives)
+
+
 class Sampler:
     """Greedy or seeded sampling per sequence; each sampling sequence owns its random generator."""
 
@@ -55,6 +67,9 @@ class Sampler:
                 tokens[i] = RequestFault("The model produced no finite scores for this request; it was stopped.")
             elif not params.is_greedy:
                 tokens[i] = self._sample(seq, scores[i])
+            token = tokens[i]
+            if params.logprobs is not None and isinstance(token, int):
+                seq.logprobs.append(token_logprob(scores[i], token, params.logprobs))
         return tokens
 
     def _sample(self, seq: Sequence, scores: torch.Tensor) -> int | RequestFault:

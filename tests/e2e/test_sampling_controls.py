@@ -81,7 +81,7 @@ def test_min_tokens_holds_back_the_end(client: openai.OpenAI) -> None:
         ({"guided_choice": ["yes", "no"]}, "guided_choice"),
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
         ({"tool_choice": "required"}, "tool_choice"),
-        ({"logprobs": True}, "logprobs"),
+        ({"echo": True}, "echo"),
         ({"logit_bias": {"word": 5}}, "logit_bias"),
         ({"logit_bias": {"10": 101}}, "logit_bias"),
         ({"logit_bias": {"99999999": 1}}, "logit_bias"),

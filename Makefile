@@ -39,6 +39,7 @@ bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/hostile.py --json
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/adapters.py --json
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/cluster.py --json
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/structured.py --json
 
 # Rewrite the tree into the enforced style (what `make test` checks).
 format: install

@@ -21,6 +21,7 @@ from qadapter.server.api.metrics import Metrics
 from qadapter.server.api.prompts import PromptEncoder
 from qadapter.server.api.protocol import ChatCompletionRequest, CompletionRequest, SamplingBody
 from qadapter.server.api.responses import Call, Choice, chunk, full_response, model_list, usage_chunk
+from qadapter.server.api.structured import requested_grammar
 from qadapter.server.engine.engine import Engine
 from qadapter.server.engine.request import GenerationRequest, SamplingParams, TokenEvent
 
@@ -154,6 +155,7 @@ class Serving:
             logit_bias=self._logit_bias(body.logit_bias or {}),
             min_tokens=body.min_tokens or 0,
             logprobs=body.num_logprobs(),
+            grammar=requested_grammar(body),
         )
 
     def _stop_token_ids(self, token_ids: list[int]) -> tuple[int, ...]:

@@ -48,7 +48,7 @@ class Engine:
         self._max_context = settings.max_context or loaded.model.config.max_position_embeddings
         self._host = host
         self._runner = BatchRunner(host, loaded.pad_token_id, settings.prefill_chunk_tokens)
-        self._sampler = Sampler(host.device)
+        self._sampler = Sampler(host.device, loaded.tokenizer, loaded.model.config.vocab_size)
         self._scheduler = Scheduler(settings)
         self._wakeup = threading.Event()
         residency = Residency(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from qadapter.core.errors import InvalidRequest
 from qadapter.core.knobs import MAX_ALPHA, MAX_OMEGA, MIN_ALPHA, Knobs
@@ -38,6 +39,7 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias)
     min_tokens: int = 0
     logprobs: int | None = None  # log-probabilities of each token and of this many alternatives; None: none
+    grammar: str | None = None  # llguidance's form of the structured output asked for (server/engine/grammar.py)
 
     @property
     def is_greedy(self) -> bool:
@@ -137,6 +139,7 @@ class Sequence:
     is_aborted: bool = False
     logprobs: list[TokenLogprob] = field(default_factory=list)  # of its output tokens, when asked
     num_sent_logprobs: int = 0
+    grammar_state: Any = None  # its grammar's matcher, from its first step (when it has a grammar)
 
     @property
     def request_id(self) -> str:
@@ -166,7 +169,8 @@ class Sequence:
         text, hit_stop_string = self.tracker.update(visible)
         if hit_stop_string:
             return text, FinishReason.STOP
-        if is_stop_token:  # text held back as a possible stop-string start is real text now
+        grammar_done = self.grammar_state is not None and self.grammar_state.is_stopped()
+        if is_stop_token or grammar_done:  # text held back as a possible stop-string start is real text now
             return text + self.tracker.flush(visible), FinishReason.STOP
         if len(self.output_ids) >= params.max_tokens:
             return text + self.tracker.flush(visible), FinishReason.LENGTH

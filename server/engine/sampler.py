@@ -3,12 +3,15 @@ controls, then per-request sampling."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from qadapter.core.errors import RequestFault
 from qadapter.core.policy import stream_scores
 from qadapter.core.sampling import new_generator, pick_token
 from qadapter.server.engine.controls import apply_controls
+from qadapter.server.engine.grammar import GrammarMasks
 from qadapter.server.engine.request import Sequence, TokenLogprob
 
 
@@ -52,13 +55,16 @@ def token_logprob(scores: torch.Tensor, token: int, num_top: int) -> TokenLogpro
 class Sampler:
     """Greedy or seeded sampling per sequence; each sampling sequence owns its random generator."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, tokenizer: Any, vocab_size: int) -> None:
         self._device = device
+        self._grammars = GrammarMasks(tokenizer, vocab_size)
         self._generators: dict[int, torch.Generator] = {}  # id(sequence) → generator
 
     def pick(self, seqs: list[Sequence], scores: torch.Tensor) -> list[int | RequestFault]:
         """One token per sequence from its scores `[seqs, vocab]`, or the fault that stops that sequence
-        alone: scores with a NaN or +inf, or no finite score at all (one reduction for the whole step)."""
+        alone: scores with a NaN or +inf, or no finite score at all (one reduction for the whole step).
+        A sequence with a grammar has its scores masked to what the grammar allows next."""
+        faults = {i: self._mask(seq, scores[i]) for i, seq in enumerate(seqs) if seq.request.params.grammar}
         tokens: list[int | RequestFault] = scores.argmax(dim=-1).tolist()
         usable = torch.isfinite(scores.amax(dim=-1)).tolist()  # amax is NaN if any score is
         for i, seq in enumerate(seqs):
@@ -67,10 +73,23 @@ class Sampler:
                 tokens[i] = RequestFault("The model produced no finite scores for this request; it was stopped.")
             elif not params.is_greedy:
                 tokens[i] = self._sample(seq, scores[i])
+            if faults.get(i) is not None:
+                tokens[i] = faults[i]  # type: ignore[assignment]
             token = tokens[i]
             if params.logprobs is not None and isinstance(token, int):
                 seq.logprobs.append(token_logprob(scores[i], token, params.logprobs))
+            if seq.grammar_state is not None and isinstance(token, int):
+                tokens[i] = self._grammars.advance(seq.grammar_state, token) or token
         return tokens
+
+    def _mask(self, seq: Sequence, row: torch.Tensor) -> RequestFault | None:
+        try:
+            if seq.grammar_state is None:
+                seq.grammar_state = self._grammars.matcher(seq.request.params.grammar)  # type: ignore[arg-type]
+        except RequestFault as fault:
+            return fault
+        self._grammars.mask(row, seq.grammar_state)
+        return None
 
     def _sample(self, seq: Sequence, scores: torch.Tensor) -> int | RequestFault:
         params = seq.request.params

@@ -7,6 +7,7 @@ honour are refused with a 400 that names them, rather than silently ignored. Typ
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -14,6 +15,7 @@ from pydantic_core import PydanticCustomError
 
 from qadapter.core.errors import InvalidRequest
 from qadapter.core.knobs import MAX_ALPHA, MAX_OMEGA, MIN_ALPHA
+from qadapter.server.api.tools import ToolChoice, ToolPlan, ToolSpec, tool_plan
 from qadapter.server.engine.request import (
     MAX_REPETITION_PENALTY,
     MAX_SEED,
@@ -131,7 +133,7 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
 
@@ -147,8 +149,13 @@ class ChatMessage(BaseModel):
         return content
 
     def text(self) -> str:
+        """Its text; an assistant's earlier tool calls, which have none, as the JSON they were decoded from."""
         if isinstance(self.content, list):
             return "".join(part.text for part in self.content)
+        calls = (self.model_extra or {}).get("tool_calls")
+        if not self.content and self.role == "assistant" and isinstance(calls, list):
+            functions = [call.get("function") for call in calls if isinstance(call, dict)]
+            return json.dumps([f for f in functions if isinstance(f, dict)])
         return self.content or ""
 
 
@@ -173,6 +180,13 @@ class ChatCompletionRequest(SamplingBody):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     response_format: ResponseFormat | None = None
+    tools: list[ToolSpec] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None  # one forced call is made either way
+
+    def tool_plan(self) -> tuple[ToolPlan, dict[str, Any]] | None:
+        """How a forced tool call is decoded (its plan and schema); None when no tool is to be called."""
+        return tool_plan(self.tools, self.tool_choice)
 
     def num_logprobs(self) -> int | None:
         if self.top_logprobs and not self.logprobs:  # as OpenAI

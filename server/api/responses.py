@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any, Protocol
 
+from qadapter.server.api.tools import ToolPlan
 from qadapter.server.engine.request import FinishReason, TokenEvent, TokenLogprob
 
 
@@ -50,6 +51,7 @@ class Call:
     id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
     token_text: Callable[[int], str] = str  # a token id's text, for log-probabilities
+    tool_plan: ToolPlan | None = None  # a forced tool call: the answer is its arguments
 
     def logprobs(self, entries: list[TokenLogprob] | None, text_offset: int = 0) -> dict[str, Any] | None:
         """OpenAI's `logprobs` of a choice (or of a chunk's tokens), in the route's shape."""
@@ -94,6 +96,16 @@ def chunk(
     return sse_data({**_envelope(call, is_chunk=True), "choices": [choice], **usage})
 
 
+def tool_call_chunks(call: Call, choice: Choice) -> list[str]:
+    """The end of a forced tool call's stream: the call as one delta, then `tool_calls`; a call cut
+    short by max_tokens is no call: its text comes as content, with `length`."""
+    assert call.tool_plan is not None and choice.finish_reason is not None
+    if choice.finish_reason != FinishReason.STOP:
+        return [chunk(call, choice.index, {"content": choice.text}, choice.finish_reason.value)]
+    calls = [{"index": i, **c} for i, c in enumerate(call.tool_plan.calls(choice.text))]
+    return [chunk(call, choice.index, {"tool_calls": calls}, None), chunk(call, choice.index, {}, "tool_calls")]
+
+
 def usage_chunk(call: Call) -> str:
     """The last SSE event of a stream that asked for usage (`stream_options.include_usage`)."""
     return sse_data({**_envelope(call, is_chunk=True), "choices": [], "usage": call.usage()})
@@ -105,7 +117,10 @@ def full_response(call: Call) -> dict[str, Any]:
     for c in call.choices:
         reason = c.finish_reason.value if c.finish_reason else None
         logprobs = call.logprobs(c.logprobs)
-        if call.is_chat:
+        if call.tool_plan is not None and c.finish_reason == FinishReason.STOP:
+            message = {"role": "assistant", "content": None, "tool_calls": call.tool_plan.calls(c.text)}
+            choices.append({"index": c.index, "message": message, "logprobs": logprobs, "finish_reason": "tool_calls"})
+        elif call.is_chat:
             message = {"role": "assistant", "content": c.text}
             choices.append({"index": c.index, "message": message, "logprobs": logprobs, "finish_reason": reason})
         else:

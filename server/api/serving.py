@@ -20,8 +20,17 @@ from qadapter.server.api.errors import render, sse_error
 from qadapter.server.api.metrics import Metrics
 from qadapter.server.api.prompts import PromptEncoder
 from qadapter.server.api.protocol import ChatCompletionRequest, CompletionRequest, SamplingBody
-from qadapter.server.api.responses import Call, Choice, chunk, full_response, model_list, usage_chunk
+from qadapter.server.api.responses import (
+    Call,
+    Choice,
+    chunk,
+    full_response,
+    model_list,
+    tool_call_chunks,
+    usage_chunk,
+)
 from qadapter.server.api.structured import requested_grammar
+from qadapter.server.api.tools import ToolPlan
 from qadapter.server.engine.engine import Engine
 from qadapter.server.engine.request import GenerationRequest, SamplingParams, TokenEvent
 
@@ -117,6 +126,7 @@ class Serving:
             choices=[],
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
             token_text=lambda token_id: self.tokenizer.decode([token_id]),
+            tool_plan=_forced_tool_call(body),
         )
         wants_logprobs = body.num_logprobs() is not None
         call.id = f"{'chatcmpl' if is_chat else 'cmpl'}-{uuid.uuid4().hex}"
@@ -217,7 +227,10 @@ class Serving:
                     break
                 choice, event, offset = item
                 reason = event.finish_reason.value if event.finish_reason else None
-                if event.text or reason or event.logprobs:
+                if call.tool_plan is not None:  # its text is the call's arguments: sent whole, at the end
+                    for line in tool_call_chunks(call, choice) if reason else ():
+                        yield line
+                elif event.text or reason or event.logprobs:
                     content = {"content": event.text} if event.text else {}
                     logprobs = call.logprobs(None if choice.logprobs is None else list(event.logprobs), offset)
                     yield chunk(call, choice.index, content if call.is_chat else event.text, reason, logprobs)
@@ -248,6 +261,11 @@ class Serving:
                 self._metrics.ttft.labels(label).observe(choice.stamps[0] - call.started)
             for earlier, later in zip(choice.stamps, choice.stamps[1:]):
                 self._metrics.inter_token.labels(label).observe(later - earlier)
+
+
+def _forced_tool_call(body: SamplingBody) -> ToolPlan | None:
+    forced = body.tool_plan() if isinstance(body, ChatCompletionRequest) else None
+    return None if forced is None else forced[0]
 
 
 async def _until_done_or_disconnected(work: Awaitable[Any], request: Request) -> Any:

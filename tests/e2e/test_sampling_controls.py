@@ -76,7 +76,7 @@ def test_min_tokens_holds_back_the_end(client: openai.OpenAI) -> None:
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tool_choice"),
         ({"tool_choice": "required"}, "tool_choice"),
         ({"echo": True}, "echo"),
         ({"logit_bias": {"word": 5}}, "logit_bias"),

@@ -42,10 +42,13 @@ def customised_logits(
     alpha: PerRow = DEFAULT_ALPHA,
     omega: PerRow = DEFAULT_OMEGA,
 ) -> torch.Tensor:
-    """logits_custom = (Q + ω·log_softmax(base_logits)) / α, in float32."""
+    """logits_custom = (Q + ω·log_softmax(base_logits)) / α, in float32; ω = 0 is exact (Q / α), even
+    where a base log-probability is -inf (where 0·(-inf) would be NaN)."""
     q = q_logits.float()
     base_logprobs = torch.log_softmax(base_logits.float(), dim=-1)
-    return (q + _broadcast(omega, q) * base_logprobs) / _broadcast(alpha, q)
+    weight = torch.as_tensor(_broadcast(omega, q), dtype=q.dtype, device=q.device)
+    mixed = torch.where(weight == 0, 0.0, weight * base_logprobs)
+    return (q + mixed) / _broadcast(alpha, q)
 
 
 def stream_scores(

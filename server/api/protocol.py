@@ -98,6 +98,11 @@ class SamplingBody(BaseModel):
 
     def refuse_unsupported(self) -> list[str]:
         """Raise for known fields we cannot honour; return the unknown fields (to be ignored)."""
+        if (self.alpha is None) != (self.omega is None):  # half a pair is another policy than the adapter's
+            missing = "omega" if self.omega is None else "alpha"
+            raise InvalidRequest(
+                f"set alpha and omega together, or neither for the adapter's own: {missing} is missing", param=missing
+            )
         if self.stream_options is not None and not self.stream:  # as OpenAI
             raise InvalidRequest("stream_options is only allowed when stream is true", param="stream_options")
         extra = self.model_extra or {}

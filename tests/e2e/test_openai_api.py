@@ -128,6 +128,8 @@ def test_seeded_sampling_repeats(client: openai.OpenAI) -> None:
         ({"temperature": 5}, openai.BadRequestError, 400, "invalid_request_error", "temperature"),
         ({"max_tokens": 0}, openai.BadRequestError, 400, "invalid_request_error", "max_tokens"),
         ({"extra_body": {"alpha": 0}}, openai.BadRequestError, 400, "invalid_request_error", "alpha"),
+        ({"extra_body": {"alpha": 2}}, openai.BadRequestError, 400, "invalid_request_error", "omega"),
+        ({"extra_body": {"omega": 2}}, openai.BadRequestError, 400, "invalid_request_error", "alpha"),
         ({"extra_body": {"best_of": 3}}, openai.BadRequestError, 400, "invalid_request_error", "best_of"),
         ({"stop": ["a", "b", "c", "d", "e"]}, openai.BadRequestError, 400, "invalid_request_error", "stop"),
         ({"max_tokens": 9000}, openai.BadRequestError, 400, "context_length_exceeded", "max_tokens"),

@@ -178,3 +178,11 @@ def test_alpha_one_plus_omega_makes_a_zero_lora_serve_the_base_exactly(omega: fl
     base = torch.randn(4, 50) * 4
     custom = customised_logits(base.clone(), base, alpha=1.0 + omega, omega=omega)
     torch.testing.assert_close(torch.log_softmax(custom, -1), torch.log_softmax(base, -1), rtol=1e-5, atol=1e-5)
+
+
+def test_omega_zero_is_exact_where_the_base_rules_a_token_out() -> None:
+    q = torch.tensor([[1.0, 2.0, 3.0]])
+    base = torch.tensor([[0.0, float("-inf"), 1.0]])  # the base gives token 1 no probability at all
+    scores = customised_logits(q, base, alpha=torch.tensor([2.0]), omega=torch.tensor([0.0]))
+    assert torch.equal(scores, q / 2)  # not NaN at token 1: ω = 0 means the base has no say
+    assert customised_logits(q, base, alpha=2.0, omega=0.0).isfinite().all()

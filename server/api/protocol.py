@@ -15,7 +15,6 @@ from pydantic_core import PydanticCustomError
 
 from qadapter.core.errors import InvalidRequest
 from qadapter.core.knobs import MAX_ALPHA, MAX_OMEGA, MIN_ALPHA
-from qadapter.server.api.tools import ToolChoice, ToolPlan, ToolSpec, tool_plan
 from qadapter.server.engine.request import (
     MAX_REPETITION_PENALTY,
     MAX_SEED,
@@ -164,6 +163,37 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
+class FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ToolSpec(BaseModel):
+    model_config = STRICT
+
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(BaseModel):
+    model_config = STRICT
+
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = STRICT
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
 class JsonSchemaFormat(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True, populate_by_name=True)
 
@@ -188,10 +218,6 @@ class ChatCompletionRequest(SamplingBody):
     tools: list[ToolSpec] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None  # one forced call is made either way
-
-    def tool_plan(self) -> tuple[ToolPlan, dict[str, Any]] | None:
-        """How a forced tool call is decoded (its plan and schema); None when no tool is to be called."""
-        return tool_plan(self.tools, self.tool_choice)
 
     def num_logprobs(self) -> int | None:
         if self.top_logprobs and not self.logprobs:  # as OpenAI

@@ -30,7 +30,7 @@ from qadapter.server.api.responses import (
     usage_chunk,
 )
 from qadapter.server.api.structured import requested_grammar
-from qadapter.server.api.tools import ToolPlan
+from qadapter.server.api.tools import forced_tool_call
 from qadapter.server.engine.engine import Engine
 from qadapter.server.engine.request import GenerationRequest, SamplingParams, TokenEvent
 
@@ -119,6 +119,7 @@ class Serving:
     async def _submit(self, body: SamplingBody, prompts: list[list[int]], adapter: str | None, is_chat: bool) -> Call:
         """Start one engine request per (prompt, n); if one is refused, close those already started."""
         max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
+        forced = forced_tool_call(body)
         call = Call(
             is_chat=is_chat,
             model=body.model,
@@ -126,7 +127,7 @@ class Serving:
             choices=[],
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
             token_text=lambda token_id: self.tokenizer.decode([token_id]),
-            tool_plan=_forced_tool_call(body),
+            tool_plan=None if forced is None else forced[0],
         )
         wants_logprobs = body.num_logprobs() is not None
         call.id = f"{'chatcmpl' if is_chat else 'cmpl'}-{uuid.uuid4().hex}"
@@ -261,11 +262,6 @@ class Serving:
                 self._metrics.ttft.labels(label).observe(choice.stamps[0] - call.started)
             for earlier, later in zip(choice.stamps, choice.stamps[1:]):
                 self._metrics.inter_token.labels(label).observe(later - earlier)
-
-
-def _forced_tool_call(body: SamplingBody) -> ToolPlan | None:
-    forced = body.tool_plan() if isinstance(body, ChatCompletionRequest) else None
-    return None if forced is None else forced[0]
 
 
 async def _until_done_or_disconnected(work: Awaitable[Any], request: Request) -> Any:

@@ -10,7 +10,8 @@ from typing import Any
 import llguidance
 
 from qadapter.core.errors import InvalidRequest
-from qadapter.server.api.protocol import ChatCompletionRequest, SamplingBody
+from qadapter.server.api.protocol import SamplingBody
+from qadapter.server.api.tools import forced_tool_call
 from qadapter.server.engine.grammar import check_grammar
 
 # JSON without free whitespace (one space after `:` and `,`): a small model given the freedom fills
@@ -37,7 +38,7 @@ def requested_grammar(body: SamplingBody) -> str | None:
 def _asked(body: SamplingBody) -> list[tuple[str, str, Any]]:
     """(field, grammar kind, specification) of every structured output the request names."""
     asked: list[tuple[str, str, Any]] = []
-    forced_call = body.tool_plan() if isinstance(body, ChatCompletionRequest) else None
+    forced_call = forced_tool_call(body)
     if forced_call is not None:
         asked.append(("tools", "json_schema", forced_call[1]))
     response_format = getattr(body, "response_format", None)  # chat only

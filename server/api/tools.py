@@ -7,44 +7,17 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
 from qadapter.core.errors import InvalidRequest
-
-STRICT = ConfigDict(strict=True)
-
-
-class FunctionSpec(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-
-
-class ToolSpec(BaseModel):
-    model_config = STRICT
-
-    type: Literal["function"]
-    function: FunctionSpec
-
-
-class NamedFunction(BaseModel):
-    model_config = STRICT
-
-    name: str
-
-
-class NamedToolChoice(BaseModel):
-    model_config = STRICT
-
-    type: Literal["function"]
-    function: NamedFunction
-
-
-ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+from qadapter.server.api.protocol import (
+    ChatCompletionRequest,
+    FunctionSpec,
+    NamedToolChoice,
+    SamplingBody,
+    ToolChoice,
+    ToolSpec,
+)
 
 
 @dataclass(frozen=True)
@@ -67,6 +40,11 @@ class ToolPlan:
                 "function": {"name": name, "arguments": arguments},
             }
         ]
+
+
+def forced_tool_call(body: SamplingBody) -> tuple[ToolPlan, dict[str, Any]] | None:
+    """How a request's forced tool call is decoded (its plan and schema); None when it calls no tool."""
+    return tool_plan(body.tools, body.tool_choice) if isinstance(body, ChatCompletionRequest) else None
 
 
 def tool_plan(tools: list[ToolSpec] | None, choice: ToolChoice | None) -> tuple[ToolPlan, dict[str, Any]] | None:

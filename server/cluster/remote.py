@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from typing import Any
+from typing import Any, NoReturn
 
 from ray.exceptions import RayError, RayTaskError
 from ray.serve.exceptions import BackPressureError, RayServeException, RequestCancelledError
@@ -44,6 +44,14 @@ def translate(exc: BaseException) -> BaseException:
     if is_replica_gone(exc):
         return ReplicaFailed(f"The engine replica serving this request stopped ({type(exc).__name__}); retry it.")
     return exc
+
+
+def raise_translated(exc: BaseException) -> NoReturn:
+    """Raise `exc` as the API layer knows it (the original, when it is not Ray's)."""
+    translated = translate(exc)
+    if translated is exc:
+        raise exc
+    raise translated from None
 
 
 class RemoteStream:
@@ -79,10 +87,7 @@ class RemoteStream:
                 return self._end(self._abort_event())
             self._events.cancel()
             self._end(None)
-            translated = translate(exc)
-            if translated is exc:
-                raise
-            raise translated from None
+            raise_translated(exc)
         if isinstance(item, Exception):
             self._end(None)
             raise item
@@ -139,10 +144,7 @@ class RemoteEngine:
                 events.cancel()
                 if attempt == 0 and is_replica_gone(exc):
                     continue
-                translated = translate(exc)
-                if translated is exc:
-                    raise
-                raise translated from None
+                raise_translated(exc)
             break
         if isinstance(first, Exception):
             raise first

@@ -172,11 +172,13 @@ class AdapterHost:
         row_adapters: Sequence[str | None],
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        all_positions: bool = False,
     ) -> tuple[torch.Tensor, Cache]:
-        """Next-token logits `[rows, vocab]` (last position only) and the updated cache.
+        """Next-token logits `[rows, vocab]` (last position only) and the updated cache; with
+        `all_positions`, the logits of every input position `[rows, columns, vocab]`.
 
-        Row i uses adapter row_adapters[i], or none. Only the last position's logits are computed:
-        the vocabulary projection over a whole prompt would cost more than the rest of a prefill.
+        Row i uses adapter row_adapters[i], or none. By default only the last position's logits are
+        computed: the vocabulary projection over a whole prompt would cost more than the rest of a prefill.
         """
         unknown = {name for name in row_adapters if name is not None and name not in self._slot_of}
         if unknown:
@@ -190,11 +192,11 @@ class AdapterHost:
                 use_cache=True,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                logits_to_keep=1,
+                logits_to_keep=0 if all_positions else 1,
             )
         finally:
             self._row_slots.slots = None
-        return out.logits[:, -1, :], out.cache
+        return (out.logits if all_positions else out.logits[:, -1, :]), out.cache
 
     def _check_room(self, new_modules: list[str], num_slots: int, rank: int) -> None:
         """Refuse, with what to change, a growth the device has no memory for."""

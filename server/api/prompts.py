@@ -33,16 +33,21 @@ class PromptEncoder:
 
     async def completion(self, prompt: CompletionPrompt) -> list[list[int]]:
         """One token list per prompt: strings are tokenised, token ids checked against the vocabulary."""
-        prompts: list = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise InvalidRequest("prompt must not be empty", param="prompt")
-        if all(isinstance(p, int) for p in prompts):
-            prompts = [prompts]
+        prompts = _each_prompt(prompt)
         self._check_length([p for p in prompts if isinstance(p, str)], "prompt")
         encoded = await run_in_threadpool(self._tokenize, prompts)
         if any(not 0 <= t < self._vocab_size for p in encoded for t in p):
             raise InvalidRequest(f"prompt token ids must be in [0, {self._vocab_size})", param="prompt")
         return encoded
+
+    async def texts(self, prompt: CompletionPrompt, encoded: list[list[int]]) -> list[str]:
+        """Each prompt's text, as echo shows it: a string as given, token ids decoded."""
+        return await run_in_threadpool(
+            lambda: [
+                p if isinstance(p, str) else self._loaded.tokenizer.decode(ids)
+                for p, ids in zip(_each_prompt(prompt), encoded)
+            ]
+        )
 
     def _tokenize(self, prompts: Sequence[str | list[int]]) -> list[list[int]]:
         tokenizer = self._loaded.tokenizer
@@ -56,3 +61,11 @@ class PromptEncoder:
                 f"can ({self._max_chars}); shorten them.",
                 param=param,
             )
+
+
+def _each_prompt(prompt: CompletionPrompt) -> list[str | list[int]]:
+    """A completion's prompts, one entry per prompt: a string or a token list."""
+    prompts: list = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise InvalidRequest("prompt must not be empty", param="prompt")
+    return [prompts] if all(isinstance(p, int) for p in prompts) else prompts

@@ -122,9 +122,18 @@ class CompletionRequest(SamplingBody):
         | Annotated[list[TokenIds], Field(min_length=1)]
     )
     logprobs: int | None = Field(default=None, ge=0, le=5)  # the legacy API's: alternatives per token
+    echo: bool = False  # the prompt before the completion (with its log-probabilities when logprobs is set)
+    max_tokens: int | None = Field(default=None, ge=0)  # 0, with echo: score the prompt, generate nothing
 
     def num_logprobs(self) -> int | None:
         return self.logprobs
+
+    def refuse_unsupported(self) -> list[str]:
+        if self.max_tokens == 0 and not self.echo:
+            raise InvalidRequest(
+                "max_tokens must be at least 1; 0 is for echo alone (to score the prompt)", param="max_tokens"
+            )
+        return super().refuse_unsupported()
 
 
 class TextPart(BaseModel):

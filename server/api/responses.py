@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import accumulate
 from typing import Any, Protocol
 
@@ -36,6 +36,19 @@ class Choice:
     finish_reason: FinishReason | None = None
     stamps: list[float] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None  # None: the request did not ask for them
+    echo: str | None = None  # the prompt's text, to go before the first output (completions' echo)
+    is_prompt_only: bool = False  # max_tokens 0 with echo: the engine's one token is not shown
+
+    def shown(self, event: TokenEvent) -> TokenEvent:
+        """The engine's event as the request asked to see it: the echoed prompt (with its
+        log-probabilities) before the first output, and nothing generated when it only scores the prompt."""
+        if self.is_prompt_only:
+            reason = None if event.finish_reason is None else FinishReason.LENGTH
+            event = replace(event, text="", token_ids=(), logprobs=(), num_generated_tokens=0, finish_reason=reason)
+        if self.echo is not None:
+            event = replace(event, text=self.echo + event.text, logprobs=event.prompt_logprobs + event.logprobs)
+            self.echo = None
+        return event
 
 
 @dataclass
@@ -63,7 +76,9 @@ class Call:
         return {
             "tokens": texts,
             "token_logprobs": [entry.logprob for entry in entries],
-            "top_logprobs": [{self.token_text(t): lp for t, lp in entry.top} for entry in entries],
+            "top_logprobs": [
+                None if entry.logprob is None else {self.token_text(t): lp for t, lp in entry.top} for entry in entries
+            ],
             "text_offset": list(accumulate((len(t) for t in texts[:-1]), initial=text_offset)) if texts else [],
         }
 

@@ -74,7 +74,8 @@ class Serving:
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
         self.check_model(body.model, is_inference=True)
         prompts = await self.prompts.completion(body.prompt)
-        return await self._serve(body, prompts, request, is_chat=False)
+        echoes = await self.prompts.texts(body.prompt, prompts) if body.echo else None
+        return await self._serve(body, prompts, request, is_chat=False, echoes=echoes)
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         self.check_model(body.model, is_inference=True)
@@ -90,13 +91,20 @@ class Serving:
 
     # -- shared flow -----------------------------------------------------------------------------
 
-    async def _serve(self, body: SamplingBody, prompts: list[list[int]], request: Request, is_chat: bool) -> Response:
+    async def _serve(
+        self,
+        body: SamplingBody,
+        prompts: list[list[int]],
+        request: Request,
+        is_chat: bool,
+        echoes: list[str] | None = None,
+    ) -> Response:
         adapter = None if body.model == self.base_id else body.model
         ignored = body.refuse_unsupported()
         if ignored:
             log.info("ignoring unknown request fields %s", ignored)
         try:
-            call = await self._submit(body, prompts, adapter, is_chat)
+            call = await self._submit(body, prompts, adapter, is_chat, echoes)
         except Exception as exc:
             self._metrics.requests.labels(self._label(body.model), str(render(exc)[0])).inc()
             raise
@@ -116,9 +124,12 @@ class Serving:
         self._record(call, "200")
         return JSONResponse(full_response(call), headers=headers)
 
-    async def _submit(self, body: SamplingBody, prompts: list[list[int]], adapter: str | None, is_chat: bool) -> Call:
+    async def _submit(
+        self, body: SamplingBody, prompts: list[list[int]], adapter: str | None, is_chat: bool, echoes: list[str] | None
+    ) -> Call:
         """Start one engine request per (prompt, n); if one is refused, close those already started."""
         max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
+        is_prompt_only = max_tokens == 0  # echo alone: the engine makes one token, which is not shown
         forced = forced_tool_call(body)
         call = Call(
             is_chat=is_chat,
@@ -134,10 +145,12 @@ class Serving:
         try:
             for prompt_index, prompt in enumerate(prompts):
                 for copy in range(body.n):
-                    params = self._params(body, max_tokens, len(prompt), copy)
+                    params = self._params(body, 1 if is_prompt_only else max_tokens, len(prompt), copy)
                     request = GenerationRequest(f"{call.id}-{len(call.choices)}", tuple(prompt), adapter, params)
                     events = await self._engine.open(request)
                     choice = Choice(len(call.choices), prompt_index, events, logprobs=[] if wants_logprobs else None)
+                    choice.echo = None if echoes is None else echoes[prompt_index]
+                    choice.is_prompt_only = is_prompt_only
                     call.choices.append(choice)
         except BaseException:
             for choice in call.choices:
@@ -166,6 +179,7 @@ class Serving:
             logit_bias=self._logit_bias(body.logit_bias or {}),
             min_tokens=body.min_tokens or 0,
             logprobs=body.num_logprobs(),
+            prompt_logprobs=body.num_logprobs() if getattr(body, "echo", False) else None,
             grammar=requested_grammar(body),
         )
 
@@ -190,7 +204,8 @@ class Serving:
     async def _drain(
         self, choice: Choice, on_event: Callable[[Choice, TokenEvent], Awaitable[None]] | None = None
     ) -> None:
-        async for event in choice.events:
+        async for engine_event in choice.events:
+            event = choice.shown(engine_event)
             choice.stamps.append(time.perf_counter())
             choice.text += event.text
             choice.num_prompt_tokens = event.num_prompt_tokens

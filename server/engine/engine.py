@@ -19,7 +19,7 @@ from qadapter.core.model import LoadedModel
 from qadapter.core.settings import Settings
 from qadapter.server.engine.detokenize import TextTracker
 from qadapter.server.engine.registry import AdapterRegistry
-from qadapter.server.engine.request import FinishReason, GenerationRequest, Sequence, TokenEvent
+from qadapter.server.engine.request import FinishReason, GenerationRequest, Sequence
 from qadapter.server.engine.residency import Residency, WeightReader
 from qadapter.server.engine.runner import BatchRunner
 from qadapter.server.engine.sampler import Sampler, policy_scores, sequences_of
@@ -286,15 +286,4 @@ class Engine:
         return self._tokenizer.decode(token_ids, skip_special_tokens=True)
 
     def _emit(self, seq: Sequence, text: str, reason: FinishReason | None) -> None:
-        self._streams.send(
-            seq,
-            TokenEvent(
-                request_id=seq.request_id,
-                text=text,
-                token_ids=tuple(seq.output_ids[-1:]) if seq.output_ids and reason != FinishReason.ABORT else (),
-                num_prompt_tokens=seq.num_prompt_tokens,
-                num_generated_tokens=len(seq.output_ids),
-                finish_reason=reason,
-                logprobs=seq.new_logprobs(),
-            ),
-        )
+        self._streams.send(seq, seq.event(text, reason))

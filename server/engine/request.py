@@ -39,6 +39,7 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias)
     min_tokens: int = 0
     logprobs: int | None = None  # log-probabilities of each token and of this many alternatives; None: none
+    prompt_logprobs: int | None = None  # the same for each prompt token (completions' echo); None: none
     grammar: str | None = None  # llguidance's form of the structured output asked for (server/engine/grammar.py)
 
     @property
@@ -83,6 +84,11 @@ class SamplingParams:
                 "logprobs",
                 f"must be in [0, {MAX_TOP_LOGPROBS}]",
             ),
+            (
+                self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= MAX_TOP_LOGPROBS,
+                "prompt_logprobs",
+                f"must be in [0, {MAX_TOP_LOGPROBS}]",
+            ),
         ]
         for ok, param, rule in checks:
             if not ok:
@@ -101,10 +107,11 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class TokenLogprob:
-    """A generated token's log-probability under the served policy, and the most likely tokens' (id, log-prob)."""
+    """A token's log-probability under the served policy, and the most likely tokens' (id, log-prob);
+    the first prompt token, which nothing comes before, has None."""
 
     token_id: int
-    logprob: float
+    logprob: float | None
     top: tuple[tuple[int, float], ...] = ()
 
 
@@ -125,6 +132,7 @@ class TokenEvent:
     num_generated_tokens: int
     finish_reason: FinishReason | None = None
     logprobs: tuple[TokenLogprob, ...] = ()  # of the tokens this event adds, when the request asked
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()  # of every prompt token, in the first event, when asked
 
 
 @dataclass(eq=False)
@@ -139,6 +147,7 @@ class Sequence:
     is_aborted: bool = False
     logprobs: list[TokenLogprob] = field(default_factory=list)  # of its output tokens, when asked
     num_sent_logprobs: int = 0
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)  # filled while its prompt runs, when asked
     grammar_state: Any = None  # its grammar's matcher, from its first step (when it has a grammar)
 
     @property
@@ -176,8 +185,18 @@ class Sequence:
             return text + self.tracker.flush(visible), FinishReason.LENGTH
         return text, None
 
-    def new_logprobs(self) -> tuple[TokenLogprob, ...]:
-        """The log-probabilities not sent yet."""
-        new = tuple(self.logprobs[self.num_sent_logprobs :])
+    def event(self, text: str, reason: FinishReason | None) -> TokenEvent:
+        """What this step produced for the caller, with the log-probabilities not sent yet."""
+        logprobs = tuple(self.logprobs[self.num_sent_logprobs :])
         self.num_sent_logprobs = len(self.logprobs)
-        return new
+        prompt_logprobs, self.prompt_logprobs = tuple(self.prompt_logprobs), []
+        return TokenEvent(
+            request_id=self.request_id,
+            text=text,
+            token_ids=tuple(self.output_ids[-1:]) if self.output_ids and reason != FinishReason.ABORT else (),
+            num_prompt_tokens=self.num_prompt_tokens,
+            num_generated_tokens=len(self.output_ids),
+            finish_reason=reason,
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
+        )

@@ -5,7 +5,8 @@ own length; a 4-D mask lets each row see only its own tokens), so a join writes 
 leave moves one row. Joining requests are prefilled as a group in a left-padded cache of their own,
 a chunk of at most `prefill_chunk_tokens` (rows × columns) per step, so an abort or a new arrival
 waits for one chunk, not for a whole long prompt; after the last chunk the group's rows are copied
-into free slots. It works with any Hugging Face causal LM's own attention.
+into free slots. A group with a request that asks for its prompt's log-probabilities (echo) has the
+logits of every column computed, not only the last. It works with any Hugging Face causal LM's own attention.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import torch
 
 from qadapter.core.lora import AdapterHost
 from qadapter.server.engine.kv_cache import GrowableCache, GrowableLayer, SlotCache
+from qadapter.server.engine.logprobs import Row, record_prompt_logprobs
 from qadapter.server.engine.request import Sequence
 
-Row = tuple[Sequence, str | None]  # a sequence and its adapter key (None: a base row)
 # A chunk holds at most `prefill_chunk_tokens` token-rows and a quarter of that in columns: its
 # attention grows with the keys before it, so one long prompt goes in narrower slices (on 2 CPU
 # cores a 4000-token prompt stalled others 15 s in 2048-column chunks, 4.9 s in 512-column ones),
@@ -95,13 +96,18 @@ class BatchRunner:
         budget = self._prefill_chunk_tokens
         columns = max(1, min(int(budget * COLUMNS_PER_CHUNK_TOKEN), budget // len(group.rows)))
         end = min(group.ids.shape[1], group.done + columns)
+        scores_prompt = any(seq.request.params.prompt_logprobs is not None for seq, _ in group.rows)
         logits, _ = self._host.forward(
             group.ids[:, group.done : end],
             group.cache,
             [name for _, name in group.rows],
             group.mask[:, :end],
             group.positions[:, group.done : end],
+            all_positions=scores_prompt,
         )
+        if scores_prompt:  # every column's logits, for the prompt's log-probabilities; the last one samples
+            record_prompt_logprobs(logits, group.rows, group.ids, group.done)
+            logits = logits[:, -1]
         group.done = end
         if end < group.ids.shape[1]:
             return None

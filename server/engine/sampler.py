@@ -12,7 +12,8 @@ from qadapter.core.policy import stream_scores
 from qadapter.core.sampling import new_generator, pick_token
 from qadapter.server.engine.controls import apply_controls
 from qadapter.server.engine.grammar import GrammarMasks
-from qadapter.server.engine.request import Sequence, TokenLogprob
+from qadapter.server.engine.logprobs import logprob_entries, stream_rows
+from qadapter.server.engine.request import Sequence
 
 
 def policy_scores(
@@ -23,33 +24,14 @@ def policy_scores(
 
     A Q-adapter sequence has an adapter row and a base row, anywhere in `rows`; a base sequence one row.
     """
-    q_rows, base_rows = _rows_of(rows)
+    q_rows, base_rows = stream_rows(rows)
     seqs = [rows[i][0] for i in q_rows]
     return apply_controls(stream_scores(logits, q_rows, base_rows, [seq.knobs for seq in seqs]), seqs, eos_ids)
 
 
 def sequences_of(rows: list[tuple[Sequence, str | None]]) -> list[Sequence]:
     """The sequences of `rows` in the order `policy_scores` scores them."""
-    return [rows[i][0] for i in _rows_of(rows)[0]]
-
-
-def _rows_of(rows: list[tuple[Sequence, str | None]]) -> tuple[list[int], list[int]]:
-    """Each sequence's Q row (its adapter row, or its only row) and base row, in the order of their Q rows."""
-    base_row = {id(seq): i for i, (seq, key) in enumerate(rows) if key is None}
-    q_rows = [i for i, (seq, key) in enumerate(rows) if key is not None or seq.adapter is None]
-    return q_rows, [base_row[id(rows[i][0])] for i in q_rows]
-
-
-LOWEST_LOGPROB = -9999.0  # what a banned token's -inf is reported as (JSON has no infinity), as vLLM
-
-
-def token_logprob(scores: torch.Tensor, token: int, num_top: int) -> TokenLogprob:
-    """`token`'s log-probability under the served policy, the softmax of its scores `[vocab]` (after
-    α/ω and the sampling controls, before temperature and top-k/top-p), and the `num_top` likeliest."""
-    logprobs = torch.log_softmax(scores, dim=-1).clamp(min=LOWEST_LOGPROB)
-    top = torch.topk(logprobs, num_top) if num_top else None
-    alternatives = () if top is None else tuple(zip(top.indices.tolist(), top.values.tolist()))
-    return TokenLogprob(token, float(logprobs[token]), alternatives)
+    return [rows[i][0] for i in stream_rows(rows)[0]]
 
 
 class Sampler:
@@ -77,7 +59,9 @@ class Sampler:
                 tokens[i] = faults[i]  # type: ignore[assignment]
             token = tokens[i]
             if params.logprobs is not None and isinstance(token, int):
-                seq.logprobs.append(token_logprob(scores[i], token, params.logprobs))
+                seq.logprobs += logprob_entries(
+                    scores[i : i + 1], torch.tensor([token], device=scores.device), params.logprobs
+                )
             if seq.grammar_state is not None and isinstance(token, int):
                 tokens[i] = self._grammars.advance(seq.grammar_state, token) or token
         return tokens

@@ -104,7 +104,7 @@ def test_completions_logprobs_have_the_legacy_shape(client: openai.OpenAI) -> No
         ("chat", {"top_logprobs": 3}, "top_logprobs"),
         ("chat", {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ("completions", {"logprobs": 6}, "logprobs"),
-        ("completions", {"logprobs": 2, "echo": True}, "echo"),
+        ("chat", {"echo": True}, "echo"),
     ],
 )
 def test_out_of_range_logprobs_are_refused_by_name(client: openai.OpenAI, route: str, extra: dict, param: str) -> None:
@@ -114,3 +114,72 @@ def test_out_of_range_logprobs_are_refused_by_name(client: openai.OpenAI, route:
         else:
             client.completions.create(model=BASE, prompt="Hi", max_tokens=2, extra_body=extra)
     assert caught.value.param == param
+
+
+PROMPT = "The capital of France is"
+
+
+def test_echo_gives_the_prompt_and_its_logprobs_first_null(client: openai.OpenAI, embedded: LoadedModel) -> None:
+    """As the legacy API: the text starts with the prompt; its tokens come first in `logprobs`, the
+    first with a null log-probability; the rest equal the base model's own, computed by hand."""
+    ids = embedded.tokenizer(PROMPT).input_ids
+    choice = client.completions.create(
+        model=BASE, prompt=PROMPT, max_tokens=4, temperature=0, echo=True, logprobs=2
+    ).choices[0]
+    assert choice.text.startswith(PROMPT) and len(choice.text) > len(PROMPT)
+    logprobs = choice.logprobs
+    assert logprobs.tokens[: len(ids)] == [embedded.tokenizer.decode([t]) for t in ids]
+    assert len(logprobs.tokens) == len(ids) + 4
+    assert logprobs.token_logprobs[0] is None and logprobs.top_logprobs[0] is None
+    with torch.no_grad():
+        expected = torch.log_softmax(embedded.model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    hand = [float(expected[t - 1, ids[t]]) for t in range(1, len(ids))]
+    assert logprobs.token_logprobs[1 : len(ids)] == pytest.approx(hand, abs=2e-3)
+    assert all(len(top) <= 2 for top in logprobs.top_logprobs[1:])
+    assert logprobs.text_offset == [sum(len(t) for t in logprobs.tokens[:i]) for i in range(len(logprobs.tokens))]
+
+
+def test_echo_scores_a_continuation_as_the_adapter_generated_it(client: openai.OpenAI, embedded: LoadedModel) -> None:
+    """What evaluation tools do (echo, max_tokens 0, token-id prompts): the prompt log-probabilities of
+    the adapter's own greedy continuation equal those it reported while generating it, for a Q-adapter
+    with its manifest's α/ω and with a request's own."""
+    ids = embedded.tokenizer(PROMPT).input_ids
+    compared = 0
+    for knobs in ({}, {"alpha": 2.0, "omega": 0.5}):
+        generated = client.completions.create(
+            model="wild", prompt=ids, max_tokens=5, temperature=0, logprobs=1, extra_body={**knobs, "ignore_eos": True}
+        ).choices[0]
+        continuation = embedded.tokenizer(generated.text, add_special_tokens=False).input_ids
+        done = client.completions.create(
+            model="wild", prompt=[ids + continuation], max_tokens=0, echo=True, logprobs=0, extra_body=knobs
+        )
+        choice = done.choices[0]
+        assert choice.text == embedded.tokenizer.decode(ids + continuation)
+        assert choice.finish_reason == "length" and done.usage.completion_tokens == 0
+        scored = choice.logprobs.token_logprobs
+        assert len(scored) == len(ids) + len(continuation)
+        if len(continuation) == 5:  # the text re-tokenises to the same tokens (it nearly always does)
+            assert scored[len(ids) :] == pytest.approx(generated.logprobs.token_logprobs, abs=1e-3)
+            compared += 1
+    assert compared, "no continuation re-tokenised to the generated tokens: nothing was compared"
+
+
+def test_echo_streams_the_prompt_in_its_first_chunk(client: openai.OpenAI) -> None:
+    arguments = {"model": "bold", "prompt": [PROMPT, "Hello"], "max_tokens": 3, "temperature": 0, "echo": True}
+    whole = client.completions.create(**arguments, logprobs=1).choices
+    chunks = list(client.completions.create(**arguments, logprobs=1, stream=True))
+    for index, prompt in enumerate((PROMPT, "Hello")):
+        mine = [c.choices[0] for c in chunks if c.choices[0].index == index]
+        assert mine[0].text.startswith(prompt)
+        assert "".join(c.text for c in mine) == whole[index].text
+        streamed = [lp for c in mine if c.logprobs for lp in c.logprobs.token_logprobs]
+        assert streamed[0] is None
+        assert streamed[1:] == pytest.approx(whole[index].logprobs.token_logprobs[1:], abs=1e-5)
+
+
+def test_max_tokens_zero_needs_echo(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=BASE, prompt=PROMPT, max_tokens=0)
+    assert caught.value.param == "max_tokens"
+    echoed = client.completions.create(model=BASE, prompt=PROMPT, max_tokens=0, echo=True)
+    assert echoed.choices[0].text == PROMPT and echoed.choices[0].logprobs is None

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from itertools import accumulate
 from typing import Any, Protocol
 
+from qadapter.server.api.tool_stream import ToolCallDeltas
 from qadapter.server.api.tools import ToolPlan
 from qadapter.server.engine.request import FinishReason, TokenEvent, TokenLogprob
 
@@ -111,14 +112,17 @@ def chunk(
     return sse_data({**_envelope(call, is_chunk=True), "choices": [choice], **usage})
 
 
-def tool_call_chunks(call: Call, choice: Choice) -> list[str]:
-    """The end of a forced tool call's stream: the call as one delta, then `tool_calls`; a call cut
-    short by max_tokens is no call: its text comes as content, with `length`."""
-    assert call.tool_plan is not None and choice.finish_reason is not None
-    if choice.finish_reason != FinishReason.STOP:
-        return [chunk(call, choice.index, {"content": choice.text}, choice.finish_reason.value)]
-    calls = [{"index": i, **c} for i, c in enumerate(call.tool_plan.calls(choice.text))]
-    return [chunk(call, choice.index, {"tool_calls": calls}, None), chunk(call, choice.index, {}, "tool_calls")]
+def tool_call_chunks(call: Call, choice: Choice, deltas: ToolCallDeltas, event: TokenEvent) -> list[str]:
+    """A forced tool call's stream: its deltas as its text comes, then `tool_calls`; a call cut short
+    by max_tokens ends with `length` (its text as content when none of it went out as a call)."""
+    lines = [chunk(call, choice.index, {"tool_calls": [delta]}, None) for delta in deltas.feed(event.text)]
+    reason = event.finish_reason
+    if reason == FinishReason.STOP:
+        lines += [chunk(call, choice.index, {"tool_calls": [delta]}, None) for delta in deltas.finish()]
+        lines.append(chunk(call, choice.index, {}, "tool_calls"))
+    elif reason is not None:
+        lines.append(chunk(call, choice.index, {} if deltas.has_started else {"content": choice.text}, reason.value))
+    return lines
 
 
 def usage_chunk(call: Call) -> str:

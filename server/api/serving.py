@@ -30,6 +30,7 @@ from qadapter.server.api.responses import (
     usage_chunk,
 )
 from qadapter.server.api.structured import requested_grammar
+from qadapter.server.api.tool_stream import ToolCallDeltas
 from qadapter.server.api.tools import forced_tool_call
 from qadapter.server.engine.engine import Engine
 from qadapter.server.engine.request import GenerationRequest, SamplingParams, TokenEvent
@@ -229,6 +230,7 @@ class Serving:
                 await queue.put(exc)
 
         tasks = [asyncio.ensure_future(run(c)) for c in call.choices]
+        tool_calls = {c.index: ToolCallDeltas(call.tool_plan) for c in call.choices if call.tool_plan is not None}
         status = "200"
         try:
             if call.is_chat:
@@ -243,8 +245,8 @@ class Serving:
                     break
                 choice, event, offset = item
                 reason = event.finish_reason.value if event.finish_reason else None
-                if call.tool_plan is not None:  # its text is the call's arguments: sent whole, at the end
-                    for line in tool_call_chunks(call, choice) if reason else ():
+                if call.tool_plan is not None:  # its text is the call: streamed as tool-call deltas
+                    for line in tool_call_chunks(call, choice, tool_calls[choice.index], event):
                         yield line
                 elif event.text or reason or event.logprobs:
                     content = {"content": event.text} if event.text else {}

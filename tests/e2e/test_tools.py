@@ -62,19 +62,28 @@ def test_required_picks_one_of_the_tools(client: openai.OpenAI) -> None:
     jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
 
 
-def test_a_streamed_call_comes_as_tool_call_deltas(client: openai.OpenAI) -> None:
-    choice_of = {"type": "function", "function": {"name": "get_weather"}}
-    chunks = client.chat.completions.create(
-        model="bold", messages=ASK, tools=TOOLS, tool_choice=choice_of, max_tokens=60, temperature=0, stream=True
-    )
+@pytest.mark.parametrize(
+    ("model", "tool_choice"), [("bold", {"type": "function", "function": {"name": "get_weather"}}), (BASE, "required")]
+)
+def test_a_streamed_call_comes_as_tool_call_deltas_while_it_is_decoded(
+    client: openai.OpenAI, model: str, tool_choice: dict | str
+) -> None:
+    """As OpenAI streams one: the call's id and name first, then its arguments in pieces; the same
+    call as the whole response's (greedy)."""
+    arguments = {"model": model, "messages": ASK, "tools": TOOLS, "tool_choice": tool_choice, "temperature": 0}
+    whole = client.chat.completions.create(**arguments, max_tokens=80).choices[0].message.tool_calls[0]
     deltas, reasons = [], []
-    for chunk in chunks:
+    for chunk in client.chat.completions.create(**arguments, max_tokens=80, stream=True):
         deltas += chunk.choices[0].delta.tool_calls or []
         reasons.append(chunk.choices[0].finish_reason)
         assert not chunk.choices[0].delta.content
     assert [r for r in reasons if r] == ["tool_calls"]
-    assert deltas[0].function.name == "get_weather" and deltas[0].index == 0
-    jsonschema.validate(json.loads("".join(d.function.arguments or "" for d in deltas)), WEATHER)
+    assert deltas[0].function.name == whole.function.name and deltas[0].id and deltas[0].index == 0
+    assert all(d.index == 0 and not d.id and not d.function.name for d in deltas[1:])
+    assert len(deltas) > 3  # the arguments came in pieces, not whole at the end
+    streamed = "".join(d.function.arguments or "" for d in deltas)
+    assert json.loads(streamed) == json.loads(whole.function.arguments)
+    jsonschema.validate(json.loads(streamed), SCHEMAS[whole.function.name])
 
 
 def test_tool_messages_in_the_history_are_rendered(client: openai.OpenAI) -> None:

@@ -17,6 +17,7 @@ from qadapter.core.cli_options import (
     DefaultsFormatter,
     add_knob_options,
     add_model_options,
+    add_strength_option,
     positive,
     settings_from,
     within,
@@ -182,14 +183,22 @@ def add_eval(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--questions", type=Path, help='JSONL {"question", "answers"} (default: the bundled set)')
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     add_knob_options(parser, ("--alpha", "--omega"), "to serve the adapter with instead of its manifest's (give both)")
+    add_strength_option(parser)
     parser.set_defaults(run=_run_eval)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
     adapter_dir = None if args.adapter == "base" else Path(args.adapter)
-    knobs = _knob_pair(args.alpha, args.omega, "--alpha and --omega")
-    if adapter_dir is not None and args.model is None:
-        args.model = read_adapter_manifest(adapter_dir).base_model.id
+    sets_knobs = any(value is not None for value in (args.alpha, args.omega, args.strength))
+    if adapter_dir is None and sets_knobs:
+        raise InvalidData("--alpha, --omega and --strength set how an adapter serves, not the base model")
+    knobs = None
+    if adapter_dir is not None:
+        manifest = read_adapter_manifest(adapter_dir)
+        args.model = args.model or manifest.base_model.id
+        knobs = manifest.knobs.served(args.alpha, args.omega, args.strength) if sets_knobs else None
+        if sets_knobs and knobs is None:  # strength 0: the base model itself
+            adapter_dir = None
     data = load_pairs(args.data, skip_bad=args.skip_bad)
     sets = EvalSets.load(args.neutral_prompts, args.questions)
     loaded = load_base_model(settings_from(args))

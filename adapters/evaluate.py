@@ -176,7 +176,7 @@ def _served_adapter(loaded: LoadedModel, adapter_dir: Path | None, knobs: Knobs 
     if knobs is None:
         return adapter
     if adapter is None:
-        raise InvalidData("--alpha/--omega apply to an adapter, not to the base model")
+        raise InvalidData("knobs apply to an adapter, not to the base model")
     return replace(adapter, manifest=adapter.manifest.model_copy(update={"alpha": knobs.alpha, "omega": knobs.omega}))
 
 

@@ -119,8 +119,11 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
     parser.add_argument("--top-p", type=float)
     parser.add_argument("--seed", type=int, help="repeatable sampling")
-    parser.add_argument("--alpha", type=float, help="override the adapter's alpha (sharpness of Q)")
+    parser.add_argument("--alpha", type=float, help="override the adapter's alpha (sharpness of Q); with --omega")
     parser.add_argument("--omega", type=float, help="override the adapter's omega (weight of the base model)")
+    parser.add_argument(
+        "--strength", type=float, help="instead of --alpha/--omega: 0 = the base model, 1 = the adapter as trained"
+    )
 
 
 def _sampling(args: argparse.Namespace) -> Sampling:
@@ -131,6 +134,7 @@ def _sampling(args: argparse.Namespace) -> Sampling:
         "seed": args.seed,
         "alpha": args.alpha,
         "omega": args.omega,
+        "strength": args.strength,
     }
     return cast(Sampling, {key: value for key, value in options.items() if value is not None})
 

@@ -7,7 +7,8 @@ from typing import Any, TypedDict
 
 
 class Sampling(TypedDict, total=False):
-    """Generation options of complete() and chat(); alpha and omega are the Q-adapter knobs."""
+    """Generation options of complete() and chat(); alpha and omega (set together) or strength (0 the
+    base model, 1 the adapter as trained) are the Q-adapter knobs."""
 
     max_tokens: int
     temperature: float
@@ -18,6 +19,7 @@ class Sampling(TypedDict, total=False):
     seed: int
     alpha: float
     omega: float
+    strength: float
     ignore_eos: bool
     stop_token_ids: list[int]
     user: str

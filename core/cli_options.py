@@ -10,7 +10,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
-from qadapter.core.knobs import MAX_ALPHA, MAX_OMEGA, MIN_ALPHA
+from qadapter.core.knobs import MAX_ALPHA, MAX_OMEGA, MAX_STRENGTH, MIN_ALPHA
 from qadapter.core.settings import Settings
 
 # The base-model options every command that loads a model takes.
@@ -43,6 +43,16 @@ def add_knob_options(
     alpha, omega = flags
     parser.add_argument(alpha, type=within(MIN_ALPHA, MAX_ALPHA), help=f"alpha ({MIN_ALPHA:g}-{MAX_ALPHA:g}) {purpose}")
     parser.add_argument(omega, type=within(0.0, MAX_OMEGA), help=f"omega (0-{MAX_OMEGA:g}) {purpose}")
+
+
+def add_strength_option(parser: argparse.ArgumentParser) -> None:
+    """--strength: instead of --alpha/--omega, a point between the base model and the adapter."""
+    parser.add_argument(
+        "--strength",
+        type=within(0.0, MAX_STRENGTH),
+        help="instead of --alpha/--omega: 0 serves the base model, 1 the adapter as trained, more is stronger "
+        "(docs/api.md: the same knob as the API's)",
+    )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

@@ -9,7 +9,13 @@ from pathlib import Path
 
 from qadapter.adapters.format import validate
 from qadapter.core.chat import user_prompt_ids
-from qadapter.core.cli_options import add_knob_options, add_model_options, positive, settings_from
+from qadapter.core.cli_options import (
+    add_knob_options,
+    add_model_options,
+    add_strength_option,
+    positive,
+    settings_from,
+)
 from qadapter.core.decode import DecodeParams, Stream, decode, decode_steps
 from qadapter.core.lora import AdapterHost
 from qadapter.core.model import LoadedModel, load_base_model
@@ -32,7 +38,8 @@ def add_generate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-tokens", type=positive(int, False), default=64, help="default 64")
     parser.add_argument("--temperature", type=positive(float, True), default=0.0, help="0 (default) is greedy")
     parser.add_argument("--seed", type=int, help="seed for sampling")
-    add_knob_options(parser, ("--alpha", "--omega"), "for every adapter, instead of its manifest's")
+    add_knob_options(parser, ("--alpha", "--omega"), "for every adapter, instead of its manifest's (give both)")
+    add_strength_option(parser)
     parser.set_defaults(run=_run_generate)
 
 
@@ -40,22 +47,25 @@ def _run_generate(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     loaded = load_base_model(settings)
     host = AdapterHost(loaded.model)
-    streams = []
+    streams, labels = [], []
     for path in args.adapter:
         adapter = validate(path, loaded.info, settings.max_lora_rank)
         host.load(adapter.name, adapter.read_weights())
-        streams.append(Stream(adapter.name, adapter.manifest.knobs.with_overrides(args.alpha, args.omega)))
+        knobs = adapter.manifest.knobs.served(args.alpha, args.omega, args.strength)
+        streams.append(Stream(None) if knobs is None else Stream(adapter.name, knobs))  # None: strength 0, the base
+        labels.append(adapter.name if knobs else f"{adapter.name} (strength 0: the base model)")
     if not streams or args.compare:
         streams.append(Stream(None))
+        labels.append("base")
     prompt = user_prompt_ids(loaded.tokenizer, args.prompt) if args.chat else loaded.tokenizer(args.prompt).input_ids
     params = DecodeParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
     if len(streams) == 1:
         _print_streaming(loaded, host, prompt, streams[0], params)
         return 0
     (outputs,) = decode(host, [prompt], streams, params, loaded.stop_token_ids, loaded.pad_token_id)
-    for stream, tokens in zip(streams, outputs):
+    for label, stream, tokens in zip(labels, streams, outputs):
         knobs = "" if stream.adapter is None else f" (alpha={stream.knobs.alpha:g}, omega={stream.knobs.omega:g})"
-        print(f"=== {stream.label}{knobs} ===")
+        print(f"=== {label}{knobs} ===")
         print(loaded.tokenizer.decode(tokens, skip_special_tokens=True).strip())
     return 0
 

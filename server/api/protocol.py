@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from qadapter.core.errors import InvalidRequest
-from qadapter.core.knobs import MAX_ALPHA, MAX_OMEGA, MIN_ALPHA
+from qadapter.core.knobs import MAX_ALPHA, MAX_OMEGA, MAX_STRENGTH, MIN_ALPHA, check_knob_choice
 from qadapter.server.engine.request import (
     MAX_REPETITION_PENALTY,
     MAX_SEED,
@@ -82,6 +82,7 @@ class SamplingBody(BaseModel):
     # the Q-adapter knobs (extra_body): override the adapter manifest for this request
     alpha: float | None = Field(default=None, ge=MIN_ALPHA, le=MAX_ALPHA)
     omega: float | None = Field(default=None, ge=0, le=MAX_OMEGA)
+    strength: float | None = Field(default=None, ge=0, le=MAX_STRENGTH)  # instead of alpha/omega: 0 base, 1 as trained
 
     def num_logprobs(self) -> int | None:
         """How many alternatives to report per token with its log-probability; None: no log-probabilities."""
@@ -97,11 +98,7 @@ class SamplingBody(BaseModel):
 
     def refuse_unsupported(self) -> list[str]:
         """Raise for known fields we cannot honour; return the unknown fields (to be ignored)."""
-        if (self.alpha is None) != (self.omega is None):  # half a pair is another policy than the adapter's
-            missing = "omega" if self.omega is None else "alpha"
-            raise InvalidRequest(
-                f"set alpha and omega together, or neither for the adapter's own: {missing} is missing", param=missing
-            )
+        check_knob_choice(self.alpha, self.omega, self.strength)
         if self.stream_options is not None and not self.stream:  # as OpenAI
             raise InvalidRequest("stream_options is only allowed when stream is true", param="stream_options")
         extra = self.model_extra or {}

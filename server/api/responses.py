@@ -38,14 +38,10 @@ class Choice:
     stamps: list[float] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None  # None: the request did not ask for them
     echo: str | None = None  # the prompt's text, to go before the first output (completions' echo)
-    is_prompt_only: bool = False  # max_tokens 0 with echo: the engine's one token is not shown
 
     def shown(self, event: TokenEvent) -> TokenEvent:
-        """The engine's event as the request asked to see it: the echoed prompt (with its
-        log-probabilities) before the first output, and nothing generated when it only scores the prompt."""
-        if self.is_prompt_only:
-            reason = None if event.finish_reason is None else FinishReason.LENGTH
-            event = replace(event, text="", token_ids=(), logprobs=(), num_generated_tokens=0, finish_reason=reason)
+        """The engine's event as the request asked to see it: with echo, the prompt (and its
+        log-probabilities) before the first output."""
         if self.echo is not None:
             event = replace(event, text=self.echo + event.text, logprobs=event.prompt_logprobs + event.logprobs)
             self.echo = None

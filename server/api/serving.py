@@ -130,7 +130,6 @@ class Serving:
     ) -> Call:
         """Start one engine request per (prompt, n); if one is refused, close those already started."""
         max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
-        is_prompt_only = max_tokens == 0  # echo alone: the engine makes one token, which is not shown
         forced = forced_tool_call(body)
         call = Call(
             is_chat=is_chat,
@@ -146,12 +145,11 @@ class Serving:
         try:
             for prompt_index, prompt in enumerate(prompts):
                 for copy in range(body.n):
-                    params = self._params(body, 1 if is_prompt_only else max_tokens, len(prompt), copy)
+                    params = self._params(body, max_tokens, len(prompt), copy)
                     request = GenerationRequest(f"{call.id}-{len(call.choices)}", tuple(prompt), adapter, params)
                     events = await self._engine.open(request)
                     choice = Choice(len(call.choices), prompt_index, events, logprobs=[] if wants_logprobs else None)
                     choice.echo = None if echoes is None else echoes[prompt_index]
-                    choice.is_prompt_only = is_prompt_only
                     call.choices.append(choice)
         except BaseException:
             for choice in call.choices:
@@ -174,6 +172,7 @@ class Serving:
             ignore_eos=body.ignore_eos,
             alpha=body.alpha,
             omega=body.omega,
+            strength=body.strength,
             repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
             frequency_penalty=body.frequency_penalty or 0.0,
             presence_penalty=body.presence_penalty or 0.0,

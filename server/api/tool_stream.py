@@ -4,13 +4,13 @@ and name, then its arguments piece by piece, as the tokens come."""
 from __future__ import annotations
 
 import re
-import uuid
 from typing import Any
 
-from qadapter.server.api.tools import ToolPlan
+from qadapter.server.api.tools import ToolPlan, new_call_id
 
 # The start of a "required" call as its grammar decodes it: {"name": "<function>", "arguments": …
-_NAMED_PREFIX = re.compile(r'\{\s*"name"\s*:\s*"([A-Za-z0-9_-]{1,64})"\s*,\s*"arguments"\s*:\s*')
+# (complete once the arguments' first character has come, so that they start with it, not a space)
+_NAMED_PREFIX = re.compile(r'\{\s*"name"\s*:\s*"([A-Za-z0-9_-]{1,64})"\s*,\s*"arguments"\s*:\s*(?=\S)')
 
 
 class ToolCallDeltas:
@@ -57,8 +57,7 @@ class ToolCallDeltas:
                 return []
             name, self._arguments_start = found.group(1), found.end()
         self.has_started = True
-        call_id = f"call_{uuid.uuid4().hex[:24]}"
-        return [{"index": 0, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}]
+        return [{"index": 0, "id": new_call_id(), "type": "function", "function": {"name": name, "arguments": ""}}]
 
     def _arguments(self, end: int) -> list[dict[str, Any]]:
         assert self._arguments_start is not None

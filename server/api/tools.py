@@ -35,11 +35,15 @@ class ToolPlan:
             name, arguments = chosen["name"], json.dumps(chosen["arguments"])
         return [
             {
-                "id": f"call_{uuid.uuid4().hex[:24]}",
+                "id": new_call_id(),
                 "type": "function",
                 "function": {"name": name, "arguments": arguments},
             }
         ]
+
+
+def new_call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 def forced_tool_call(body: SamplingBody) -> tuple[ToolPlan, dict[str, Any]] | None:

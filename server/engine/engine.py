@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TypeVar
 
 import torch
@@ -164,9 +165,16 @@ class Engine:
             )
         tracker = TextTracker(self._decode, params.stop)
         if request.adapter is None:
+            if params.sets_knobs:
+                raise InvalidRequest(
+                    "alpha, omega and strength set how an adapter serves; the base model has none",
+                    param="alpha" if params.strength is None else "strength",
+                )
             return Sequence(request, knobs=None, tracker=tracker)
         published = self.adapters.resolve(request.adapter)
-        knobs = published.adapter.manifest.knobs.with_overrides(params.alpha, params.omega)
+        knobs = published.adapter.manifest.knobs.served(params.alpha, params.omega, params.strength)
+        if knobs is None:  # strength 0: the base model itself, with no adapter rows
+            return Sequence(replace(request, adapter=None), knobs=None, tracker=tracker)
         return Sequence(request, knobs=knobs, tracker=tracker, adapter_key=published.key)
 
     # -- the engine thread -----------------------------------------------------------------------
@@ -249,7 +257,7 @@ class Engine:
             if isinstance(token, RequestFault):  # this request alone stops; the batch goes on
                 self._fail([seq], token)
                 continue
-            self._num_generated_tokens += 1
+            self._num_generated_tokens += seq.request.params.max_tokens > 0  # a prompt-only request makes none
             text, reason = seq.take(token, self._stop_token_ids)
             if reason is None:
                 self._emit(seq, text, None)

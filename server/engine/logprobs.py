@@ -15,6 +15,7 @@ from qadapter.server.engine.request import Sequence, TokenLogprob
 
 Row = tuple[Sequence, str | None]  # a sequence and its adapter key (None: a base row)
 LOWEST_LOGPROB = -9999.0  # what a banned token's -inf is reported as (JSON has no infinity), as vLLM
+SCORING_COLUMNS = 64  # prompt positions scored at a time
 
 
 def stream_rows(rows: list[Row]) -> tuple[list[int], list[int]]:
@@ -43,22 +44,21 @@ def record_prompt_logprobs(logits: torch.Tensor, rows: list[Row], ids: torch.Ten
 
     `logits` `[rows, columns, vocab]` are those of columns `start…` of `ids` `[rows, width]`, the
     group's left-padded prompts; column c predicts the token at c + 1. The first prompt token, which
-    nothing predicts, gets a None log-probability.
+    nothing predicts, gets a None log-probability. Columns are scored a few at a time, so that the
+    float32 copies of the policy's scores stay small whatever the chunk and the vocabulary.
     """
-    q_rows, base_rows = stream_rows(rows)
-    asking = [k for k, i in enumerate(q_rows) if rows[i][0].request.params.prompt_logprobs is not None]
-    if not asking:
-        return
-    q_rows, base_rows = [q_rows[k] for k in asking], [base_rows[k] for k in asking]
-    seqs = [rows[i][0] for i in q_rows]
-    scores = stream_scores(logits, q_rows, base_rows, [seq.knobs for seq in seqs])  # [seqs, columns, vocab]
-    width, stop = ids.shape[1], start + scores.shape[1]
-    for seq, row, seq_scores in zip(seqs, q_rows, scores):
+    width, stop = ids.shape[1], start + logits.shape[1]
+    for q_row, base_row in zip(*stream_rows(rows)):
+        seq = rows[q_row][0]
+        num_top = seq.request.params.prompt_logprobs
+        if num_top is None:
+            continue
         first = width - seq.num_prompt_tokens  # the column of its first prompt token
         if start <= first < stop:
-            seq.prompt_logprobs.append(TokenLogprob(int(ids[row, first]), None))
-        begin, end = max(start, first), min(stop, width - 1)  # the columns that predict a prompt token
-        if begin < end:
-            targets = ids[row, begin + 1 : end + 1]
-            num_top = seq.request.params.prompt_logprobs or 0
-            seq.prompt_logprobs += logprob_entries(seq_scores[begin - start : end - start], targets, num_top)
+            seq.prompt_logprobs.append(TokenLogprob(seq.request.prompt_ids[0], None))
+        last = min(stop, width - 1)  # the columns before it predict a prompt token
+        for begin in range(max(start, first), last, SCORING_COLUMNS):
+            end = min(begin + SCORING_COLUMNS, last)
+            window = logits[[q_row, base_row], begin - start : end - start]  # [2, columns, vocab]
+            scores = stream_scores(window, [0], [1], [seq.knobs])[0]
+            seq.prompt_logprobs += logprob_entries(scores, ids[q_row, begin + 1 : end + 1], num_top)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qadapter.core.errors import InvalidRequest
-from qadapter.core.knobs import MAX_ALPHA, MAX_OMEGA, MIN_ALPHA, Knobs
+from qadapter.core.knobs import MAX_ALPHA, MAX_OMEGA, MAX_STRENGTH, MIN_ALPHA, Knobs, check_knob_choice
 from qadapter.core.temperature import is_greedy
 from qadapter.server.engine.detokenize import TextTracker
 
@@ -22,7 +22,7 @@ MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 10.0
 class SamplingParams:
     """How one request picks its tokens; temperature 0 is greedy, a seed makes sampling repeatable."""
 
-    max_tokens: int = 64
+    max_tokens: int = 64  # 0: run the prompt only (for its log-probabilities), generate nothing
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0  # 0 = no limit
@@ -32,6 +32,7 @@ class SamplingParams:
     ignore_eos: bool = False
     alpha: float | None = None  # None = the adapter manifest's value
     omega: float | None = None
+    strength: float | None = None  # instead of alpha and omega: 0 = the base, 1 = the adapter as trained
     # sampling controls on the customised scores (server/engine/controls.py)
     repetition_penalty: float = 1.0
     frequency_penalty: float = 0.0
@@ -54,7 +55,7 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.max_tokens >= 1, "max_tokens", "must be at least 1"),
+            (self.max_tokens >= 0, "max_tokens", "must be at least 0 (0: the prompt alone, for its log-probabilities)"),
             (0.0 <= self.temperature <= 2.0, "temperature", "must be between 0 and 2"),
             (0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]"),
             (self.top_k >= 0, "top_k", "must be 0 (no limit) or positive"),
@@ -64,6 +65,11 @@ class SamplingParams:
                 f"must be in [{MIN_ALPHA:g}, {MAX_ALPHA:g}]",
             ),
             (self.omega is None or 0.0 <= self.omega <= MAX_OMEGA, "omega", f"must be in [0, {MAX_OMEGA:g}]"),
+            (
+                self.strength is None or 0.0 <= self.strength <= MAX_STRENGTH,
+                "strength",
+                f"must be in [0, {MAX_STRENGTH:g}]",
+            ),
             (all(self.stop), "stop", "stop strings must not be empty"),
             (self.seed is None or 0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}]"),
             (
@@ -93,6 +99,11 @@ class SamplingParams:
         for ok, param, rule in checks:
             if not ok:
                 raise InvalidRequest(f"{param} {rule}", param=param)
+        check_knob_choice(self.alpha, self.omega, self.strength)
+
+    @property
+    def sets_knobs(self) -> bool:
+        return self.alpha is not None or self.strength is not None
 
 
 @dataclass(frozen=True)
@@ -170,6 +181,9 @@ class Sequence:
     def take(self, token: int, eos_ids: frozenset[int]) -> tuple[str, FinishReason | None]:
         """Append a generated token: the new text, and why the sequence ends now (None: it goes on)."""
         params = self.request.params
+        if params.max_tokens == 0:  # the prompt alone (echo): the token its prefill picked is no output
+            self.logprobs.clear()
+            return "", FinishReason.LENGTH
         self.output_ids.append(token)
         is_stop_token = token in params.stop_token_ids or (token in eos_ids and not params.ignore_eos)
         if is_stop_token and self.logprobs:  # a stop token is no part of the output: neither is its log-prob

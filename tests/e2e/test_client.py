@@ -95,6 +95,8 @@ def test_chat_and_complete_answer_as_with_the_openai_client(client: QAdapterClie
         client.chat(QUESTION, model="bold", alpha=0.3, omega=2.0, **GREEDY).text
         != client.chat(QUESTION, model="bold", **GREEDY).text
     )  # the Q-adapter knobs reach the server
+    base = client.chat(QUESTION, model="smollm2-135m-instruct", **GREEDY).text
+    assert client.chat(QUESTION, model="bold", strength=0, **GREEDY).text == base  # strength 0 is the base
 
 
 def test_streams_carry_the_same_answer_and_the_usage(client: QAdapterClient) -> None:

@@ -36,8 +36,8 @@ def run_readme_example(index: int, server: ServerProcess) -> list[object]:
 
 
 def test_the_readme_langchain_example_runs_as_written(like_make_serve: ServerProcess) -> None:
-    answer, stronger, structured, called = run_readme_example(0, like_make_serve)
-    assert isinstance(answer, str) and answer and isinstance(stronger, str) and stronger
+    answer, milder, structured, called = run_readme_example(0, like_make_serve)
+    assert isinstance(answer, str) and answer and isinstance(milder, str) and milder
     for city in (structured, called):
         assert type(city).__name__ == "City" and city.country in ("France", "Germany", "Italy"), city
 

@@ -118,6 +118,9 @@ def test_bad_training_data_is_an_error_with_its_line_and_no_output(tmp_path: Pat
         ["train", "--serve-alpha", "2", "--out", "{out}"],
         ["eval", "--adapter", str(EXAMPLES / "harmless"), "--alpha", "2"],
         ["eval", "--adapter", "base", "--alpha", "2", "--omega", "1"],
+        ["eval", "--adapter", "base", "--strength", "1"],
+        ["eval", "--adapter", str(EXAMPLES / "concise"), "--strength", "2"],  # concise's strongest is 1.01
+        ["eval", "--adapter", str(EXAMPLES / "concise"), "--strength", "1", "--alpha", "2", "--omega", "1"],
     ],
 )
 def test_bad_serving_constants_are_errors_that_say_what_to_do(tmp_path: Path, flags: list[str]) -> None:
@@ -126,7 +129,7 @@ def test_bad_serving_constants_are_errors_that_say_what_to_do(tmp_path: Path, fl
         *args, "--data", str(HELD_OUT), "--skip-bad", "--limit" if args[0] == "eval" else "--max-steps", "1"
     )
     assert result.returncode == 2, result.stderr
-    assert "alpha" in result.stderr and "Traceback" not in result.stderr
+    assert ("alpha" in result.stderr or "strength" in result.stderr) and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -189,7 +192,7 @@ ADAPTER_ON_HELD_OUT = ["--adapter", str(EXAMPLES / "harmless"), "--data"]
 @pytest.mark.parametrize(
     ("script", "flags", "message"),
     [
-        ("alpha_sweep.py", [f"test={HELD_OUT}", "--alphas", "0.5"], "--alphas: must be in [1, 100]"),
+        ("alpha_sweep.py", [f"test={HELD_OUT}", "--alphas", "0.5"], "--alphas: must be in [1, 10000]"),
         ("alpha_sweep.py", ["held-out", "--alphas", "5"], "expected NAME=FILE"),
         ("alpha_sweep.py", [f"a={HELD_OUT}", f"a={HELD_OUT}", "--alphas", "5"], "each NAME=FILE needs its own name"),
         (

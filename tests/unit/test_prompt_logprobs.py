@@ -47,9 +47,11 @@ def prompt_entries(events: list[TokenEvent]) -> list[tuple[int, float | None]]:
 def test_prompt_logprobs_match_a_hand_computation_in_any_group_and_chunking(
     tmp_path: Path, embedded: LoadedModel, chunk_tokens: int
 ) -> None:
-    """Three prompts of different lengths (left-padded in one group), two on adapters, prefilled whole
-    or 4 token-rows a step (chunks that split prompts); one more request asks nothing and is unchanged."""
-    asked = {"a": (PROMPTS[0], "loud"), "b": (PROMPTS[1], None), "c": (PROMPTS[2], "odd")}
+    """Four prompts of different lengths (left-padded in one group; the longest is scored in several
+    windows), three on adapters, prefilled whole or 4 token-rows a step (chunks that split prompts);
+    one more request asks nothing and is unchanged."""
+    long_prompt = [(7 * i) % 500 + 1 for i in range(150)]
+    asked = {"a": (PROMPTS[0], "loud"), "b": (PROMPTS[1], None), "c": (PROMPTS[2], "odd"), "d": (long_prompt, "calm")}
     knobs = {"alpha": KNOBS.alpha, "omega": KNOBS.omega}
     plan = [
         (0, GenerationRequest(rid, tuple(p), a, greedy(3, prompt_logprobs=2, **({} if a is None else knobs))))

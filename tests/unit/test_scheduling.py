@@ -82,10 +82,12 @@ def test_counts_running_requests_per_adapter() -> None:
 @pytest.mark.parametrize(
     ("changes", "param"),
     [
-        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": -1}, "max_tokens"),
         ({"temperature": 2.5}, "temperature"),
         ({"top_k": -1}, "top_k"),
-        ({"alpha": 1000.0}, "alpha"),
+        ({"alpha": 1e5, "omega": 1.0}, "alpha"),
+        ({"alpha": 2.0}, "omega"),
+        ({"strength": 11.0}, "strength"),
         ({"stop": ("",)}, "stop"),
     ],
 )

@@ -90,9 +90,10 @@ def _add_objective_options(group: argparse._ArgumentGroup) -> None:
     )
     group.add_argument(
         "--value-position",
-        choices=["next", "same"],
-        default="next",
-        help="V(s_{t+1}) as derived, or V(s_t) as in the paper's public code",
+        choices=["same", "next"],
+        default=Objective.value_position,
+        help="V(s_t) as in the paper's public code (sound: the loss depends on the served policy only), or "
+        "V(s_{t+1}) as in the paper's derivation (keeps a V(s_0) term that length normalisation does not cancel)",
     )
     group.add_argument(
         "--reward-norm",

@@ -50,7 +50,9 @@ class Objective:
     knobs: Knobs = field(default_factory=Knobs)  # the α, ω the reward is trained with
     gamma: float = DEFAULT_GAMMA
     beta: float = DEFAULT_BETA
-    value_position: ValuePosition = "next"
+    # V(s_t): r = α·log π_custom − ω·log π_base, all the served policy sees. "next" keeps a V(s₀) that
+    # length normalisation does not cancel: a knob the policy cannot see (tests/unit/test_policy.py).
+    value_position: ValuePosition = "same"
     reward_norm: RewardNorm = "length"
 
     @property

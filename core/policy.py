@@ -20,8 +20,9 @@ PerRow = float | torch.Tensor
 DEFAULT_GAMMA = 1.0
 DEFAULT_BETA = 0.1
 
-# Where V is read in the per-token reward: "next" is the derivation, r = Q(s_t,a_t) - γ·V(s_{t+1});
-# "same" is the paper's public code, which reads V(s_t) at the position of Q.
+# Where V is read in the per-token reward: "same" is the paper's public code, which reads V(s_t) at
+# the position of Q (r = α·log π_custom − ω·log π_base: the served policy alone); "next" is the
+# derivation, r = Q(s_t,a_t) - γ·V(s_{t+1}), which leaves a V(s_0) in the sequence's sum.
 ValuePosition = Literal["next", "same"]
 # How a sequence's summed reward is normalised: by its own response length (ours), or by the
 # padded length of the batch (the paper's public code).
@@ -78,9 +79,10 @@ def token_rewards(
     alpha: PerRow = DEFAULT_ALPHA,
     omega: PerRow = DEFAULT_OMEGA,
     gamma: float = DEFAULT_GAMMA,
-    value_position: ValuePosition = "next",
+    value_position: ValuePosition = "same",
 ) -> torch.Tensor:
-    """Per-token rewards r(s_t, a_t) = Q(s_t, a_t) − γ·V(s_{t+1}), zero outside the mask.
+    """Per-token rewards r(s_t, a_t) = Q(s_t, a_t) − V(s_t) ("same"), or Q(s_t, a_t) − γ·V(s_{t+1})
+    ("next"), zero outside the mask.
 
     `q_logits[:, t]` and `base_logits[:, t]` are `[batch, seq, vocab]` scores of state s_t;
     `actions[:, t]` (`[batch, seq]`) is the token taken there; `action_mask` marks response actions.

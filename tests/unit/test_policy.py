@@ -103,7 +103,7 @@ def _v(q_row: list[float], base_row: list[float], alpha: float, omega: float) ->
 @pytest.mark.parametrize(("alpha", "omega", "gamma"), [(1.0, 0.01, 1.0), (2.0, 0.5, 0.9)])
 def test_token_rewards_read_v_at_the_next_state(alpha: float, omega: float, gamma: float) -> None:
     q, base, actions, mask = _two_step_example()
-    got = token_rewards(q, base, actions, mask, alpha=alpha, omega=omega, gamma=gamma)
+    got = token_rewards(q, base, actions, mask, alpha=alpha, omega=omega, gamma=gamma, value_position="next")
     v1 = _v(q[0, 1].tolist(), base[0, 1].tolist(), alpha, omega)
     # r0 = Q(s0, a0) - γ V(s1); the state after the last action is terminal: r1 = Q(s1, a1) - 0.
     assert got[0].tolist() == pytest.approx([2.0 - gamma * v1, 1.5, 0.0], abs=1e-5)

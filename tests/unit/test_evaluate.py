@@ -74,9 +74,9 @@ def hand_reward(
     method: str,
     alpha: float,
     omega: float,
-    value_position: str = "next",
+    value_position: str = "same",
 ) -> float:
-    """The implicit reward of one response, written out per token (V at s_{t+1}, or at s_t with "same")."""
+    """The implicit reward of one response, written out per token (V at s_t, or at s_{t+1} with "next")."""
     q = full_logits(model, prompt + response, adapter_on=True)
     base = full_logits(model, prompt + response, adapter_on=False)
     states = [len(prompt) - 1 + t for t in range(len(response))]  # the state that takes response token t

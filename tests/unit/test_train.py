@@ -26,7 +26,7 @@ from tests.conftest import tiny_model
 VOCAB = 49152  # the embedded tokenizer's
 # A random tiny model predicts ~uniformly (log π ≈ −10.8), so its r² is ~100× a trained model's and the
 # default χ² weight of 0.1 would swamp the preference term; DPO's usual 0.1 learns too slowly for 30 steps.
-TEST_BETA = {"qadapter": 0.01, "dpo": 1.0, "sft": 0.1}
+TEST_BETA = {"qadapter": 1e-4, "dpo": 1.0, "sft": 0.1}  # qadapter: as the shipped recipe (docs/training.md)
 
 
 def synthetic_pairs(count: int = 8) -> PreferenceData:
@@ -66,7 +66,7 @@ def run(
 @pytest.mark.parametrize("method", ["qadapter", "dpo", "sft"])
 def test_each_method_learns_the_preference(embedded: LoadedModel, tmp_path: Path, method: str) -> None:
     before = run(embedded, tmp_path / "one", method, steps=1)[0].manifest.training["final"]
-    after = run(embedded, tmp_path / "many", method, steps=30)[0].manifest.training["final"]
+    after = run(embedded, tmp_path / "many", method, steps=40)[0].manifest.training["final"]
     assert after["eval_loss"] < before["eval_loss"] - 0.1
     if method != "sft":
         assert before["eval_accuracy"] <= 0.75 and after["eval_accuracy"] == 1.0

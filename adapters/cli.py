@@ -8,8 +8,9 @@ import shlex
 import sys
 from pathlib import Path
 
+from qadapter.adapters.answers import EvalSets
 from qadapter.adapters.data import load_pairs
-from qadapter.adapters.evaluate import EvalSets, evaluate, format_report, read_adapter_manifest
+from qadapter.adapters.evaluate import evaluate, format_report, read_adapter_manifest
 from qadapter.adapters.format import LoraSpec
 from qadapter.adapters.objectives import METHODS, Objective
 from qadapter.adapters.train import TrainConfig, TrainOptions, check_options, check_output, train
@@ -28,6 +29,8 @@ from qadapter.core.model import load_base_model
 from qadapter.core.policy import DEFAULT_BETA, DEFAULT_GAMMA
 
 _DEFAULTS = TrainConfig()
+# The longest bundled held-out pair (harmless-test) is 812 tokens: evaluation sees every one whole.
+EVAL_MAX_LENGTH = 1024
 
 
 def add_train(commands: argparse._SubParsersAction) -> None:
@@ -175,8 +178,9 @@ def add_eval(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-length",
         type=positive(int, False),
-        default=_DEFAULTS.max_length,
-        help="tokens per prompt+response; longer prompts lose their start",
+        default=EVAL_MAX_LENGTH,
+        help="tokens per prompt+response; longer prompts lose their start (the default keeps every bundled "
+        "held-out pair whole)",
     )
     parser.add_argument("--skip-bad", action="store_true", help="skip (and count) bad rows instead of stopping")
     parser.add_argument("--limit", type=positive(int, False), help="evaluate only the first N pairs")

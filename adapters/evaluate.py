@@ -1,79 +1,50 @@
 """`qadapter eval`: did the adapter learn the preference, and how much of the base model did it keep?
 
-- `preference_accuracy` / `reward_margin`: pairs ranked by the implicit reward the method trains —
-  R(y) of docs/design.md §1 for a Q-adapter, Σ log π_custom/π_base for SFT and DPO, Σ log π_base for the base;
+- `policy_accuracy` / `policy_margin`: one yardstick for every method — pairs ranked by the served
+  policy's log-ratio to the base, Σ log π_served(y)/π_base(y) (ties, such as every pair of the base
+  model itself, count half);
+- `reward_accuracy` / `reward_margin`: for a Q-adapter only, pairs ranked by the reward it trains,
+  R(y) of docs/design.md §1 (None for the others);
 - `kl_to_base`: mean per-token KL(π_custom ‖ π_base) along the base's greedy answers to neutral prompts;
 - `retention_accuracy`: short factual questions answered (substring match) with the adapter, beside the
   base's own `base_retention_accuracy`;
 - `mean_answer_tokens`: greedy answer length on the neutral prompts, beside the base's (a length preference
-  shows up here).
+  shows up here);
+- `refusal_rate`: share of greedy answers to the held-out pairs' prompts (harmful requests, for
+  `harmless`) that refuse, and `over_refusal_rate` the same on the neutral prompts, each beside the
+  base's (`adapters/behaviour.py`).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 from peft import PeftModel
-from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from qadapter.adapters.data import PreferencePair, encode_pair
+from qadapter.adapters.answers import Answers, EvalSets
+from qadapter.adapters.behaviour import refusal_rate
+from qadapter.adapters.data import PreferencePair
 from qadapter.adapters.format import MANIFEST_FILE, Manifest, ValidatedAdapter, read_manifest, validate
-from qadapter.adapters.objectives import Objective, log_ratios, margins, pair_rows, qadapter_token_rewards
-from qadapter.adapters.scoring import ModelRows, base_window_logits, collate, taken_logprobs, window_logits
+from qadapter.adapters.rankings import adapter_method, pair_margins, policy_margins, ranked_share
+from qadapter.adapters.scoring import (
+    ModelRows,
+    base_window_logits,
+    collate,
+    window_logits,
+)
 from qadapter.core.chat import user_prompt_ids
-from qadapter.core.decode import DecodeParams, Stream, decode
+from qadapter.core.decode import Stream
 from qadapter.core.errors import InvalidData
 from qadapter.core.knobs import PLAIN, Knobs
 from qadapter.core.model import LoadedModel
-from qadapter.core.policy import customised_logits, sequence_rewards
+from qadapter.core.policy import customised_logits
 
-EVAL_SETS = Path(__file__).parent / "eval_sets"
-PAIRS_PER_BATCH = 4
 ADAPTER = "default"  # the name peft gives the one adapter it loads
 BASE = Stream(None)
-
-
-@dataclass(frozen=True)
-class EvalSets:
-    """Neutral prompts (for KL and answer length) and factual questions with accepted answers."""
-
-    neutral_prompts: list[str]
-    questions: list[tuple[str, list[str]]]
-    max_answer_tokens: int = 128  # greedy answers to the neutral prompts
-    max_question_tokens: int = 32  # greedy answers to the questions
-
-    @classmethod
-    def load(cls, neutral_prompts: Path | None = None, questions: Path | None = None, **limits: int) -> EvalSets:
-        prompts_file = neutral_prompts or EVAL_SETS / "neutral_prompts.txt"
-        questions_file = questions or EVAL_SETS / "factual_questions.jsonl"
-        try:
-            prompts = [line.strip() for line in prompts_file.read_text(encoding="utf-8").split("\n") if line.strip()]
-            question_lines = questions_file.read_text(encoding="utf-8").split("\n")
-        except OSError as exc:
-            raise InvalidData(f"cannot read {exc.filename}: {exc.strerror}") from None
-        parsed = []
-        for number, line in enumerate(question_lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                accepted = row["answers"]
-                if not isinstance(accepted, list) or not all(isinstance(a, str) and a for a in accepted):
-                    raise TypeError
-                parsed.append((str(row["question"]), accepted))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise InvalidData(
-                    f'{questions_file}: line {number}: expected {{"question": str, "answers": [str, ...]}}'
-                ) from None
-        if not prompts or not parsed:
-            raise InvalidData("the neutral prompts and the questions must each hold at least one entry")
-        return cls(prompts, parsed, **limits)
 
 
 @dataclass(frozen=True)
@@ -83,13 +54,20 @@ class EvalReport:
     alpha: float
     omega: float
     num_pairs: int
-    preference_accuracy: float
-    reward_margin: float
+    policy_accuracy: float
+    policy_margin: float
+    reward_accuracy: float | None
+    reward_margin: float | None
     kl_to_base: float
     retention_accuracy: float
     base_retention_accuracy: float
     mean_answer_tokens: float
     base_mean_answer_tokens: float
+    refusal_rate: float
+    base_refusal_rate: float
+    over_refusal_rate: float
+    base_over_refusal_rate: float
+    num_refusal_prompts: int
     num_neutral_prompts: int
     num_questions: int
 
@@ -122,52 +100,40 @@ def evaluate(
     adapter = _served_adapter(loaded, adapter_dir, knobs)
     scored = PeftModel.from_pretrained(loaded.model, str(adapter_dir)).eval() if adapter else loaded.model
     served = Stream(ADAPTER, adapter.manifest.knobs) if adapter else BASE
-    margin_per_pair = pair_margins(
-        scored, loaded.tokenizer, adapter, pairs, max_length, loaded.pad_token_id, show_progress
-    )
+    scoring = (scored, loaded.tokenizer, pairs, max_length, loaded.pad_token_id, show_progress)
+    policy = policy_margins(*scoring, served.knobs if adapter else None)
+    method = adapter_method(adapter)
+    reward = pair_margins(scored, loaded.tokenizer, adapter, *scoring[2:]) if method == "qadapter" else None
 
     streams = [BASE, served] if adapter else [BASE]
-    rows = ModelRows(scored)
-    base_neutral, own_neutral = _answers(
-        loaded, rows, streams, sets.neutral_prompts, sets.max_answer_tokens, show_progress
-    )
-    questions = [q for q, _ in sets.questions]
-    base_replies, own_replies = _answers(loaded, rows, streams, questions, sets.max_question_tokens, show_progress)
+    answers = Answers.generate(loaded, ModelRows(scored), streams, pairs, sets, show_progress)
     neutral_ids = [user_prompt_ids(loaded.tokenizer, p) for p in sets.neutral_prompts]
-    kl = kl_to_base(scored, neutral_ids, base_neutral, served.knobs, loaded.pad_token_id) if adapter else 0.0
+    kl = kl_to_base(scored, neutral_ids, answers.base_neutral, served.knobs, loaded.pad_token_id) if adapter else 0.0
     shown = served.knobs if adapter else PLAIN
+    text = answers.texts(loaded.tokenizer)
     return EvalReport(
         adapter=adapter.name if adapter else "base",
-        method=adapter_method(adapter),
+        method=method,
         alpha=shown.alpha,
         omega=shown.omega,
         num_pairs=len(pairs),
-        preference_accuracy=float((margin_per_pair > 0).float().mean()),
-        reward_margin=float(margin_per_pair.mean()),
+        policy_accuracy=ranked_share(policy),
+        policy_margin=float(policy.mean()),
+        reward_accuracy=None if reward is None else ranked_share(reward),
+        reward_margin=None if reward is None else float(reward.mean()),
         kl_to_base=kl,
-        retention_accuracy=_correct(loaded.tokenizer, own_replies, sets.questions),
-        base_retention_accuracy=_correct(loaded.tokenizer, base_replies, sets.questions),
-        mean_answer_tokens=sum(map(len, own_neutral)) / len(own_neutral),
-        base_mean_answer_tokens=sum(map(len, base_neutral)) / len(base_neutral),
+        retention_accuracy=_correct(text["own_replies"], sets.questions),
+        base_retention_accuracy=_correct(text["base_replies"], sets.questions),
+        mean_answer_tokens=sum(map(len, answers.own_neutral)) / len(answers.own_neutral),
+        base_mean_answer_tokens=sum(map(len, answers.base_neutral)) / len(answers.base_neutral),
+        refusal_rate=refusal_rate(text["own_requests"]),
+        base_refusal_rate=refusal_rate(text["base_requests"]),
+        over_refusal_rate=refusal_rate(text["own_neutral"]),
+        base_over_refusal_rate=refusal_rate(text["base_neutral"]),
+        num_refusal_prompts=len(answers.own_requests),
         num_neutral_prompts=len(sets.neutral_prompts),
         num_questions=len(sets.questions),
     )
-
-
-def _answers(
-    loaded: LoadedModel,
-    rows: ModelRows,
-    streams: list[Stream],
-    prompts: Sequence[str],
-    max_tokens: int,
-    show_progress: bool,
-) -> tuple[list[list[int]], list[list[int]]]:
-    """Greedy answers to user prompts of the first and of the last stream, from one decode."""
-    ids = [user_prompt_ids(loaded.tokenizer, p) for p in prompts]
-    label = "answers" if show_progress else None
-    params = DecodeParams(max_tokens)
-    decoded = decode(rows, ids, streams, params, loaded.stop_token_ids, loaded.pad_token_id, progress=label)
-    return [d[0] for d in decoded], [d[-1] for d in decoded]
 
 
 def _served_adapter(loaded: LoadedModel, adapter_dir: Path | None, knobs: Knobs | None) -> ValidatedAdapter | None:
@@ -178,48 +144,6 @@ def _served_adapter(loaded: LoadedModel, adapter_dir: Path | None, knobs: Knobs 
     if adapter is None:
         raise InvalidData("knobs apply to an adapter, not to the base model")
     return replace(adapter, manifest=adapter.manifest.model_copy(update={"alpha": knobs.alpha, "omega": knobs.omega}))
-
-
-def adapter_method(adapter: ValidatedAdapter | None) -> str:
-    if adapter is None:
-        return "base"
-    return str((adapter.manifest.training or {}).get("method", "qadapter"))
-
-
-def reward_objective(adapter: ValidatedAdapter) -> Objective:
-    """The Q-adapter's reward as it was trained (γ, V position, norm from its manifest), with its α, ω."""
-    trained = ((adapter.manifest.training or {}).get("hyperparameters") or {}).get("objective") or {}
-    known = {f.name for f in fields(Objective)} - {"method", "knobs"}
-    return Objective(knobs=adapter.manifest.knobs, **{k: v for k, v in trained.items() if k in known})
-
-
-@torch.no_grad()
-def pair_margins(
-    model: PreTrainedModel | PeftModel,
-    tokenizer: PreTrainedTokenizerBase,
-    adapter: ValidatedAdapter | None,
-    pairs: Sequence[PreferencePair],
-    max_length: int,
-    pad_id: int,
-    show_progress: bool = True,
-) -> torch.Tensor:
-    """Implicit reward of chosen minus rejected, per pair `[pairs]`."""
-    method = adapter_method(adapter)
-    device = next(model.parameters()).device
-    per_batch = []
-    for start in tqdm(range(0, len(pairs), PAIRS_PER_BATCH), desc="preference pairs", disable=not show_progress):
-        encoded = [encode_pair(tokenizer, p, max_length) for p in pairs[start : start + PAIRS_PER_BATCH]]
-        batch = collate(pair_rows(encoded), pad_id, device)
-        if adapter is None:
-            rewards = (taken_logprobs(base_window_logits(model, batch), batch.actions) * batch.action_mask).sum(-1)
-        elif method == "qadapter":
-            objective = reward_objective(adapter)
-            token = qadapter_token_rewards(model, batch, objective)
-            rewards = sequence_rewards(token, batch.action_mask, objective.reward_norm)
-        else:
-            rewards = log_ratios(model, batch, adapter.manifest.knobs)
-        per_batch.append(margins(rewards).float().cpu())
-    return torch.cat(per_batch)
 
 
 @torch.no_grad()
@@ -245,16 +169,13 @@ def kl_to_base(
     return total / max(num_tokens, 1.0)
 
 
-def _correct(
-    tokenizer: PreTrainedTokenizerBase, answers: Sequence[list[int]], questions: Sequence[tuple[str, list[str]]]
-) -> float:
+def _correct(answers: Sequence[str], questions: Sequence[tuple[str, list[str]]]) -> float:
     """Share of answers naming one of the question's accepted answers as a whole word (case-insensitive).
 
     Whole words, so that "4" is not found in "14" nor "ice" in "rice".
     """
     hits = 0
-    for ids, (_, accepted) in zip(answers, questions):
-        text = tokenizer.decode(ids, skip_special_tokens=True)
+    for text, (_, accepted) in zip(answers, questions):
         hits += any(re.search(rf"(?<!\w){re.escape(a)}(?!\w)", text, re.IGNORECASE) for a in accepted)
     return hits / len(questions)
 
@@ -263,14 +184,24 @@ def format_report(report: EvalReport) -> str:
     """A readable two-column table."""
     rows = [
         ("adapter", f"{report.adapter} ({report.method}, alpha {report.alpha:g}, omega {report.omega:g})"),
-        ("preference accuracy", f"{report.preference_accuracy:.3f}  over {report.num_pairs} pairs"),
-        ("reward margin (mean)", f"{report.reward_margin:.4f}"),
+        ("policy accuracy", f"{report.policy_accuracy:.3f}  over {report.num_pairs} pairs (log-ratio to base)"),
+        ("policy margin (mean)", f"{report.policy_margin:.4f}"),
+        *(
+            [("reward accuracy", f"{report.reward_accuracy:.3f}  (the Q-adapter's reward R)")]
+            if report.reward_accuracy is not None
+            else []
+        ),
         ("KL to base (per token)", f"{report.kl_to_base:.4f}  over {report.num_neutral_prompts} neutral prompts"),
         (
             "retention accuracy",
             f"{report.retention_accuracy:.3f}  (base {report.base_retention_accuracy:.3f}, {report.num_questions} questions)",
         ),
         ("mean answer tokens", f"{report.mean_answer_tokens:.1f}  (base {report.base_mean_answer_tokens:.1f})"),
+        (
+            "refusal rate",
+            f"{report.refusal_rate:.3f}  (base {report.base_refusal_rate:.3f}, {report.num_refusal_prompts} pair prompts)",
+        ),
+        ("over-refusal rate", f"{report.over_refusal_rate:.3f}  (base {report.base_over_refusal_rate:.3f}, neutral)"),
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

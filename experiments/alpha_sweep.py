@@ -21,9 +21,9 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from qadapter.adapters.data import PreferencePair, encode_pair, load_pairs
-from qadapter.adapters.evaluate import PAIRS_PER_BATCH, adapter_method, reward_objective
 from qadapter.adapters.format import ValidatedAdapter, validate
 from qadapter.adapters.objectives import margins, pair_rows
+from qadapter.adapters.rankings import PAIRS_PER_BATCH, adapter_method, reward_objective
 from qadapter.adapters.scoring import base_window_logits, collate, taken_logprobs, window_logits
 from qadapter.core.cli_options import add_model_options, positive, settings_from, within
 from qadapter.core.errors import QAdapterError

@@ -66,13 +66,12 @@ baselines() {
 reports() {
     local test="$DATA/harmless-test.jsonl"
     $BIN/qadapter eval --adapter base --data "$test" --skip-bad --max-length 192 --json > "$WORK/base.eval.json"
-    $BIN/qadapter eval --adapter "$EXAMPLES/harmless" --data "$test" --skip-bad --max-length 192 --json \
-        > "$EXAMPLES/harmless/eval.json"
+    # The shipped reports see every held-out pair whole (eval's default --max-length).
+    $BIN/qadapter eval --adapter "$EXAMPLES/harmless" --data "$test" --skip-bad --json > "$EXAMPLES/harmless/eval.json"
     for run in harmless-100 harmless-sft harmless-dpo; do
         $BIN/qadapter eval --adapter "$WORK/$run" --data "$test" --skip-bad --max-length 192 --json > "$WORK/$run.eval.json"
     done
-    $BIN/qadapter eval --adapter "$EXAMPLES/concise" --data "$DATA/concise-test.jsonl" --max-length 256 --json \
-        > "$EXAMPLES/concise/eval.json"
+    $BIN/qadapter eval --adapter "$EXAMPLES/concise" --data "$DATA/concise-test.jsonl" --json > "$EXAMPLES/concise/eval.json"
     $BIN/python $EXPERIMENTS/compare.py "$WORK/base.eval.json" "$WORK/harmless-100.eval.json" \
         "$WORK/harmless-sft.eval.json" "$WORK/harmless-dpo.eval.json" > "$EXPERIMENTS/comparison.md"
     cat "$EXPERIMENTS/comparison.md"

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 COLUMNS = [
-    ("preference accuracy", "preference_accuracy", "{:.3f}"),
-    ("reward margin", "reward_margin", "{:.3f}"),
+    ("policy accuracy", "policy_accuracy", "{:.3f}"),
+    ("reward accuracy", "reward_accuracy", "{:.3f}"),
     ("KL to base", "kl_to_base", "{:.4f}"),
     ("retention accuracy", "retention_accuracy", "{:.3f}"),
     ("mean answer tokens", "mean_answer_tokens", "{:.1f}"),
@@ -23,7 +23,7 @@ def main(paths: list[str]) -> None:
     print("| adapter | method | " + " | ".join(title for title, _, _ in COLUMNS) + " |")
     print("|---|---|" + "---|" * len(COLUMNS))
     for report in reports:
-        cells = [fmt.format(report[key]) for _, key, fmt in COLUMNS]
+        cells = ["–" if report.get(key) is None else fmt.format(report[key]) for _, key, fmt in COLUMNS]
         served = f" (α {report['alpha']:g}, ω {report['omega']:g})" if report["method"] == "qadapter" else ""
         print(f"| {report['adapter']}{served} | {report['method']} | " + " | ".join(cells) + " |")
     base = reports[0]

@@ -20,9 +20,9 @@ import torch
 from peft import PeftModel
 
 from qadapter.adapters.data import encode_pair, load_pairs
-from qadapter.adapters.evaluate import PAIRS_PER_BATCH, pair_margins
 from qadapter.adapters.format import validate
 from qadapter.adapters.objectives import log_ratios, margins, pair_rows
+from qadapter.adapters.rankings import PAIRS_PER_BATCH, pair_margins
 from qadapter.adapters.scoring import collate
 from qadapter.core.cli_options import add_model_options, positive, settings_from
 from qadapter.core.model import LoadedModel, load_base_model

@@ -20,13 +20,19 @@ EXAMPLES = ROOT / "adapters" / "examples"
 EXPERIMENTS = ROOT / "experiments"
 HELD_OUT = EXAMPLES / "data" / "harmless-test.jsonl"
 REPORT_KEYS = {
-    "preference_accuracy",
+    "policy_accuracy",
+    "policy_margin",
+    "reward_accuracy",
     "reward_margin",
     "kl_to_base",
     "retention_accuracy",
     "base_retention_accuracy",
     "mean_answer_tokens",
     "base_mean_answer_tokens",
+    "refusal_rate",
+    "base_refusal_rate",
+    "over_refusal_rate",
+    "base_over_refusal_rate",
     "num_pairs",
     "method",
     "adapter",
@@ -99,7 +105,7 @@ def test_train_then_eval_on_the_embedded_model(tmp_path: Path, small_sets: list[
         "eval", "--adapter", "base", "--data", str(data), "--limit", "2", "--max-length", "96", *small_sets
     )
     assert table.returncode == 0, table.stderr
-    assert "preference accuracy" in table.stdout and "base (base" in table.stdout
+    assert "policy accuracy" in table.stdout and "base (base" in table.stdout
 
 
 def test_bad_training_data_is_an_error_with_its_line_and_no_output(tmp_path: Path) -> None:

@@ -10,15 +10,15 @@ import pytest
 import torch
 from peft import PeftModel
 
+from qadapter.adapters.answers import EvalSets
 from qadapter.adapters.data import PreferencePair, encode_pair
 from qadapter.adapters.evaluate import (
-    EvalSets,
     evaluate,
     format_report,
     kl_to_base,
-    pair_margins,
 )
 from qadapter.adapters.format import validate
+from qadapter.adapters.rankings import pair_margins, policy_margins, ranked_share
 from qadapter.adapters.scoring import ModelRows
 from qadapter.adapters.synthetic import random_adapter
 from qadapter.core.base import BaseModelInfo
@@ -113,6 +113,31 @@ def test_pair_margins_equal_hand_computed_rewards(
         rejected = hand_reward(model, encoded.prompt_ids, encoded.rejected_ids, method, alpha, omega)
         expected.append(chosen - rejected)
     assert margins.tolist() == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize(("method", "alpha", "omega"), [("qadapter", 0.7, 0.3), ("dpo", 1.0, 0.0)])
+def test_policy_margins_are_the_served_log_ratio_for_every_method(
+    embedded: LoadedModel, base_model: torch.nn.Module, tmp_path: Path, method: str, alpha: float, omega: float
+) -> None:
+    """One yardstick: Σ log π_served(y)/π_base(y), chosen minus rejected, whatever the method trains."""
+    tokenizer, knobs = embedded.tokenizer, Knobs(alpha, omega)
+    adapter = validate(
+        write_adapter(tmp_path / "a", base_model, method, knobs), BaseModelInfo.from_model(base_model, "t")
+    )
+    model = PeftModel.from_pretrained(base_model, str(adapter.path)).eval()
+    got = policy_margins(model, tokenizer, PAIRS, 512, 2, False, knobs)
+    expected = []
+    for pair in PAIRS:
+        encoded = encode_pair(tokenizer, pair, 512)
+        chosen = hand_reward(model, encoded.prompt_ids, encoded.chosen_ids, "dpo", alpha, omega)
+        rejected = hand_reward(model, encoded.prompt_ids, encoded.rejected_ids, "dpo", alpha, omega)
+        expected.append(chosen - rejected)
+    assert got.tolist() == pytest.approx(expected, abs=1e-4)
+    assert policy_margins(model, tokenizer, PAIRS, 512, 2, False, None).tolist() == [0.0] * len(PAIRS)  # the base
+
+
+def test_a_tie_counts_half() -> None:
+    assert ranked_share(torch.tensor([1.0, -1.0, 0.0, 2.0])) == 0.625
 
 
 def test_kl_to_base_equals_the_hand_computed_mean(
@@ -212,9 +237,11 @@ def test_evaluate_reports_retention_and_answer_length_as_decoded_by_hand(
     assert report.mean_answer_tokens == sum(lengths) / len(lengths)
     assert (report.num_pairs, report.num_questions, report.num_neutral_prompts) == (3, 2, 2)
     assert report.method == "qadapter" and report.kl_to_base > 0
-    assert not math.isnan(report.reward_margin)
+    assert report.reward_margin is not None and not math.isnan(report.reward_margin)
+    assert report.reward_accuracy is not None and 0 <= report.policy_accuracy <= 1
+    assert report.num_refusal_prompts == len(PAIRS) and 0 <= report.refusal_rate <= 1
     table = format_report(report)
-    assert "preference accuracy" in table and "retention accuracy" in table
+    assert "policy accuracy" in table and "reward accuracy" in table and "retention accuracy" in table
 
 
 def test_bad_question_file_names_its_line(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from qadapter.adapters.answers import Answers, EvalSets
 from qadapter.adapters.behaviour import refusal_rate
 from qadapter.adapters.data import PreferencePair
 from qadapter.adapters.format import MANIFEST_FILE, Manifest, ValidatedAdapter, read_manifest, validate
-from qadapter.adapters.rankings import adapter_method, pair_margins, policy_margins, ranked_share
+from qadapter.adapters.rankings import adapter_method, ranked_share, served_margins
 from qadapter.adapters.scoring import (
     ModelRows,
     base_window_logits,
@@ -100,10 +100,10 @@ def evaluate(
     adapter = _served_adapter(loaded, adapter_dir, knobs)
     scored = PeftModel.from_pretrained(loaded.model, str(adapter_dir)).eval() if adapter else loaded.model
     served = Stream(ADAPTER, adapter.manifest.knobs) if adapter else BASE
-    scoring = (scored, loaded.tokenizer, pairs, max_length, loaded.pad_token_id, show_progress)
-    policy = policy_margins(*scoring, served.knobs if adapter else None)
+    policy, reward = served_margins(
+        scored, loaded.tokenizer, adapter, pairs, max_length, loaded.pad_token_id, show_progress
+    )
     method = adapter_method(adapter)
-    reward = pair_margins(scored, loaded.tokenizer, adapter, *scoring[2:]) if method == "qadapter" else None
 
     streams = [BASE, served] if adapter else [BASE]
     answers = Answers.generate(loaded, ModelRows(scored), streams, pairs, sets, show_progress)

@@ -107,8 +107,13 @@ def margins(row_rewards: torch.Tensor) -> torch.Tensor:
 
 def qadapter_token_rewards(model: Model, batch: ResponseBatch, objective: Objective) -> torch.Tensor:
     """r(s_t, a_t) over the response window, `[rows, window]`; autograd through Q only."""
-    q_logits = window_logits(model, batch)
-    base_logits = base_window_logits(model, batch)
+    return token_rewards_of(window_logits(model, batch), base_window_logits(model, batch), batch, objective)
+
+
+def token_rewards_of(
+    q_logits: torch.Tensor, base_logits: torch.Tensor, batch: ResponseBatch, objective: Objective
+) -> torch.Tensor:
+    """`qadapter_token_rewards` from the window's logits with and without the adapter."""
     return token_rewards(
         q_logits,
         base_logits,
@@ -123,7 +128,13 @@ def qadapter_token_rewards(model: Model, batch: ResponseBatch, objective: Object
 
 def log_ratios(model: Model, batch: ResponseBatch, knobs: Knobs) -> torch.Tensor:
     """Σ_t log π_custom(a_t) − log π_base(a_t) per row, π_custom the policy served with `knobs`."""
-    base_logits = base_window_logits(model, batch)
-    custom = customised_logits(window_logits(model, batch), base_logits, knobs.alpha, knobs.omega)
+    return log_ratios_of(window_logits(model, batch), base_window_logits(model, batch), batch, knobs)
+
+
+def log_ratios_of(
+    q_logits: torch.Tensor, base_logits: torch.Tensor, batch: ResponseBatch, knobs: Knobs
+) -> torch.Tensor:
+    """`log_ratios` from the window's logits with and without the adapter."""
+    custom = customised_logits(q_logits, base_logits, knobs.alpha, knobs.omega)
     ratio = taken_logprobs(custom, batch.actions) - taken_logprobs(base_logits, batch.actions)
     return (ratio * batch.action_mask).sum(dim=-1)

@@ -13,9 +13,16 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from qadapter.adapters.data import PreferencePair, encode_pair
 from qadapter.adapters.format import ValidatedAdapter
-from qadapter.adapters.objectives import Objective, log_ratios, margins, pair_rows, qadapter_token_rewards
-from qadapter.adapters.scoring import ResponseBatch, base_window_logits, collate, taken_logprobs
-from qadapter.core.knobs import Knobs
+from qadapter.adapters.objectives import (
+    Objective,
+    log_ratios,
+    log_ratios_of,
+    margins,
+    pair_rows,
+    qadapter_token_rewards,
+    token_rewards_of,
+)
+from qadapter.adapters.scoring import ResponseBatch, base_window_logits, collate, taken_logprobs, window_logits
 from qadapter.core.policy import sequence_rewards
 
 PAIRS_PER_BATCH = 4
@@ -65,20 +72,32 @@ def pair_margins(
     return _per_pair(model, tokenizer, pairs, max_length, pad_id, show_progress, rewards)
 
 
-def policy_margins(
+def served_margins(
     model: PreTrainedModel | PeftModel,
     tokenizer: PreTrainedTokenizerBase,
+    adapter: ValidatedAdapter | None,
     pairs: Sequence[PreferencePair],
     max_length: int,
     pad_id: int,
-    show_progress: bool,
-    knobs: Knobs | None,
-) -> torch.Tensor:
-    """Σ log π_served(y)/π_base(y) of chosen minus rejected, per pair, π_served the policy `knobs`
-    serve (None: the base model, whose log-ratio is 0 for every response)."""
-    if knobs is None:
-        return torch.zeros(len(pairs))
-    return _per_pair(model, tokenizer, pairs, max_length, pad_id, show_progress, lambda b: log_ratios(model, b, knobs))
+    show_progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per pair, chosen minus rejected: the served policy's Σ log π_served/π_base, the yardstick of
+    every method (0 for the base model), and a Q-adapter's reward R(y) (None for the others), from
+    one forward with and one without the adapter per batch. The adapter serves its manifest's knobs."""
+    if adapter is None:
+        return torch.zeros(len(pairs)), None
+    objective = reward_objective(adapter) if adapter_method(adapter) == "qadapter" else None
+
+    def scores(batch: ResponseBatch) -> torch.Tensor:
+        q_logits, base_logits = window_logits(model, batch), base_window_logits(model, batch)
+        policy = log_ratios_of(q_logits, base_logits, batch, adapter.manifest.knobs)
+        if objective is None:
+            return policy.unsqueeze(-1)
+        rewards = token_rewards_of(q_logits, base_logits, batch, objective)
+        return torch.stack([policy, sequence_rewards(rewards, batch.action_mask, objective.reward_norm)], dim=-1)
+
+    both = _per_pair(model, tokenizer, pairs, max_length, pad_id, show_progress, scores)  # [pairs, 1 or 2]
+    return both[:, 0], None if objective is None else both[:, 1]
 
 
 @torch.no_grad()
@@ -91,7 +110,7 @@ def _per_pair(
     show_progress: bool,
     score: Callable[[ResponseBatch], torch.Tensor],
 ) -> torch.Tensor:
-    """score(chosen) − score(rejected) per pair `[pairs]`, `score` giving one value per batch row."""
+    """score(chosen) − score(rejected) per pair, `score` giving one value (or a row of them) per batch row."""
     device = next(model.parameters()).device
     per_batch = []
     for start in tqdm(range(0, len(pairs), PAIRS_PER_BATCH), desc="preference pairs", disable=not show_progress):

@@ -49,7 +49,9 @@ def main() -> None:
     params = DecodeParams(args.max_tokens)
     answers = decode(host, [ids for _, _, ids in prompts], streams, params, loaded.stop_token_ids, loaded.pad_token_id)
     for (source, prompt, _), per_stream in zip(prompts, answers):
-        for model, ids in zip(("base", f"{adapter.name}@{args.strength or 1:g}"), per_stream):
+        for model, ids in zip(
+            ("base", f"{adapter.name}@{1 if args.strength is None else args.strength:g}"), per_stream
+        ):
             answer = loaded.tokenizer.decode(ids, skip_special_tokens=True).strip()
             row = {"source": source, "model": model, "prompt": prompt, "answer": answer, "detector": is_refusal(answer)}
             print(json.dumps(row))

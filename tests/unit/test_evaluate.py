@@ -18,7 +18,7 @@ from qadapter.adapters.evaluate import (
     kl_to_base,
 )
 from qadapter.adapters.format import validate
-from qadapter.adapters.rankings import pair_margins, policy_margins, ranked_share
+from qadapter.adapters.rankings import pair_margins, ranked_share, served_margins
 from qadapter.adapters.scoring import ModelRows
 from qadapter.adapters.synthetic import random_adapter
 from qadapter.core.base import BaseModelInfo
@@ -116,24 +116,31 @@ def test_pair_margins_equal_hand_computed_rewards(
 
 
 @pytest.mark.parametrize(("method", "alpha", "omega"), [("qadapter", 0.7, 0.3), ("dpo", 1.0, 0.0)])
-def test_policy_margins_are_the_served_log_ratio_for_every_method(
+def test_served_margins_are_the_served_log_ratio_for_every_method(
     embedded: LoadedModel, base_model: torch.nn.Module, tmp_path: Path, method: str, alpha: float, omega: float
 ) -> None:
-    """One yardstick: Σ log π_served(y)/π_base(y), chosen minus rejected, whatever the method trains."""
+    """One yardstick: Σ log π_served(y)/π_base(y), chosen minus rejected, whatever the method trains;
+    beside it, from the same forwards, the Q-adapter's own reward."""
     tokenizer, knobs = embedded.tokenizer, Knobs(alpha, omega)
     adapter = validate(
         write_adapter(tmp_path / "a", base_model, method, knobs), BaseModelInfo.from_model(base_model, "t")
     )
     model = PeftModel.from_pretrained(base_model, str(adapter.path)).eval()
-    got = policy_margins(model, tokenizer, PAIRS, 512, 2, False, knobs)
+    policy, reward = served_margins(model, tokenizer, adapter, PAIRS, 512, 2, False)
     expected = []
     for pair in PAIRS:
         encoded = encode_pair(tokenizer, pair, 512)
         chosen = hand_reward(model, encoded.prompt_ids, encoded.chosen_ids, "dpo", alpha, omega)
         rejected = hand_reward(model, encoded.prompt_ids, encoded.rejected_ids, "dpo", alpha, omega)
         expected.append(chosen - rejected)
-    assert got.tolist() == pytest.approx(expected, abs=1e-4)
-    assert policy_margins(model, tokenizer, PAIRS, 512, 2, False, None).tolist() == [0.0] * len(PAIRS)  # the base
+    assert policy.tolist() == pytest.approx(expected, abs=1e-4)
+    if method == "qadapter":
+        assert reward is not None
+        assert reward.tolist() == pytest.approx(pair_margins(model, tokenizer, adapter, PAIRS, 512, 2, False).tolist())
+    else:
+        assert reward is None
+    base_policy, base_reward = served_margins(model, tokenizer, None, PAIRS, 512, 2, False)
+    assert base_policy.tolist() == [0.0] * len(PAIRS) and base_reward is None
 
 
 def test_a_tie_counts_half() -> None:

@@ -1,5 +1,5 @@
 """What `qadapter eval` asks the models: the bundled prompt and question sets, and the greedy answers
-to them (and to the held-out pairs' prompts) of the base and of the served policy."""
+to them (and to the held-out pairs' prompts) of the base and of each served policy."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
@@ -20,6 +21,12 @@ from qadapter.core.model import LoadedModel
 EVAL_SETS = Path(__file__).parent / "eval_sets"
 
 
+# Each bundled set comes in two halves: `validation` to choose on (recipe, epochs, strength), `test`
+# to report once. The validation halves hold the questions and prompts the first recipes were tuned on.
+Split = Literal["validation", "test"]
+SPLITS: tuple[Split, ...] = ("validation", "test")
+
+
 @dataclass(frozen=True)
 class EvalSets:
     """Neutral prompts (for KL and answer length) and factual questions with accepted answers."""
@@ -28,13 +35,20 @@ class EvalSets:
     questions: list[tuple[str, list[str]]]
     max_answer_tokens: int = 128  # greedy answers to the neutral prompts
     max_question_tokens: int = 32  # greedy answers to the questions
-    max_refusal_prompts: int = 64  # the first held-out pairs' prompts answered, for the refusal rate
+    max_refusal_prompts: int = 100  # the first held-out pairs' prompts answered, for the refusal rate
     max_refusal_tokens: int = 48  # a refusal says so at once
 
     @classmethod
-    def load(cls, neutral_prompts: Path | None = None, questions: Path | None = None, **limits: int) -> EvalSets:
-        prompts_file = neutral_prompts or EVAL_SETS / "neutral_prompts.txt"
-        questions_file = questions or EVAL_SETS / "factual_questions.jsonl"
+    def load(
+        cls,
+        split: Split = "test",
+        neutral_prompts: Path | None = None,
+        questions: Path | None = None,
+        **limits: int,
+    ) -> EvalSets:
+        """The bundled `split` (100 prompts, 100 questions), or the files given instead."""
+        prompts_file = neutral_prompts or EVAL_SETS / f"neutral_prompts.{split}.txt"
+        questions_file = questions or EVAL_SETS / f"factual_questions.{split}.jsonl"
         try:
             prompts = [line.strip() for line in prompts_file.read_text(encoding="utf-8").split("\n") if line.strip()]
             question_lines = questions_file.read_text(encoding="utf-8").split("\n")
@@ -61,15 +75,12 @@ class EvalSets:
 
 @dataclass(frozen=True)
 class Answers:
-    """Greedy answer ids of the base and of the served policy: to the neutral prompts, the factual
-    questions and the first held-out pairs' prompts (the requests)."""
+    """One stream's greedy answer ids: to the neutral prompts, the factual questions and the first
+    held-out pairs' prompts (the requests)."""
 
-    base_neutral: list[list[int]]
-    own_neutral: list[list[int]]
-    base_replies: list[list[int]]
-    own_replies: list[list[int]]
-    base_requests: list[list[int]]
-    own_requests: list[list[int]]
+    neutral: list[list[int]]
+    replies: list[list[int]]
+    requests: list[list[int]]
 
     @classmethod
     def generate(
@@ -80,34 +91,22 @@ class Answers:
         pairs: Sequence[PreferencePair],
         sets: EvalSets,
         show_progress: bool,
-    ) -> Answers:
-        def answer(prompts: list[list[int]], max_tokens: int) -> tuple[list[list[int]], list[list[int]]]:
-            return _answers(loaded, rows, streams, prompts, max_tokens, show_progress)
+    ) -> list[Answers]:
+        """Every stream's answers, in the order of `streams`, all streams of a prompt decoded together."""
 
+        def answer(prompts: list[list[int]], max_tokens: int) -> list[list[list[int]]]:
+            params, label = DecodeParams(max_tokens), "answers" if show_progress else None
+            decoded = decode(rows, prompts, streams, params, loaded.stop_token_ids, loaded.pad_token_id, progress=label)
+            return [[per_prompt[s] for per_prompt in decoded] for s in range(len(streams))]  # [stream][prompt]
+
+        neutral = answer([user_prompt_ids(loaded.tokenizer, p) for p in sets.neutral_prompts], sets.max_answer_tokens)
+        replies = answer([user_prompt_ids(loaded.tokenizer, q) for q, _ in sets.questions], sets.max_question_tokens)
         requests = [chat_prompt_ids(loaded.tokenizer, p.prompt) for p in pairs[: sets.max_refusal_prompts]]
-        return cls(
-            *answer([user_prompt_ids(loaded.tokenizer, p) for p in sets.neutral_prompts], sets.max_answer_tokens),
-            *answer([user_prompt_ids(loaded.tokenizer, q) for q, _ in sets.questions], sets.max_question_tokens),
-            *answer(requests, sets.max_refusal_tokens),
-        )
+        asked = answer(requests, sets.max_refusal_tokens)
+        return [cls(*per_stream) for per_stream in zip(neutral, replies, asked)]
 
     def texts(self, tokenizer: PreTrainedTokenizerBase) -> dict[str, list[str]]:
         return {
             name: [tokenizer.decode(ids, skip_special_tokens=True) for ids in answers]
             for name, answers in asdict(self).items()
         }
-
-
-def _answers(
-    loaded: LoadedModel,
-    rows: ModelRows,
-    streams: list[Stream],
-    prompts: list[list[int]],
-    max_tokens: int,
-    show_progress: bool,
-) -> tuple[list[list[int]], list[list[int]]]:
-    """Greedy answers to prompts (token ids) of the first and of the last stream, from one decode."""
-    label = "answers" if show_progress else None
-    params = DecodeParams(max_tokens)
-    decoded = decode(rows, prompts, streams, params, loaded.stop_token_ids, loaded.pad_token_id, progress=label)
-    return [d[0] for d in decoded], [d[-1] for d in decoded]

@@ -8,10 +8,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from qadapter.adapters.answers import EvalSets
-from qadapter.adapters.data import load_pairs
-from qadapter.adapters.evaluate import evaluate, format_report, read_adapter_manifest
+from qadapter.adapters.answers import SPLITS, EvalSets
+from qadapter.adapters.data import PreferencePair, load_pairs
+from qadapter.adapters.evaluate import ServedPoint, evaluate, format_report, read_adapter_manifest
 from qadapter.adapters.format import LoraSpec
+from qadapter.adapters.frontier import format_frontier, sweep, write_frontier
 from qadapter.adapters.objectives import METHODS, Objective
 from qadapter.adapters.train import TrainConfig, TrainOptions, check_options, check_output, train
 from qadapter.core.cli_options import (
@@ -25,7 +26,7 @@ from qadapter.core.cli_options import (
 )
 from qadapter.core.errors import InvalidData
 from qadapter.core.knobs import DEFAULT_ALPHA, DEFAULT_OMEGA, MAX_ALPHA, MAX_OMEGA, MIN_ALPHA, Knobs
-from qadapter.core.model import load_base_model
+from qadapter.core.model import LoadedModel, load_base_model
 from qadapter.core.policy import DEFAULT_BETA, DEFAULT_GAMMA
 
 _DEFAULTS = TrainConfig()
@@ -173,7 +174,9 @@ def add_eval(commands: argparse._SubParsersAction) -> None:
         formatter_class=DefaultsFormatter,
     )
     add_model_options(parser)
-    parser.add_argument("--adapter", required=True, help="adapter directory, or 'base' for the base model")
+    parser.add_argument(
+        "--adapter", nargs="+", required=True, help="adapter directory, or 'base' (several with --sweep)"
+    )
     parser.add_argument("--data", type=Path, required=True, help="held-out preference pairs (JSONL)")
     parser.add_argument(
         "--max-length",
@@ -184,33 +187,92 @@ def add_eval(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--skip-bad", action="store_true", help="skip (and count) bad rows instead of stopping")
     parser.add_argument("--limit", type=positive(int, False), help="evaluate only the first N pairs")
+    parser.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="test",
+        help="which half of the bundled prompts and questions: validation to choose on, test to report",
+    )
     parser.add_argument("--neutral-prompts", type=Path, help="one prompt per line (default: the bundled set)")
     parser.add_argument("--questions", type=Path, help='JSONL {"question", "answers"} (default: the bundled set)')
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     add_knob_options(parser, ("--alpha", "--omega"), "to serve the adapter with instead of its manifest's (give both)")
     add_strength_option(parser)
+    group = parser.add_argument_group("frontier")
+    group.add_argument(
+        "--sweep",
+        type=_strength_list,
+        metavar="S,S,...",
+        help="serve every --adapter at each strength in its range (e.g. 0.25,0.5,1,2) and write the frontier "
+        "(JSON and PNG: preference and behaviour against KL to the base and retention, one curve per method) "
+        "to --out",
+    )
+    group.add_argument("--out", type=Path, help="the sweep's folder (frontier.json, frontier.png)")
     parser.set_defaults(run=_run_eval)
 
 
+def _strength_list(text: str) -> list[float]:
+    try:
+        strengths = sorted({float(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected strengths like 0.25,0.5,1,2, got {text!r}") from None
+    if not strengths or strengths[0] <= 0:
+        raise argparse.ArgumentTypeError("strengths must be above 0 (the base model, strength 0, is always included)")
+    return strengths
+
+
 def _run_eval(args: argparse.Namespace) -> int:
-    adapter_dir = None if args.adapter == "base" else Path(args.adapter)
+    if args.sweep is not None:
+        return _run_sweep(args)
+    if args.out is not None:
+        raise InvalidData("--out is the folder of a --sweep; without one the report goes to stdout")
+    if len(args.adapter) > 1:
+        raise InvalidData("give one --adapter, or several with --sweep")
+    adapter_dir = None if args.adapter[0] == "base" else Path(args.adapter[0])
     sets_knobs = any(value is not None for value in (args.alpha, args.omega, args.strength))
     if adapter_dir is None and sets_knobs:
         raise InvalidData("--alpha, --omega and --strength set how an adapter serves, not the base model")
-    knobs = None
+    points = []
     if adapter_dir is not None:
         manifest = read_adapter_manifest(adapter_dir)
         args.model = args.model or manifest.base_model.id
-        knobs = manifest.knobs.served(args.alpha, args.omega, args.strength) if sets_knobs else None
+        knobs = manifest.knobs.served(args.alpha, args.omega, args.strength)
         if sets_knobs and knobs is None:  # strength 0: the base model itself
             adapter_dir = None
-    data = load_pairs(args.data, skip_bad=args.skip_bad)
-    sets = EvalSets.load(args.neutral_prompts, args.questions)
-    loaded = load_base_model(settings_from(args))
-    pairs = data.pairs[: args.limit] if args.limit else data.pairs
-    report = evaluate(loaded, adapter_dir, pairs, sets, args.max_length, knobs)
+        elif sets_knobs and knobs is not None:
+            points = [ServedPoint(knobs, args.strength)]
+    loaded, pairs, sets = _eval_inputs(args)
+    report = evaluate(loaded, adapter_dir, pairs, sets, args.max_length, points)[0]
     print(json.dumps(report.as_dict()) if args.json else format_report(report))
     return 0
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    if any(value is not None for value in (args.alpha, args.omega, args.strength)):
+        raise InvalidData("--sweep serves each adapter at its strengths: drop --alpha, --omega and --strength")
+    if args.out is None:
+        raise InvalidData("--sweep writes frontier.json and frontier.png: give the folder with --out")
+    if "base" in args.adapter:
+        raise InvalidData("the base model is every sweep's strength-0 point: list adapter directories only")
+    adapter_dirs = [Path(a) for a in args.adapter]
+    models = {read_adapter_manifest(d).base_model.id for d in adapter_dirs}
+    if len(models) > 1 and not args.model:
+        raise InvalidData(f"the adapters were trained on different base models {sorted(models)}: one sweep, one base")
+    args.model = args.model or models.pop()
+    loaded, pairs, sets = _eval_inputs(args)
+    frontier = sweep(loaded, adapter_dirs, pairs, sets, args.max_length, args.sweep, args.split)
+    json_path, png_path = write_frontier(frontier, args.out)
+    print(format_frontier(frontier))
+    print(f"wrote {json_path} and {png_path}")
+    return 0
+
+
+def _eval_inputs(args: argparse.Namespace) -> tuple[LoadedModel, list[PreferencePair], EvalSets]:
+    """The base model, the held-out pairs (`--limit`) and the prompt and question sets of `--split`."""
+    data = load_pairs(args.data, skip_bad=args.skip_bad)
+    sets = EvalSets.load(args.split, args.neutral_prompts, args.questions)
+    loaded = load_base_model(settings_from(args))
+    return loaded, data.pairs[: args.limit] if args.limit else data.pairs, sets
 
 
 def _knob_pair(alpha: float | None, omega: float | None, flags: str) -> Knobs | None:

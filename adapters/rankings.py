@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import torch
 from peft import PeftModel
@@ -23,6 +23,7 @@ from qadapter.adapters.objectives import (
     token_rewards_of,
 )
 from qadapter.adapters.scoring import ResponseBatch, base_window_logits, collate, taken_logprobs, window_logits
+from qadapter.core.knobs import Knobs
 from qadapter.core.policy import sequence_rewards
 
 PAIRS_PER_BATCH = 4
@@ -79,25 +80,35 @@ def served_margins(
     pairs: Sequence[PreferencePair],
     max_length: int,
     pad_id: int,
+    points: Sequence[Knobs] = (),
     show_progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per pair, chosen minus rejected: the served policy's Σ log π_served/π_base, the yardstick of
-    every method (0 for the base model), and a Q-adapter's reward R(y) (None for the others), from
-    one forward with and one without the adapter per batch. The adapter serves its manifest's knobs."""
+    """Per pair and per served point `[pairs, points]`, chosen minus rejected: the served policy's
+    Σ log π_served/π_base, the yardstick of every method (0 for the base model), and a Q-adapter's
+    reward R(y) at the same knobs (None for the others). Each batch runs one forward with and one
+    without the adapter, whatever the number of points; no points: the manifest's knobs."""
     if adapter is None:
-        return torch.zeros(len(pairs)), None
-    objective = reward_objective(adapter) if adapter_method(adapter) == "qadapter" else None
+        return torch.zeros(len(pairs), max(len(points), 1)), None
+    points = list(points) or [adapter.manifest.knobs]
+    trained = reward_objective(adapter) if adapter_method(adapter) == "qadapter" else None
 
     def scores(batch: ResponseBatch) -> torch.Tensor:
         q_logits, base_logits = window_logits(model, batch), base_window_logits(model, batch)
-        policy = log_ratios_of(q_logits, base_logits, batch, adapter.manifest.knobs)
-        if objective is None:
-            return policy.unsqueeze(-1)
-        rewards = token_rewards_of(q_logits, base_logits, batch, objective)
-        return torch.stack([policy, sequence_rewards(rewards, batch.action_mask, objective.reward_norm)], dim=-1)
+        policy = [log_ratios_of(q_logits, base_logits, batch, knobs) for knobs in points]
+        if trained is None:
+            return torch.stack(policy, dim=-1)
+        rewards = [
+            sequence_rewards(
+                token_rewards_of(q_logits, base_logits, batch, replace(trained, knobs=knobs)),
+                batch.action_mask,
+                trained.reward_norm,
+            )
+            for knobs in points
+        ]
+        return torch.stack(policy + rewards, dim=-1)
 
-    both = _per_pair(model, tokenizer, pairs, max_length, pad_id, show_progress, scores)  # [pairs, 1 or 2]
-    return both[:, 0], None if objective is None else both[:, 1]
+    both = _per_pair(model, tokenizer, pairs, max_length, pad_id, show_progress, scores)  # [pairs, 1 or 2 × points]
+    return both[:, : len(points)], None if trained is None else both[:, len(points) :]
 
 
 @torch.no_grad()

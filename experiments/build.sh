@@ -2,8 +2,8 @@
 # Rebuild the example adapters, their reports and the comparison tables, exactly as shipped.
 # Run from the repository root after `make install`:  bash experiments/build.sh
 # Stages can be run alone:
-#   bash experiments/build.sh data | harmless | concise | baselines | reports | shortcut | longer | recipe
-# `harmless`, `longer` and `recipe` are sized for a GPU: minutes each on an H100 or H200, hours on 2
+#   bash experiments/build.sh data | harmless | concise | baselines | reports | frontier | shortcut | longer | recipe | protocol
+# `harmless`, `longer`, `recipe` and `protocol` are sized for a GPU: minutes each on an H100 or H200, hours on 2
 # CPU cores (the shipped ones ran on a GPU). The other stages took about 2 hours on 2 CPU cores.
 set -euo pipefail
 
@@ -66,8 +66,9 @@ baselines() {
 reports() {
     local test="$DATA/harmless-test.jsonl"
     $BIN/qadapter eval --adapter base --data "$test" --skip-bad --max-length 192 --json > "$WORK/base.eval.json"
-    # The shipped reports see every held-out pair whole (eval's default --max-length).
-    $BIN/qadapter eval --adapter "$EXAMPLES/harmless" --data "$test" --skip-bad --json > "$EXAMPLES/harmless/eval.json"
+    # The shipped reports see every held-out pair whole (eval's default --max-length); harmless's is the
+    # strength-1 point (as shipped) of its frontier.
+    frontier
     for run in harmless-100 harmless-sft harmless-dpo; do
         $BIN/qadapter eval --adapter "$WORK/$run" --data "$test" --skip-bad --max-length 192 --json > "$WORK/$run.eval.json"
     done
@@ -140,8 +141,46 @@ recipe() {
     cat "$EXPERIMENTS/recipe_sweep.jsonl" "$EXPERIMENTS/recipe_base_validation.jsonl"
 }
 
+# The shipped `harmless` served along its strength line (1: as shipped, α 20; 4: as trained, α 5) on
+# the test pairs and the test prompt and question sets: docs/frontier/ (the README's figure). About
+# an hour on 2 CPU cores. Its strength-1 point is the adapter's eval.json.
+frontier() {
+    $BIN/qadapter eval --adapter "$EXAMPLES/harmless" --data "$DATA/harmless-test.jsonl" --skip-bad --split test \
+        --sweep 1,2,4 --out docs/frontier
+    $BIN/python -c 'import json, sys; runs = json.load(open(sys.argv[1]))["runs"]; print(json.dumps(runs[sys.argv[2]][0]))' \
+        docs/frontier/frontier.json "$EXAMPLES/harmless" > "$EXAMPLES/harmless/eval.json"
+}
+
+# The protocol of docs/protocol.md: a Q-adapter, DPO and SFT trained alike (the `harmless` recipe) with
+# SEEDS, swept over one fixed strength grid on the validation pairs and sets and on the test ones; the
+# strengths are chosen on validation (matched KL) and the test sweep is read at them only. Sized for a
+# GPU (9 runs of 6 epochs); a CPU smoke run of the same commands: SEEDS=0 STEPS=2 LIMIT=8.
+protocol() {
+    local runs=$WORK/protocol seed method adapters=() limit=()
+    local budget=(--epochs 6) grid=0.1,0.25,0.5,1,2,4
+    [ -n "${STEPS:-}" ] && budget=(--max-steps "$STEPS")
+    [ -n "${LIMIT:-}" ] && limit=(--limit "$LIMIT")
+    rm -rf "$runs"; mkdir -p "$runs"
+    for seed in ${SEEDS:-0 1 2}; do
+        local flags=("${LONG_RUN[@]}" "${budget[@]}" --batch-size 8 --lr 1e-3 --seed "$seed")
+        $BIN/qadapter train "${flags[@]}" --out "$runs/qadapter-$seed" --name qadapter "${QADAPTER[@]}" \
+            "${PER_TOKEN[@]}" --serve-alpha 20 --serve-omega 19
+        for method in dpo sft; do
+            $BIN/qadapter train "${flags[@]}" --method "$method" --out "$runs/$method-$seed" --name "$method"
+        done
+        adapters+=("$runs/qadapter-$seed" "$runs/dpo-$seed" "$runs/sft-$seed")
+    done
+    $BIN/qadapter eval --dtype float32 --adapter "${adapters[@]}" --data "$WORK/harmless-val.jsonl" --skip-bad \
+        "${limit[@]}" --split validation --sweep $grid --out "$runs/validation"
+    $BIN/qadapter eval --dtype float32 --adapter "${adapters[@]}" --data "$DATA/harmless-test.jsonl" --skip-bad \
+        "${limit[@]}" --split test --sweep $grid --out "$runs/test"
+    $BIN/python $EXPERIMENTS/protocol.py --validation "$runs/validation/frontier.json" \
+        --test "$runs/test/frontier.json" > "$runs/protocol.md"
+    cat "$runs/protocol.md"
+}
+
 if [ $# -eq 0 ]; then
-    data; harmless; concise; baselines; reports; shortcut; longer; recipe
+    data; harmless; concise; baselines; reports; shortcut; longer; recipe; protocol
 else
     for stage in "$@"; do "$stage"; done
 fi

@@ -43,7 +43,7 @@ def main() -> None:
     knobs = adapter.manifest.knobs.served(strength=args.strength)
     streams = [Stream(None), Stream(adapter.name, knobs) if knobs else Stream(None)]
     requests = load_pairs(args.data, skip_bad=True).pairs[: args.requests]
-    neutral = EvalSets.load().neutral_prompts[: args.neutral]
+    neutral = EvalSets.load("validation").neutral_prompts[: args.neutral]  # the hand-checked sample's prompts
     prompts = [("request", p.prompt[-1]["content"], chat_prompt_ids(loaded.tokenizer, p.prompt)) for p in requests]
     prompts += [("neutral", text, user_prompt_ids(loaded.tokenizer, text)) for text in neutral]
     params = DecodeParams(args.max_tokens)

@@ -36,6 +36,8 @@ REPORT_KEYS = {
     "num_pairs",
     "method",
     "adapter",
+    "strength",
+    "per_item",
 }
 
 
@@ -139,6 +141,57 @@ def test_bad_serving_constants_are_errors_that_say_what_to_do(tmp_path: Path, fl
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--adapter", str(EXAMPLES / "harmless"), "--sweep", "1,2"], "--out"),
+        (["--adapter", "base", "--sweep", "1", "--out", "{out}"], "strength-0 point"),
+        (["--adapter", str(EXAMPLES / "harmless"), "--sweep", "0,1", "--out", "{out}"], "above 0"),
+        (["--adapter", str(EXAMPLES / "harmless"), "--sweep", "1", "--strength", "2", "--out", "{out}"], "drop"),
+        (["--adapter", str(EXAMPLES / "concise"), "--sweep", "2,4", "--out", "{out}"], "in its range"),
+        (["--adapter", str(EXAMPLES / "harmless"), str(EXAMPLES / "concise")], "--sweep"),
+    ],
+)
+def test_bad_sweeps_are_errors_that_say_what_to_do(tmp_path: Path, flags: list[str], says: str) -> None:
+    args = [flag.format(out=tmp_path / "out") for flag in flags]
+    result = qadapter("eval", *args, "--data", str(HELD_OUT), "--skip-bad", "--limit", "1")
+    assert result.returncode == 2, result.stderr
+    assert says in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_writes_the_frontier_of_the_shipped_adapter_with_every_report_key(
+    tmp_path: Path, small_sets: list[str]
+) -> None:
+    out = tmp_path / "frontier"
+    result = qadapter(
+        "eval",
+        "--adapter",
+        str(EXAMPLES / "harmless"),
+        "--data",
+        str(HELD_OUT),
+        "--skip-bad",
+        "--limit",
+        "2",
+        "--max-length",
+        "256",
+        "--sweep",
+        "1,4",
+        "--out",
+        str(out),
+        *small_sets,
+    )
+    assert result.returncode == 0, result.stderr
+    frontier = json.loads((out / "frontier.json").read_text())
+    assert [p["strength"] for p in frontier["curves"]["qadapter"]] == [0.0, 1.0, 4.0]
+    trained_as = frontier["runs"][str(EXAMPLES / "harmless")][1]
+    assert trained_as.keys() >= REPORT_KEYS
+    assert (trained_as["alpha"], trained_as["omega"]) == (5.0, 4.0)  # strength 4 of α 20, ω 19
+    assert len(trained_as["per_item"]["policy_margins"]) == 2 and len(trained_as["per_item"]["correct"]) == 3
+    assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    assert "qadapter" in result.stdout and "frontier.png" in result.stdout
+
+
 @pytest.mark.parametrize("name", ["harmless", "concise"])
 def test_shipped_examples_are_valid_small_and_reported(name: str, embedded: LoadedModel) -> None:
     adapter = validate(EXAMPLES / name, embedded.info)
@@ -148,23 +201,6 @@ def test_shipped_examples_are_valid_small_and_reported(name: str, embedded: Load
     assert (report["alpha"], report["omega"]) == (adapter.manifest.alpha, adapter.manifest.omega)
     if name == "concise":  # the preference a person notices at a glance
         assert report["mean_answer_tokens"] < report["base_mean_answer_tokens"]
-
-
-def test_eval_of_the_shipped_harmless_adapter_prints_every_key(small_sets: list[str]) -> None:
-    result = qadapter(
-        "eval",
-        "--adapter",
-        str(EXAMPLES / "harmless"),
-        "--data",
-        str(HELD_OUT),
-        "--skip-bad",
-        "--limit",
-        "4",
-        "--json",
-        *small_sets,
-    )
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout).keys() >= REPORT_KEYS
 
 
 def test_serve_installs_the_examples_as_make_serve_does_and_concise_answers_shorter(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from peft import PeftModel
 from qadapter.adapters.answers import EvalSets
 from qadapter.adapters.data import PreferencePair, encode_pair
 from qadapter.adapters.evaluate import (
+    ServedPoint,
     evaluate,
     format_report,
     kl_to_base,
@@ -43,14 +44,20 @@ def base_model() -> torch.nn.Module:
 
 
 def write_adapter(
-    path: Path, model: torch.nn.Module, method: str | None, knobs: Knobs, objective: dict | None = None
+    path: Path,
+    model: torch.nn.Module,
+    method: str | None,
+    knobs: Knobs,
+    objective: dict | None = None,
+    seed: int = 3,
+    name: str = "hand",
 ) -> Path:
     """A random LoRA; `objective` is the manifest's trained objective (hyper-parameters) when given."""
     training = None if method is None else {"method": method}
     if training is not None and objective is not None:
         training["hyperparameters"] = {"objective": objective}
     info = BaseModelInfo.from_model(model, "tiny")
-    return random_adapter(path, info, "hand", b_std=0.3, knobs=knobs, seed=3, training=training).path
+    return random_adapter(path, info, name, b_std=0.3, knobs=knobs, seed=seed, training=training).path
 
 
 def tiny_loaded(model: torch.nn.Module, embedded: LoadedModel) -> LoadedModel:
@@ -126,7 +133,8 @@ def test_served_margins_are_the_served_log_ratio_for_every_method(
         write_adapter(tmp_path / "a", base_model, method, knobs), BaseModelInfo.from_model(base_model, "t")
     )
     model = PeftModel.from_pretrained(base_model, str(adapter.path)).eval()
-    policy, reward = served_margins(model, tokenizer, adapter, PAIRS, 512, 2, False)
+    policy, reward = served_margins(model, tokenizer, adapter, PAIRS, 512, 2, show_progress=False)
+    policy, reward = policy[:, 0], None if reward is None else reward[:, 0]
     expected = []
     for pair in PAIRS:
         encoded = encode_pair(tokenizer, pair, 512)
@@ -139,8 +147,8 @@ def test_served_margins_are_the_served_log_ratio_for_every_method(
         assert reward.tolist() == pytest.approx(pair_margins(model, tokenizer, adapter, PAIRS, 512, 2, False).tolist())
     else:
         assert reward is None
-    base_policy, base_reward = served_margins(model, tokenizer, None, PAIRS, 512, 2, False)
-    assert base_policy.tolist() == [0.0] * len(PAIRS) and base_reward is None
+    base_policy, base_reward = served_margins(model, tokenizer, None, PAIRS, 512, 2, show_progress=False)
+    assert base_policy.tolist() == [[0.0]] * len(PAIRS) and base_reward is None
 
 
 def test_a_tie_counts_half() -> None:
@@ -164,7 +172,7 @@ def test_kl_to_base_equals_the_hand_computed_mean(
             custom = torch.log_softmax((q[s] + 0.2 * torch.log_softmax(base[s], -1)) / 0.8, -1)
             total += float((custom.exp() * (custom - torch.log_softmax(base[s], -1))).sum())
             count += 1
-    measured = kl_to_base(model, prompts, answers, Knobs(0.8, 0.2), pad_id=2)
+    (measured,) = kl_to_base(model, prompts, answers, [Knobs(0.8, 0.2)], pad_id=2)
     assert measured == pytest.approx(total / count, rel=1e-4)
     assert measured > 0
 
@@ -235,8 +243,8 @@ def test_evaluate_reports_retention_and_answer_length_as_decoded_by_hand(
         + "\n"
     )
     (tmp_path / "p.txt").write_text("Hi\nTell me a story about a cat.\n")
-    sets = EvalSets.load(tmp_path / "p.txt", tmp_path / "q.jsonl", max_answer_tokens=10, max_question_tokens=12)
-    report = evaluate(tiny_loaded(base_model, embedded), path, PAIRS, sets, max_length=512, show_progress=False)
+    sets = EvalSets.load("test", tmp_path / "p.txt", tmp_path / "q.jsonl", max_answer_tokens=10, max_question_tokens=12)
+    (report,) = evaluate(tiny_loaded(base_model, embedded), path, PAIRS, sets, max_length=512, show_progress=False)
 
     assert report.retention_accuracy == 0.5
     assert report.base_retention_accuracy == (0.5 if own_answer.strip() in base_answer else 0.0)
@@ -255,7 +263,7 @@ def test_bad_question_file_names_its_line(tmp_path: Path) -> None:
     (tmp_path / "q.jsonl").write_text('{"question": "a", "answers": ["b"]}\n{"question": "c"}\n')
     (tmp_path / "p.txt").write_text("Hi\n")
     with pytest.raises(InvalidData, match="line 2"):
-        EvalSets.load(tmp_path / "p.txt", tmp_path / "q.jsonl")
+        EvalSets.load("test", tmp_path / "p.txt", tmp_path / "q.jsonl")
 
 
 def test_length_shortcut_shares_count_agreement_only_where_lengths_differ() -> None:
@@ -282,9 +290,9 @@ def test_serving_alpha_and_omega_evaluate_the_adapter_as_if_its_manifest_said_so
 
     def report(path: Path, knobs: Knobs | None = None) -> dict[str, object]:
         model = tiny_model(vocab_size=VOCAB)  # a fresh model each time: peft injects the LoRA into it
-        return evaluate(
-            tiny_loaded(model, embedded), path, PAIRS, sets, max_length=512, knobs=knobs, show_progress=False
-        ).as_dict()
+        points = [ServedPoint(knobs, None)] if knobs else []
+        (served,) = evaluate(tiny_loaded(model, embedded), path, PAIRS, sets, 512, points, show_progress=False)
+        return served.as_dict() | {"strength": None}  # the manifest's knobs are strength 1
 
     model = tiny_model(vocab_size=VOCAB)
     trained_as = write_adapter(tmp_path / "trained", model, method, Knobs(0.8, 0.2))
@@ -304,7 +312,7 @@ def test_serving_constants_need_an_adapter(embedded: LoadedModel, base_model: to
             PAIRS,
             sets,
             max_length=512,
-            knobs=Knobs(2.0, 1.0),
+            points=[ServedPoint(Knobs(2.0, 1.0), None)],
             show_progress=False,
         )
 

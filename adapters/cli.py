@@ -12,7 +12,7 @@ from qadapter.adapters.answers import SPLITS, EvalSets
 from qadapter.adapters.data import PreferencePair, load_pairs
 from qadapter.adapters.evaluate import ServedPoint, evaluate, format_report, read_adapter_manifest
 from qadapter.adapters.format import LoraSpec
-from qadapter.adapters.frontier import format_frontier, sweep, write_frontier
+from qadapter.adapters.frontier import check_out_dir, format_frontier, strength_points, sweep, write_frontier
 from qadapter.adapters.objectives import METHODS, Objective
 from qadapter.adapters.train import TrainConfig, TrainOptions, check_options, check_output, train
 from qadapter.core.cli_options import (
@@ -25,7 +25,7 @@ from qadapter.core.cli_options import (
     within,
 )
 from qadapter.core.errors import InvalidData
-from qadapter.core.knobs import DEFAULT_ALPHA, DEFAULT_OMEGA, MAX_ALPHA, MAX_OMEGA, MIN_ALPHA, Knobs
+from qadapter.core.knobs import DEFAULT_ALPHA, DEFAULT_OMEGA, MAX_ALPHA, MAX_OMEGA, MAX_STRENGTH, MIN_ALPHA, Knobs
 from qadapter.core.model import LoadedModel, load_base_model
 from qadapter.core.policy import DEFAULT_BETA, DEFAULT_GAMMA
 
@@ -216,8 +216,10 @@ def _strength_list(text: str) -> list[float]:
         strengths = sorted({float(part) for part in text.split(",") if part.strip()})
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected strengths like 0.25,0.5,1,2, got {text!r}") from None
-    if not strengths or strengths[0] <= 0:
-        raise argparse.ArgumentTypeError("strengths must be above 0 (the base model, strength 0, is always included)")
+    if not strengths or not all(0 < s <= MAX_STRENGTH for s in strengths):  # also refuses nan
+        raise argparse.ArgumentTypeError(
+            f"strengths must be above 0 and at most {MAX_STRENGTH:g} (the base model, strength 0, is always included)"
+        )
     return strengths
 
 
@@ -248,6 +250,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
+    """Everything that can be refused is refused before the model loads: a sweep takes a while."""
     if any(value is not None for value in (args.alpha, args.omega, args.strength)):
         raise InvalidData("--sweep serves each adapter at its strengths: drop --alpha, --omega and --strength")
     if args.out is None:
@@ -255,15 +258,23 @@ def _run_sweep(args: argparse.Namespace) -> int:
     if "base" in args.adapter:
         raise InvalidData("the base model is every sweep's strength-0 point: list adapter directories only")
     adapter_dirs = [Path(a) for a in args.adapter]
-    models = {read_adapter_manifest(d).base_model.id for d in adapter_dirs}
+    manifests = [read_adapter_manifest(d) for d in adapter_dirs]
+    for adapter_dir, manifest in zip(adapter_dirs, manifests):
+        if not strength_points(manifest.knobs, args.sweep):
+            low, high = manifest.knobs.strength_range
+            raise InvalidData(
+                f"{adapter_dir}: none of the strengths {args.sweep} is in its range [{low:.3g}, {high:.3g}]"
+            )
+    models = {m.base_model.id for m in manifests}
     if len(models) > 1 and not args.model:
         raise InvalidData(f"the adapters were trained on different base models {sorted(models)}: one sweep, one base")
     args.model = args.model or models.pop()
+    check_out_dir(args.out)
     loaded, pairs, sets = _eval_inputs(args)
     frontier = sweep(loaded, adapter_dirs, pairs, sets, args.max_length, args.sweep, args.split)
     json_path, png_path = write_frontier(frontier, args.out)
-    print(format_frontier(frontier))
-    print(f"wrote {json_path} and {png_path}")
+    print(json.dumps(frontier.as_dict()) if args.json else format_frontier(frontier))
+    print(f"wrote {json_path} and {png_path}", file=sys.stderr)
     return 0
 
 

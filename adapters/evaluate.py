@@ -6,7 +6,7 @@
 - `reward_accuracy` / `reward_margin`: for a Q-adapter only, pairs ranked by the reward it trains,
   R(y) of docs/design.md §1 (None for the others);
 - `kl_to_base`: mean per-token KL(π_custom ‖ π_base) along the base's greedy answers to neutral prompts;
-- `retention_accuracy`: short factual questions answered (substring match) with the adapter, beside the
+- `retention_accuracy`: short factual questions answered (an accepted answer as a whole word) with the adapter, beside the
   base's own `base_retention_accuracy`;
 - `mean_answer_tokens`: greedy answer length on the neutral prompts, beside the base's (a length preference
   shows up here);

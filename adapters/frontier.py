@@ -6,6 +6,7 @@ seeds) make one curve, their mean at each strength, their spread as error bars."
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,7 +14,8 @@ from pathlib import Path
 
 from qadapter.adapters.answers import EvalSets
 from qadapter.adapters.data import PreferencePair
-from qadapter.adapters.evaluate import EvalReport, ServedPoint, evaluate, read_adapter_manifest
+from qadapter.adapters.evaluate import EvalReport, ServedPoint, evaluate
+from qadapter.adapters.format import validate
 from qadapter.core.errors import InvalidData
 from qadapter.core.knobs import Knobs
 from qadapter.core.model import LoadedModel
@@ -89,14 +91,26 @@ def sweep(
     """The base model once, then each adapter at each of `strengths` in its range, in one pass each."""
     if not strengths or any(s <= 0 for s in strengths):
         raise InvalidData("--sweep takes strengths above 0 (the base model, strength 0, is always included)")
+    adapters = [validate(d, loaded.info) for d in adapter_dirs]  # a wrong base fails before any work
+    points = [strength_points(a.manifest.knobs, strengths) for a in adapters]
+    for adapter_dir, in_range in zip(adapter_dirs, points):
+        if not in_range:
+            raise InvalidData(f"{adapter_dir}: none of the strengths {list(strengths)} is in its range")
     base = evaluate(loaded, None, pairs, sets, max_length, show_progress=show_progress)[0]
     runs = {}
-    for adapter_dir in adapter_dirs:
-        points = strength_points(read_adapter_manifest(adapter_dir).knobs, strengths)
-        if not points:
-            raise InvalidData(f"{adapter_dir}: none of the strengths {list(strengths)} is in its range")
-        runs[str(adapter_dir)] = evaluate(loaded, adapter_dir, pairs, sets, max_length, points, show_progress)
+    for adapter_dir, in_range in zip(adapter_dirs, points):
+        runs[str(adapter_dir)] = evaluate(loaded, adapter_dir, pairs, sets, max_length, in_range, show_progress)
     return Frontier(split, sorted(strengths), base, runs)
+
+
+def check_out_dir(out: Path) -> None:
+    """Create the sweep's folder now, so that a folder that cannot be written fails before the work."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidData(f"cannot write the sweep to {out}: {exc.strerror}; give another --out") from None
+    if not os.access(out, os.W_OK):
+        raise InvalidData(f"cannot write the sweep to {out}: not writable; give another --out")
 
 
 def write_frontier(frontier: Frontier, out: Path) -> tuple[Path, Path]:

@@ -4,7 +4,8 @@
 # Stages can be run alone:
 #   bash experiments/build.sh data | harmless | concise | baselines | reports | frontier | shortcut | longer | recipe | protocol
 # `harmless`, `longer`, `recipe` and `protocol` are sized for a GPU: minutes each on an H100 or H200, hours on 2
-# CPU cores (the shipped ones ran on a GPU). The other stages took about 2 hours on 2 CPU cores.
+# CPU cores (the shipped ones ran on a GPU). The other stages took about 3 hours on 2 CPU cores (`reports`
+# runs the hour-long `frontier` sweep).
 set -euo pipefail
 
 PAIRS=${PAIRS:-../shared/data/hh-rlhf-harmless/pairs.jsonl}  # HH-RLHF harmless-base, chat form
@@ -147,19 +148,21 @@ recipe() {
 frontier() {
     $BIN/qadapter eval --adapter "$EXAMPLES/harmless" --data "$DATA/harmless-test.jsonl" --skip-bad --split test \
         --sweep 1,2,4 --out docs/frontier
-    $BIN/python -c 'import json, sys; runs = json.load(open(sys.argv[1]))["runs"]; print(json.dumps(runs[sys.argv[2]][0]))' \
+    $BIN/python -c 'import json, sys; runs = json.load(open(sys.argv[1]))["runs"][sys.argv[2]]
+print(json.dumps(next(r for r in runs if r["strength"] == 1)))' \
         docs/frontier/frontier.json "$EXAMPLES/harmless" > "$EXAMPLES/harmless/eval.json"
 }
 
 # The protocol of docs/protocol.md: a Q-adapter, DPO and SFT trained alike (the `harmless` recipe) with
 # SEEDS, swept over one fixed strength grid on the validation pairs and sets and on the test ones; the
 # strengths are chosen on validation (matched KL) and the test sweep is read at them only. Sized for a
-# GPU (9 runs of 6 epochs); a CPU smoke run of the same commands: SEEDS=0 STEPS=2 LIMIT=8.
+# GPU (9 runs of 6 epochs). EVAL_FLAGS are added to both sweeps; a CPU smoke run of the same commands
+# (minutes, not a result): SEEDS=0 STEPS=1 EVAL_FLAGS="--limit 4 --neutral-prompts FEW.txt --questions FEW.jsonl".
 protocol() {
-    local runs=$WORK/protocol seed method adapters=() limit=()
+    local runs=$WORK/protocol seed method adapters=() eval_flags
+    read -r -a eval_flags <<< "${EVAL_FLAGS:-}"
     local budget=(--epochs 6) grid=0.1,0.25,0.5,1,2,4
     [ -n "${STEPS:-}" ] && budget=(--max-steps "$STEPS")
-    [ -n "${LIMIT:-}" ] && limit=(--limit "$LIMIT")
     rm -rf "$runs"; mkdir -p "$runs"
     for seed in ${SEEDS:-0 1 2}; do
         local flags=("${LONG_RUN[@]}" "${budget[@]}" --batch-size 8 --lr 1e-3 --seed "$seed")
@@ -171,9 +174,9 @@ protocol() {
         adapters+=("$runs/qadapter-$seed" "$runs/dpo-$seed" "$runs/sft-$seed")
     done
     $BIN/qadapter eval --dtype float32 --adapter "${adapters[@]}" --data "$WORK/harmless-val.jsonl" --skip-bad \
-        "${limit[@]}" --split validation --sweep $grid --out "$runs/validation"
+        "${eval_flags[@]}" --split validation --sweep $grid --out "$runs/validation"
     $BIN/qadapter eval --dtype float32 --adapter "${adapters[@]}" --data "$DATA/harmless-test.jsonl" --skip-bad \
-        "${limit[@]}" --split test --sweep $grid --out "$runs/test"
+        "${eval_flags[@]}" --split test --sweep $grid --out "$runs/test"
     $BIN/python $EXPERIMENTS/protocol.py --validation "$runs/validation/frontier.json" \
         --test "$runs/test/frontier.json" > "$runs/protocol.md"
     cat "$runs/protocol.md"

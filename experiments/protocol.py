@@ -25,6 +25,18 @@ PAIRED = {"policy_accuracy": "policy_margins", "refusal_rate": "refused", "reten
 SHOWN = ("policy_accuracy", "kl_to_base", "retention_accuracy", "refusal_rate", "over_refusal_rate")
 
 
+def check_sweeps(validation: dict, test: dict, reference: str = "qadapter") -> None:
+    """The choice is made on a validation sweep and read from a test sweep over the same grid, with
+    one curve per method (the seeds of a method share its adapter name)."""
+    if (validation["split"], test["split"]) != ("validation", "test"):
+        raise SystemExit(f"expected a validation and a test sweep, got {validation['split']} and {test['split']}")
+    if validation["strengths"] != test["strengths"] or 1.0 not in validation["strengths"]:
+        raise SystemExit("both sweeps must serve the same strengths, 1 among them")
+    for sweep in (validation, test):
+        if any(":" in curve for curve in sweep["curves"]) or reference not in sweep["curves"]:
+            raise SystemExit(f"expected one curve per method, {reference} among them; got {list(sweep['curves'])}")
+
+
 def chosen_strengths(validation: dict, reference: str = "qadapter") -> dict[str, float]:
     """Per method, the validation strength whose mean KL is nearest the reference method's at strength 1."""
     curves = validation["curves"]
@@ -59,7 +71,8 @@ def paired_interval(
     differences = [a - b for a, b in zip(ours, theirs)]
     rng = random.Random(seed)
     means = sorted(statistics.fmean(rng.choices(differences, k=len(differences))) for _ in range(draws))
-    return statistics.fmean(differences), means[int(0.025 * draws)], means[int(0.975 * draws) - 1]
+    tail = int(0.025 * draws)
+    return statistics.fmean(differences), means[tail], means[draws - 1 - tail]
 
 
 def mean_sd(values: Sequence[float]) -> str:
@@ -75,10 +88,10 @@ def table(validation: dict, test: dict, against: str = "dpo") -> str:
         + " | ".join(SHOWN)
         + " | policy acc. − base [95 %] | policy acc. − "
         + against
-        + " [95 %] | refusal − base [95 %] |",
-        "|" + "---|" * (len(SHOWN) + 6),
+        + " [95 %] | refusal − base [95 %] | retention − base [95 %] |",
+        "|" + "---|" * (len(SHOWN) + 7),
     ]
-    lines.append("| base | 0 | 1 | " + " | ".join(f"{base[0][k]:.3f}" for k in SHOWN) + " | | | |")
+    lines.append("| base | 0 | 1 | " + " | ".join(f"{base[0][k]:.3f}" for k in SHOWN) + " | | | | |")
     for method, strength in sorted(strengths.items()):
         reports = reports_at(test, method, strength)
         cells = [mean_sd([float(r[k]) for r in reports]) for k in SHOWN]  # type: ignore[arg-type]
@@ -88,6 +101,7 @@ def table(validation: dict, test: dict, against: str = "dpo") -> str:
             if against in strengths and method != against
             else "",
             _interval(reports, base, "refusal_rate"),
+            _interval(reports, base, "retention_accuracy"),
         ]
         lines.append(f"| {method} | {strength:g} | {len(reports)} | " + " | ".join(cells + versus) + " |")
     return "\n".join(lines)
@@ -105,6 +119,7 @@ def main() -> None:
     parser.add_argument("--against", default="dpo", help="the method every other is also compared with")
     args = parser.parse_args()
     validation, test = (json.loads(p.read_text(encoding="utf-8")) for p in (args.validation, args.test))
+    check_sweeps(validation, test)
     print(table(validation, test, args.against))
 
 

@@ -147,6 +147,8 @@ def test_bad_serving_constants_are_errors_that_say_what_to_do(tmp_path: Path, fl
         (["--adapter", str(EXAMPLES / "harmless"), "--sweep", "1,2"], "--out"),
         (["--adapter", "base", "--sweep", "1", "--out", "{out}"], "strength-0 point"),
         (["--adapter", str(EXAMPLES / "harmless"), "--sweep", "0,1", "--out", "{out}"], "above 0"),
+        (["--adapter", str(EXAMPLES / "harmless"), "--sweep", "nan,1", "--out", "{out}"], "above 0"),
+        (["--adapter", str(EXAMPLES / "harmless"), "--sweep", "1,20", "--out", "{out}"], "at most 10"),
         (["--adapter", str(EXAMPLES / "harmless"), "--sweep", "1", "--strength", "2", "--out", "{out}"], "drop"),
         (["--adapter", str(EXAMPLES / "concise"), "--sweep", "2,4", "--out", "{out}"], "in its range"),
         (["--adapter", str(EXAMPLES / "harmless"), str(EXAMPLES / "concise")], "--sweep"),

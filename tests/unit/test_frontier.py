@@ -95,3 +95,21 @@ def test_a_sweep_writes_one_curve_per_method_with_the_base_as_its_start(embedded
     assert two_seeds["num_adapters"] == 2
     assert two_seeds["kl_to_base"] == pytest.approx(sum(r["kl_to_base"] for r in runs) / 2)
     assert two_seeds["kl_to_base_sd"] is not None and curves["dpo"][1]["kl_to_base_sd"] is None
+
+
+def test_the_protocol_table_reads_real_sweeps(embedded: LoadedModel, tmp_path: Path) -> None:
+    """experiments/protocol.py on what `sweep` writes: two seeds of a Q-adapter and a DPO adapter."""
+    from experiments.protocol import chosen_strengths, table
+
+    model = tiny_model(vocab_size=VOCAB)
+    adapters = [write_adapter(tmp_path / f"qa-{s}", model, "qadapter", Knobs(2.0, 1.0), seed=s) for s in (3, 4)]
+    adapters.append(write_adapter(tmp_path / "dpo", model, "dpo", PLAIN))
+    written = {}
+    for split in ("validation", "test"):
+        frontier = sweep(tiny_loaded(model, embedded), adapters, PAIRS, SETS, 512, [0.5, 1.0], split, False)
+        written[split] = json.loads(write_frontier(frontier, tmp_path / split)[0].read_text())
+    strengths = chosen_strengths(written["validation"])
+    assert strengths["qadapter"] == 1.0 and strengths["dpo"] in (0.5, 1.0)
+    lines = table(written["validation"], written["test"]).splitlines()
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| base", "| dpo", "| qadapter"]
+    assert lines[4].split(" | ")[2] == "2"  # the Q-adapter's two seeds

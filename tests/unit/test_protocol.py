@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.protocol import chosen_strengths, item_outcomes, paired_interval, reports_at, table
+from experiments.protocol import check_sweeps, chosen_strengths, item_outcomes, paired_interval, reports_at, table
 
 
 def point(strength: float, kl: float) -> dict[str, float]:
@@ -67,3 +67,23 @@ def test_the_table_reads_the_test_sweep_at_the_validation_choice_only() -> None:
     assert rows["dpo"].split(" | ")[1] == "0.5"  # not the test's better strength 1
     assert "0.750 ± 0.354" in rows["qadapter"]  # policy accuracy over its two seeds
     assert "+0.750 [" in rows["qadapter"]  # against DPO at its chosen strength: 0.75 − 0
+
+
+@pytest.mark.parametrize(
+    ("validation", "test", "says"),
+    [
+        ({"split": "test", "strengths": [1.0]}, {"split": "validation", "strengths": [1.0]}, "validation and a test"),
+        ({"split": "validation", "strengths": [1.0]}, {"split": "test", "strengths": [0.5, 1.0]}, "same strengths"),
+        ({"split": "validation", "strengths": [0.5]}, {"split": "test", "strengths": [0.5]}, "1 among them"),
+    ],
+)
+def test_sweeps_that_could_choose_on_test_data_are_refused(validation: dict, test: dict, says: str) -> None:
+    curves = {"curves": {"qadapter": [], "dpo": []}}
+    with pytest.raises(SystemExit, match=says):
+        check_sweeps(validation | curves, test | curves)
+
+
+def test_two_curves_of_one_method_are_refused() -> None:
+    sweep = {"split": "validation", "strengths": [1.0], "curves": {"qadapter: a": [], "qadapter: b": []}}
+    with pytest.raises(SystemExit, match="one curve per method"):
+        check_sweeps(sweep, sweep | {"split": "test"})

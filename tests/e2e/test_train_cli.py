@@ -191,7 +191,7 @@ def test_a_sweep_writes_the_frontier_of_the_shipped_adapter_with_every_report_ke
     assert (trained_as["alpha"], trained_as["omega"]) == (5.0, 4.0)  # strength 4 of α 20, ω 19
     assert len(trained_as["per_item"]["policy_margins"]) == 2 and len(trained_as["per_item"]["correct"]) == 3
     assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG"
-    assert "qadapter" in result.stdout and "frontier.png" in result.stdout
+    assert "qadapter" in result.stdout and "frontier.png" in result.stderr
 
 
 @pytest.mark.parametrize("name", ["harmless", "concise"])

@@ -137,7 +137,21 @@ def evaluate(
     show_progress: bool = True,
 ) -> list[EvalReport]:
     """Every metric of the report, per served point of the adapter at `adapter_dir` (no points: as
-    its manifest serves it) or, for None, one report of the base model.
+    its manifest serves it) or, for None, one report of the base model."""
+    base, served = evaluate_beside_base(loaded, adapter_dir, pairs, sets, max_length, points, show_progress)
+    return served or [base]
+
+
+def evaluate_beside_base(
+    loaded: LoadedModel,
+    adapter_dir: Path | None,
+    pairs: Sequence[PreferencePair],
+    sets: EvalSets,
+    max_length: int,
+    points: Sequence[ServedPoint] = (),
+    show_progress: bool = True,
+) -> tuple[EvalReport, list[EvalReport]]:
+    """The base model's report and one report per served point of the adapter (none for None).
 
     The points share every forward and decode: one scoring pass over the pairs, one decode whose
     streams are the base and each point. Answers end at the model's stop ids, as in serving; the
@@ -164,7 +178,7 @@ def _evaluate_points(
     max_length: int,
     points: Sequence[ServedPoint],
     show_progress: bool,
-) -> list[EvalReport]:
+) -> tuple[EvalReport, list[EvalReport]]:
     knobs = [p.knobs for p in points]
     policy, reward = served_margins(
         scored, loaded.tokenizer, adapter, pairs, max_length, loaded.pad_token_id, knobs, show_progress
@@ -173,13 +187,13 @@ def _evaluate_points(
     answers = Answers.generate(loaded, ModelRows(scored), streams, pairs, sets, show_progress)
     seen = [_Behaviour.of(a, loaded.tokenizer, sets) for a in answers]
     neutral_ids = [user_prompt_ids(loaded.tokenizer, p) for p in sets.neutral_prompts]
-    kls = kl_to_base(scored, neutral_ids, answers[0].neutral, knobs, loaded.pad_token_id) if adapter else [0.0]
+    kls = kl_to_base(scored, neutral_ids, answers[0].neutral, knobs, loaded.pad_token_id) if adapter else []
+    base = _report(None, ServedPoint(PLAIN, 0.0), torch.zeros(len(pairs)), None, 0.0, seen[0], seen[0], sets)
     reports = []
-    for i, point in enumerate(points or [ServedPoint(PLAIN, 0.0)]):
-        own = seen[i + 1] if adapter else seen[0]
+    for i, point in enumerate(points):
         point_reward = None if reward is None else reward[:, i]
-        reports.append(_report(adapter, point, policy[:, i], point_reward, kls[i], own, seen[0], sets))
-    return reports
+        reports.append(_report(adapter, point, policy[:, i], point_reward, kls[i], seen[i + 1], seen[0], sets))
+    return base, reports
 
 
 def _report(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from qadapter.adapters.answers import EvalSets
 from qadapter.adapters.data import PreferencePair
-from qadapter.adapters.evaluate import EvalReport, ServedPoint, evaluate
+from qadapter.adapters.evaluate import EvalReport, ServedPoint, evaluate_beside_base
 from qadapter.adapters.format import validate
 from qadapter.core.errors import InvalidData
 from qadapter.core.knobs import Knobs
@@ -88,7 +88,8 @@ def sweep(
     split: str,
     show_progress: bool = True,
 ) -> Frontier:
-    """The base model once, then each adapter at each of `strengths` in its range, in one pass each."""
+    """Each adapter at each of `strengths` in its range, in one pass each; the base model's report
+    comes from the first pass (every pass decodes the base beside the adapter's points)."""
     if not strengths or any(s <= 0 for s in strengths):
         raise InvalidData("--sweep takes strengths above 0 (the base model, strength 0, is always included)")
     adapters = [validate(d, loaded.info) for d in adapter_dirs]  # a wrong base fails before any work
@@ -96,11 +97,13 @@ def sweep(
     for adapter_dir, in_range in zip(adapter_dirs, points):
         if not in_range:
             raise InvalidData(f"{adapter_dir}: none of the strengths {list(strengths)} is in its range")
-    base = evaluate(loaded, None, pairs, sets, max_length, show_progress=show_progress)[0]
-    runs = {}
+    bases, runs = [], {}
     for adapter_dir, in_range in zip(adapter_dirs, points):
-        runs[str(adapter_dir)] = evaluate(loaded, adapter_dir, pairs, sets, max_length, in_range, show_progress)
-    return Frontier(split, sorted(strengths), base, runs)
+        base, runs[str(adapter_dir)] = evaluate_beside_base(
+            loaded, adapter_dir, pairs, sets, max_length, in_range, show_progress
+        )
+        bases.append(base)
+    return Frontier(split, sorted(strengths), bases[0], runs)
 
 
 def check_out_dir(out: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qadapter.adapters.behaviour import is_refusal, refusal_rate
+from qadapter.adapters.behaviour import is_refusal
 
 SAMPLE = Path(__file__).resolve().parents[2] / "adapters" / "eval_sets" / "refusal_check.jsonl"
 
@@ -36,11 +36,6 @@ def test_refusals_are_found(answer: str) -> None:
 )
 def test_helpful_answers_are_not(answer: str) -> None:
     assert not is_refusal(answer)
-
-
-def test_the_rate_is_a_share() -> None:
-    assert refusal_rate(["I'm sorry, no.", "Paris.", "Sure.", "I won't."]) == 0.5
-    assert refusal_rate([]) == 0.0
 
 
 def test_the_detector_agrees_with_the_hand_labels_of_the_shipped_sample() -> None:

@@ -77,6 +77,8 @@ def test_a_sweep_writes_one_curve_per_method_with_the_base_as_its_start(embedded
     frontier = sweep(
         tiny_loaded(model, embedded), [*seeds, other, dpo], PAIRS, SETS, 512, [0.5, 1.0, 2.0], "test", False
     )
+    alone = evaluate(tiny_loaded(model, embedded), None, PAIRS, SETS, 512, show_progress=False)[0]
+    assert_close(asdict(frontier.base), asdict(alone))  # decoded beside the first adapter, not on its own
     json_path, png_path = write_frontier(frontier, tmp_path / "out")
 
     assert (json_path.name, png_path.name) == (FRONTIER_JSON, FRONTIER_PNG)

@@ -3,9 +3,12 @@
 Prompts are the first user turns of a preference file (the harmless training split). A pair is kept
 only when the two answers differ in length by at least --min-gap tokens and the shorter one ended by
 itself (an answer cut at --max-tokens has no known length). Output: TRL explicit form
-{"prompt", "chosen", "rejected"}, split into train and held-out files.
+{"prompt", "chosen", "rejected"}, split into train and held-out files. --skip-prompts takes prompts
+further down the same shuffled order, so a second call with --held-out 1 adds held-out pairs whose
+prompts no training pair has.
 
-    python adapters/examples/build_concise_pairs.py --prompts-from TRAIN.jsonl --train OUT --test OUT
+    python experiments/build_concise_pairs.py --prompts-from TRAIN.jsonl --train OUT --test OUT
+    python experiments/build_concise_pairs.py --prompts-from TRAIN.jsonl --skip-prompts 240 --held-out 1 --test OUT
 """
 
 from __future__ import annotations
@@ -15,12 +18,23 @@ import json
 import random
 from pathlib import Path
 
-from qadapter.adapters.data import load_pairs
+from qadapter.adapters.data import PreferencePair, load_pairs
 from qadapter.adapters.scoring import ModelRows
 from qadapter.core.chat import user_prompt_ids
 from qadapter.core.decode import DecodeParams, Stream, decode
 from qadapter.core.model import load_base_model
 from qadapter.core.settings import Settings
+
+
+def sampling_prompts(pairs: list[PreferencePair], seed: int, skip: int, count: int) -> list[str]:
+    """Distinct first user turns of 10-300 characters in one seeded order, prompts skip … skip+count of it.
+
+    The order depends on the set of prompts and the seed alone, so calls with the same file and seed
+    and disjoint ranges never share a prompt.
+    """
+    firsts = sorted({next(m["content"] for m in p.prompt if m["role"] == "user") for p in pairs})
+    random.Random(seed).shuffle(firsts)
+    return [p for p in firsts if 10 <= len(p) <= 300][skip : skip + count]
 
 
 def main() -> None:
@@ -29,21 +43,22 @@ def main() -> None:
         "--prompts-from", type=Path, required=True, help="preference JSONL to take first user turns from"
     )
     parser.add_argument("--num-prompts", type=int, default=240)
+    parser.add_argument("--skip-prompts", type=int, default=0, help="start this far down the shuffled prompts")
     parser.add_argument("--max-tokens", type=int, default=192)
     parser.add_argument("--min-gap", type=int, default=8, help="least length difference in tokens")
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--held-out", type=float, default=0.1)
+    parser.add_argument("--held-out", type=float, default=0.1, help="fraction of pairs for --test (1: all)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train", type=Path, required=True)
+    parser.add_argument("--train", type=Path, help="training pairs (needed unless --held-out is 1)")
     parser.add_argument("--test", type=Path, required=True)
     args = parser.parse_args()
+    if not 0 < args.held_out <= 1 or (args.held_out < 1 and args.train is None):
+        parser.error("--held-out must be in (0, 1], and --train is needed when it is below 1")
 
     loaded = load_base_model(Settings(device="cpu"))
     tokenizer = loaded.tokenizer
-    data = load_pairs(args.prompts_from, skip_bad=True)
-    firsts = sorted({next(m["content"] for m in p.prompt if m["role"] == "user") for p in data.pairs})
-    random.Random(args.seed).shuffle(firsts)
-    prompts = [p for p in firsts if 10 <= len(p) <= 300][: args.num_prompts]
+    pairs = load_pairs(args.prompts_from, skip_bad=True).pairs
+    prompts = sampling_prompts(pairs, args.seed, args.skip_prompts, args.num_prompts)
     ids = [user_prompt_ids(tokenizer, p) for p in prompts]
     # Each prompt twice in one call: the two samples differ because each position has its own seed.
     params = DecodeParams(args.max_tokens, args.temperature, args.seed)
@@ -67,8 +82,9 @@ def main() -> None:
             rows.append({"prompt": prompt, "chosen": text[0], "rejected": text[1]})
     num_test = max(1, round(len(rows) * args.held_out))
     for path, part in ((args.test, rows[:num_test]), (args.train, rows[num_test:])):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part), encoding="utf-8")
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part), encoding="utf-8")
     print(
         f"{len(rows)} pairs from {len(prompts)} prompts: {len(rows) - num_test} -> {args.train}, {num_test} -> {args.test}"
     )

@@ -4,7 +4,7 @@
 # Stages can be run alone:
 #   bash experiments/build.sh data | harmless | concise | baselines | reports | frontier | shortcut | longer | recipe | protocol
 # `harmless`, `longer`, `recipe` and `protocol` are sized for a GPU: minutes each on an H100 or H200, hours on 2
-# CPU cores (the shipped ones ran on a GPU). The other stages took about 3 hours on 2 CPU cores (`reports`
+# CPU cores (the shipped ones ran on a GPU). The other stages took about 4 hours on 2 CPU cores (`reports`
 # runs the hour-long `frontier` sweep).
 set -euo pipefail
 
@@ -37,6 +37,10 @@ data() {
         --train "$WORK/harmless-fit.jsonl" --test "$WORK/harmless-val.jsonl"
     $BIN/python $EXPERIMENTS/build_concise_pairs.py --prompts-from "$WORK/harmless-train.jsonl" --seed 0 \
         --train "$DATA/concise-train.jsonl" --test "$DATA/concise-test.jsonl"
+    # More held-out pairs (≥ 100 in all) from the next 260 prompts of the same order: none is a training prompt.
+    $BIN/python $EXPERIMENTS/build_concise_pairs.py --prompts-from "$WORK/harmless-train.jsonl" --seed 0 \
+        --skip-prompts 240 --num-prompts 260 --held-out 1 --test "$WORK/concise-test-more.jsonl"
+    cat "$WORK/concise-test-more.jsonl" >> "$DATA/concise-test.jsonl"
 }
 
 # Trained with α 5, ω 4 and served with α 20, ω 19: the same learned reward, a gentler policy.

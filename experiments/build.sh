@@ -161,7 +161,7 @@ print(json.dumps(next(r for r in runs if r["strength"] == 1)))' \
 # SEEDS, swept over one fixed strength grid on the validation pairs and sets and on the test ones; the
 # strengths are chosen on validation (matched KL) and the test sweep is read at them only. Sized for a
 # GPU (9 runs of 6 epochs). EVAL_FLAGS are added to both sweeps; a CPU smoke run of the same commands
-# (minutes, not a result): SEEDS=0 STEPS=1 EVAL_FLAGS="--limit 4 --neutral-prompts FEW.txt --questions FEW.jsonl".
+# (about 40 min on 2 CPU cores, not a result): SEEDS=0 STEPS=1 EVAL_FLAGS="--limit 4 --neutral-prompts FEW.txt --questions FEW.jsonl".
 protocol() {
     local runs=$WORK/protocol seed method adapters=() eval_flags
     read -r -a eval_flags <<< "${EVAL_FLAGS:-}"

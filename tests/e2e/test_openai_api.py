@@ -205,7 +205,7 @@ def test_client_disconnect_mid_stream_frees_the_request(server: ServerProcess) -
         for _ in range(3):
             next(lines)
         assert server.metric("qadapter_requests_running") == 1
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 10  # a step on a loaded CI machine can take 2 s; 400 tokens take a minute
     while server.metric("qadapter_requests_running") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert server.metric("qadapter_requests_running") == 0
@@ -263,7 +263,9 @@ def test_metrics_count_the_requests_sent(client: openai.OpenAI, server: ServerPr
 def test_full_queue_is_503_with_retry_after(adapters_dir: Path, tmp_path: Path) -> None:
     small = ServerProcess(adapters_dir, tmp_path / "small.log", "--max-running", "1", "--max-waiting", "1")
     try:
-        body = {"model": BASE, "messages": QUESTION, "max_tokens": 300, "stream": True, "ignore_eos": True}
+        # long enough that it still runs when a loaded CI machine gets to the third request;
+        # closing the stream at the end aborts it
+        body = {"model": BASE, "messages": QUESTION, "max_tokens": 4000, "stream": True, "ignore_eos": True}
         with httpx.stream("POST", f"{small.url}/v1/chat/completions", json=body, timeout=60) as running:
             first_lines = running.iter_lines()  # kept open: dropping it would close the stream
             next(first_lines)  # the first request is decoding
@@ -273,10 +275,12 @@ def test_full_queue_is_503_with_retry_after(adapters_dir: Path, tmp_path: Path) 
                 kwargs={"json": {**body, "stream": False, "max_tokens": 2}, "timeout": 120},
             )
             waiting.start()
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 60
             while small.metric("qadapter_requests_waiting") < 1 and time.monotonic() < deadline:
                 time.sleep(0.05)
-            refused = httpx.post(f"{small.url}/v1/chat/completions", json={**body, "stream": False})
+            assert small.metric("qadapter_requests_waiting") == 1, "the second request never queued"
+            assert small.metric("qadapter_requests_running") == 1, "the first request no longer runs"
+            refused = httpx.post(f"{small.url}/v1/chat/completions", json={**body, "stream": False}, timeout=60)
             assert refused.status_code == 503
             assert int(refused.headers["Retry-After"]) >= 1
             assert refused.json()["error"]["code"] == "overloaded"

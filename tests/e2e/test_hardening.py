@@ -183,7 +183,9 @@ def test_a_shutdown_past_its_grace_aborts_streams_and_refuses_new_requests(
         received = stream.iter_lines()
         lines.append(next(received))
         server.terminate()
-        time.sleep(0.3)
+        deadline = time.monotonic() + 10  # the signal is handled between event-loop turns
+        while httpx.get(f"{server.url}/ready", timeout=10).status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
         refused = httpx.post(f"{server.url}/v1/chat/completions", json={**body, "stream": False}, timeout=30)
         lines += [line for line in received if line]  # ends, instead of a cut body
     assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1  # a new connection, answered

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,16 @@ from qadapter.core.model import LoadedModel
 KEY = "test-key"
 ADMIN_KEY = "admin-key"
 SMALL_UPLOAD_LIMIT = 8 * 2**20
+
+
+def eventually(condition: Callable[[], bool], timeout_s: float) -> bool:
+    """Whether `condition` holds within `timeout_s`, polled; timeouts are generous: CI machines can be slow."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 @pytest.fixture(scope="session")

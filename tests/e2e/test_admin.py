@@ -25,7 +25,7 @@ from bench.server_process import ServerProcess
 from qadapter.adapters.format import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE
 from qadapter.adapters.synthetic import random_adapter
 from qadapter.core.model import LoadedModel
-from tests.e2e.conftest import KEY
+from tests.e2e.conftest import KEY, eventually
 
 pytestmark = pytest.mark.e2e
 ADMIN = "admin-key"
@@ -195,9 +195,7 @@ def test_replace_while_streams_run_keeps_each_stream_on_its_version(
     threads = [threading.Thread(target=stream) for _ in range(8)]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + 30
-    while admin_server.metric("qadapter_requests_running") < 8 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: admin_server.metric("qadapter_requests_running") >= 8, timeout_s=30)
     assert admin_server.metric("qadapter_requests_running") == 8  # all 8 are mid-stream during the swap
     replaced = upload(admin_server, sources["second"], method="PUT", path="/swap")
     assert replaced.status_code == 200, replaced.text

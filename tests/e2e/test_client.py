@@ -37,7 +37,7 @@ from qadapter.client import (
     Usage,
     sse,
 )
-from tests.e2e.conftest import ADMIN_KEY, KEY, SMALL_UPLOAD_LIMIT
+from tests.e2e.conftest import ADMIN_KEY, KEY, SMALL_UPLOAD_LIMIT, eventually
 
 pytestmark = pytest.mark.e2e
 BASE = "smollm2-135m-instruct"
@@ -57,12 +57,8 @@ def admin(small_admin_server: ServerProcess) -> Iterator[QAdapterClient]:
         yield ours
 
 
-def is_idle_soon(server: ServerProcess, timeout_s: float = 30) -> bool:
-    """Whether the server runs no request within `timeout_s` (generous: CI machines can be slow)."""
-    deadline = time.monotonic() + timeout_s
-    while server.metric("qadapter_requests_running") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return server.metric("qadapter_requests_running") == 0
+def is_idle_soon(server: ServerProcess) -> bool:
+    return eventually(lambda: server.metric("qadapter_requests_running") == 0, timeout_s=30)
 
 
 def test_importing_the_client_does_not_import_torch() -> None:
@@ -287,9 +283,7 @@ def _hold_the_queue(server: ServerProcess, admin: QAdapterClient) -> tuple[Chunk
     next(running)
     waiting = threading.Thread(target=admin.complete, args=("Hello",), kwargs={"model": BASE, "max_tokens": 2})
     waiting.start()
-    deadline = time.monotonic() + 30
-    while server.metric("qadapter_requests_waiting") < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert eventually(lambda: server.metric("qadapter_requests_waiting") == 1, timeout_s=30)
     return running, waiting
 
 
@@ -320,9 +314,7 @@ def test_503_is_retried_after_retry_after(small_admin_server: ServerProcess, adm
         assert waited >= 2 * 1.0
         retrying = threading.Thread(target=retry_patiently)
         retrying.start()
-        deadline = time.monotonic() + 30
-        while refusals() < before + 5 and time.monotonic() < deadline:
-            time.sleep(0.05)  # until the patient client has been refused
+        eventually(lambda: refusals() >= before + 5, timeout_s=30)  # the patient client refused; asserted below
     finally:
         running.close()  # the long stream stops, the waiting request runs, the queue frees up
         waiting.join()

@@ -8,8 +8,7 @@ import os
 import shutil
 import signal
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -21,7 +20,7 @@ from bench.server_process import ServerProcess
 from qadapter.adapters.format import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE
 from qadapter.adapters.synthetic import random_adapter
 from qadapter.core.model import LoadedModel
-from tests.e2e.conftest import ADMIN_KEY, KEY
+from tests.e2e.conftest import ADMIN_KEY, KEY, eventually
 
 pytestmark = pytest.mark.e2e
 BASE = "smollm2-135m-instruct"
@@ -106,15 +105,6 @@ def resident(cluster: ServerProcess) -> dict[str, set[str]]:
             if sample.name == "qadapter_adapter_resident_info" and sample.value:
                 found.setdefault(sample.labels["adapter"], set()).add(sample.labels["replica"])
     return found
-
-
-def eventually(condition: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
 
 
 def test_greedy_outputs_equal_the_single_process_server(cluster: ServerProcess, server: ServerProcess) -> None:

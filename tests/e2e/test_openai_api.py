@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -18,7 +17,7 @@ from qadapter.core.decode import DecodeParams, Stream, decode
 from qadapter.core.lora import AdapterHost
 from qadapter.core.model import load_base_model
 from qadapter.core.settings import Settings
-from tests.e2e.conftest import KEY
+from tests.e2e.conftest import KEY, eventually
 
 pytestmark = pytest.mark.e2e
 BASE = "smollm2-135m-instruct"
@@ -205,10 +204,8 @@ def test_client_disconnect_mid_stream_frees_the_request(server: ServerProcess) -
         for _ in range(3):
             next(lines)
         assert server.metric("qadapter_requests_running") == 1
-    deadline = time.monotonic() + 10  # a step on a loaded CI machine can take 2 s; 400 tokens take a minute
-    while server.metric("qadapter_requests_running") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert server.metric("qadapter_requests_running") == 0
+    # a step on a loaded CI machine can take 2 s; 400 tokens would take a minute
+    assert eventually(lambda: server.metric("qadapter_requests_running") == 0, timeout_s=10)
     assert server.metric("qadapter_batch_rows") == 0
 
 
@@ -219,10 +216,7 @@ def test_client_disconnect_without_streaming_frees_the_request(server: ServerPro
             f"{server.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=1.5
         )
     # freed within a step of noticing; 400 tokens would take a minute. 10 s: a step on a loaded machine can take 2
-    deadline = time.monotonic() + 10
-    while server.metric("qadapter_requests_running") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert server.metric("qadapter_requests_running") == 0
+    assert eventually(lambda: server.metric("qadapter_requests_running") == 0, timeout_s=10)
     assert server.metric("qadapter_requests_total", adapter="wild", status="499") >= 1
 
 
@@ -275,10 +269,7 @@ def test_full_queue_is_503_with_retry_after(adapters_dir: Path, tmp_path: Path) 
                 kwargs={"json": {**body, "stream": False, "max_tokens": 2}, "timeout": 120},
             )
             waiting.start()
-            deadline = time.monotonic() + 60
-            while small.metric("qadapter_requests_waiting") < 1 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert small.metric("qadapter_requests_waiting") == 1, "the second request never queued"
+            assert eventually(lambda: small.metric("qadapter_requests_waiting") == 1, 60), "the second never queued"
             assert small.metric("qadapter_requests_running") == 1, "the first request no longer runs"
             refused = httpx.post(f"{small.url}/v1/chat/completions", json={**body, "stream": False}, timeout=60)
             assert refused.status_code == 503

@@ -31,7 +31,7 @@ from qadapter.core.base import BaseModelInfo
 from qadapter.core.errors import InvalidAdapter
 from qadapter.core.knobs import DEFAULT_ALPHA, DEFAULT_OMEGA, MAX_ALPHA, MAX_OMEGA, MIN_ALPHA, Knobs
 from qadapter.core.lora import LoraWeights
-from qadapter.core.settings import DEFAULT_MAX_RANK
+from qadapter.core.settings import DEFAULT_MAX_LORA_WEIGHT, DEFAULT_MAX_RANK, Settings
 
 MANIFEST_FILE = "qadapter.json"
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, MANIFEST_FILE)
@@ -89,6 +89,18 @@ class LoraSpec:
 
 
 @dataclass(frozen=True)
+class AdapterLimits:
+    """What this server accepts of an adapter's LoRA beyond the format: its rank and weight magnitude."""
+
+    max_rank: int = DEFAULT_MAX_RANK
+    max_weight: float = DEFAULT_MAX_LORA_WEIGHT
+
+    @classmethod
+    def of(cls, settings: Settings) -> AdapterLimits:
+        return cls(settings.max_lora_rank, settings.max_lora_weight)
+
+
+@dataclass(frozen=True)
 class ValidatedAdapter:
     """An adapter directory that passed `validate`, with what the server needs to know of it."""
 
@@ -117,7 +129,7 @@ def check_name(name: str) -> None:
         )
 
 
-def validate(path: Path, base: BaseModelInfo, max_rank: int = DEFAULT_MAX_RANK) -> ValidatedAdapter:
+def validate(path: Path, base: BaseModelInfo, limits: AdapterLimits = AdapterLimits()) -> ValidatedAdapter:
     """Check an adapter directory against the format and the served base; raise InvalidAdapter."""
     path = Path(path)
     if not path.is_dir():
@@ -132,8 +144,8 @@ def validate(path: Path, base: BaseModelInfo, max_rank: int = DEFAULT_MAX_RANK) 
             f"(fingerprint {base.fingerprint}); retrain it on the served base"
         )
     config = _read_json(path / CONFIG_FILE)
-    ranks = check_lora_config(config, base, max_rank)
-    check_tensors(path / WEIGHTS_FILE, base, ranks)
+    ranks = check_lora_config(config, base, limits.max_rank)
+    check_tensors(path / WEIGHTS_FILE, base, ranks, limits.max_weight)
     return ValidatedAdapter(
         path=path,
         manifest=manifest,
@@ -208,6 +220,7 @@ def create(
     lora: LoraSpec,
     weights: Mapping[str, torch.Tensor],
     base: BaseModelInfo,
+    limits: AdapterLimits = AdapterLimits(),
 ) -> ValidatedAdapter:
     """Write an adapter directory (the three files) and validate it against `base`."""
     path = Path(path)
@@ -215,4 +228,4 @@ def create(
     lora.to_peft().save_pretrained(str(path))
     save_file({key: t.detach().contiguous().cpu() for key, t in weights.items()}, str(path / WEIGHTS_FILE))
     (path / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    return validate(path, base)
+    return validate(path, base, limits)

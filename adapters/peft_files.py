@@ -106,16 +106,25 @@ def _is_number(value: Any) -> bool:
 def _pattern_value(pattern: Mapping[str, Any], module: str, default: Any) -> Any:
     """peft's rank_pattern lookup: the first key that matches the end of the module name."""
     for key, value in pattern.items():
-        if re.match(rf"(.*\.)?({key})$", module):
+        if _regex(key, "a rank_pattern or alpha_pattern key").match(module) is not None:
             return value
     return default
+
+
+def _regex(pattern: str, what: str, whole: bool = False) -> re.Pattern[str]:
+    """peft's pattern (a key matches the end of a module name; a target_modules string all of it)."""
+    try:
+        return re.compile(pattern if whole else rf"(.*\.)?({pattern})$")
+    except re.error as exc:
+        raise InvalidAdapter(f"{CONFIG_FILE}: {what} {pattern!r} is not a valid regular expression ({exc})") from None
 
 
 def _targeted_modules(targets: Any, base: BaseModelInfo) -> set[str]:
     """The base linear layers peft would wrap for `target_modules` (same matching rules as peft)."""
     modules = base.linear_modules()
     if isinstance(targets, str):  # a regex over full module names
-        wrapped = {name for name in modules if re.fullmatch(targets, name)}
+        target = _regex(targets, "target_modules", whole=True)
+        wrapped = {name for name in modules if target.fullmatch(name)}
         if not wrapped:
             raise InvalidAdapter(
                 f"{CONFIG_FILE}: target_modules pattern {targets!r} matches no linear layer of base model {base.id!r}"
@@ -134,8 +143,9 @@ def _targeted_modules(targets: Any, base: BaseModelInfo) -> set[str]:
     return set().union(*matches.values())
 
 
-def check_tensors(path: Path, base: BaseModelInfo, expected_ranks: Mapping[str, int]) -> None:
-    """Check every tensor against the base and the config: names, shapes, ranks, dtype, values."""
+def check_tensors(path: Path, base: BaseModelInfo, expected_ranks: Mapping[str, int], max_weight: float) -> None:
+    """Check every tensor against the base and the config: names, shapes, ranks, dtype, values (finite,
+    at most `max_weight` in magnitude)."""
     try:
         weights = load_file(path)
     except (SafetensorError, OSError) as exc:
@@ -152,6 +162,11 @@ def check_tensors(path: Path, base: BaseModelInfo, expected_ranks: Mapping[str, 
             raise InvalidAdapter(f"{WEIGHTS_FILE}: tensor {key!r} targets a module that base model {base.id!r} lacks")
         if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
             raise InvalidAdapter(f"{WEIGHTS_FILE}: tensor {key!r} must hold finite floating-point values")
+        if tensor.numel() and (largest := float(tensor.abs().max())) > max_weight:
+            raise InvalidAdapter(
+                f"{WEIGHTS_FILE}: tensor {key!r} holds a weight of magnitude {largest:.3g}, above this server's "
+                f"limit of {max_weight:g} (no trained LoRA comes near it; QADAPTER_MAX_LORA_WEIGHT raises it)"
+            )
         parts.setdefault(match["module"], {})[match["part"]] = tensor
     if set(parts) != set(expected_ranks):
         extra, missing = sorted(set(parts) - set(expected_ranks)), sorted(set(expected_ranks) - set(parts))

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from qadapter.adapters.format import (
     MANIFEST_FILE,
+    AdapterLimits,
     ValidatedAdapter,
     check_name,
     read_manifest,
@@ -55,11 +56,11 @@ class AdapterStore:
     """Thread-safe: installs and deletes of one name are serialised; one of racing uploads wins."""
 
     def __init__(
-        self, root: Path, base: BaseModelInfo, max_rank: int, on_step: Callable[[str], None] | None = None
+        self, root: Path, base: BaseModelInfo, limits: AdapterLimits, on_step: Callable[[str], None] | None = None
     ) -> None:
         self.root = Path(root)
         self._base = base
-        self._max_rank = max_rank
+        self._limits = limits
         self._on_step = on_step
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = StoreLock(self.root)
@@ -204,7 +205,7 @@ class AdapterStore:
         shutil.rmtree(path, ignore_errors=True)
 
     def _validate(self, path: Path) -> ValidatedAdapter:
-        adapter = validate(path, self._base, self._max_rank)
+        adapter = validate(path, self._base, self._limits)
         if adapter.name == self._base.id:
             raise InvalidAdapter(
                 f"adapter name {adapter.name!r} is the base model's id, which requests use for the base; "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from qadapter.adapters.format import LoraSpec, Manifest, ValidatedAdapter, create
+from qadapter.adapters.format import AdapterLimits, LoraSpec, Manifest, ValidatedAdapter, create
 from qadapter.adapters.peft_files import tensor_key
 from qadapter.core.base import BaseModelInfo
 from qadapter.core.knobs import Knobs
@@ -37,6 +37,7 @@ def random_adapter(
     lora: LoraSpec = LoraSpec(),
     seed: int = 0,
     training: dict[str, object] | None = None,
+    limits: AdapterLimits = AdapterLimits(),
 ) -> ValidatedAdapter:
     """Write a valid adapter: a zero LoRA (b_std 0, an untrained adapter) or a random one, B ~ N(0, b_std)."""
     manifest = Manifest(
@@ -46,4 +47,4 @@ def random_adapter(
         omega=knobs.omega,
         training=training,
     )
-    return create(path, manifest, lora, random_lora_weights(base, lora, seed=seed, b_std=b_std), base)
+    return create(path, manifest, lora, random_lora_weights(base, lora, seed=seed, b_std=b_std), base, limits)

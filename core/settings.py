@@ -10,6 +10,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 DEFAULT_MAX_RANK = 64
+# 500× the largest weight of the shipped adapters (0.19), 40× that of the random test adapters
+DEFAULT_MAX_LORA_WEIGHT = 100.0
 
 
 class Settings(BaseSettings):
@@ -49,6 +51,12 @@ class Settings(BaseSettings):
     )
     max_resident_adapters: int = Field(default=64, gt=0, description="Adapter versions in device memory (LRU).")
     max_lora_rank: int = Field(default=DEFAULT_MAX_RANK, gt=0, description="Largest LoRA rank accepted.")
+    max_lora_weight: float = Field(
+        default=DEFAULT_MAX_LORA_WEIGHT,
+        gt=0,
+        description="Largest LoRA weight magnitude accepted: no trained LoRA has weights near it; huge ones "
+        "only drive the served scores to inf.",
+    )
     max_running: int = Field(default=32, gt=0, description="Requests decoded together in one step.")
     max_waiting: int = Field(default=256, ge=1, description="Queued requests before new ones get 503.")
     max_prefill_tokens: int = Field(
@@ -59,6 +67,11 @@ class Settings(BaseSettings):
         gt=0,
         description="Prompt token-rows run per step (and a quarter of that in columns): what a joining prompt "
         "may delay the others by.",
+    )
+    grammar_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a request's grammar may take to compile in the grammar check (400 past it).",
     )
     max_context: int = Field(default=0, ge=0, description="Limit on prompt + max_tokens; 0: the model's own.")
     default_max_tokens: int = Field(

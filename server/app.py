@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from qadapter.adapters.format import AdapterLimits
 from qadapter.adapters.store import AdapterStore
 from qadapter.core.base import BaseModelInfo
 from qadapter.core.lora import AdapterHost
@@ -21,6 +22,7 @@ from qadapter.server.api import admin, errors, openai, tokens
 from qadapter.server.api.admin_service import AdapterAdmin
 from qadapter.server.api.auth import require_api_key
 from qadapter.server.api.gate import RequestGate
+from qadapter.server.api.grammar_guard import GrammarGuard
 from qadapter.server.api.metrics import Metrics
 from qadapter.server.api.openapi import error_responses, install_openapi
 from qadapter.server.api.request_id import RequestId
@@ -57,10 +59,13 @@ def create_app(settings: Settings, engines: EngineStarter | None = None) -> Fast
             store = _open_store(settings, loaded.info, engine)
             app.state.engine = engine
             app.state.admin = AdapterAdmin(store, engine, settings.max_upload_bytes)
-            app.state.serving = Serving(engine, loaded, settings, app.state.metrics)
+            grammars = GrammarGuard(loaded.tokenizer, loaded.model.config.vocab_size, settings.grammar_timeout_s)
+            app.state.serving = Serving(engine, loaded, settings, app.state.metrics, grammars)
             log.info("serving %s with adapters %s", loaded.info.id, engine.adapters.names() or "(none)")
             yield
         finally:
+            if hasattr(app.state, "serving"):
+                app.state.serving.close()
             starter.stop()
 
     app = FastAPI(
@@ -91,7 +96,7 @@ class EngineStarter(Protocol):
 
 def _open_store(settings: Settings, base: BaseModelInfo, engine: Any) -> AdapterStore:
     """The adapter store, with every servable adapter published (broken ones quarantined)."""
-    store = AdapterStore(settings.adapters_dir, base, settings.max_lora_rank)
+    store = AdapterStore(settings.adapters_dir, base, AdapterLimits.of(settings))
     if settings.install_adapters is not None:
         installed = store.install_missing(settings.install_adapters)
         log.info("installed %s from %s", installed or "nothing new", settings.install_adapters)

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from qadapter.adapters.format import validate
+from qadapter.adapters.format import AdapterLimits, validate
 from qadapter.core.chat import user_prompt_ids
 from qadapter.core.cli_options import (
     add_knob_options,
@@ -49,7 +49,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     host = AdapterHost(loaded.model)
     streams, labels = [], []
     for path in args.adapter:
-        adapter = validate(path, loaded.info, settings.max_lora_rank)
+        adapter = validate(path, loaded.info, AdapterLimits.of(settings))
         host.load(adapter.name, adapter.read_weights())
         knobs = adapter.manifest.knobs.served(args.alpha, args.omega, args.strength)
         streams.append(Stream(None) if knobs is None else Stream(adapter.name, knobs))  # None: strength 0, the base

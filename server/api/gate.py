@@ -1,4 +1,4 @@
-"""In front of every route that takes a body (/v1 and /admin): the key is checked before any byte of
+"""In front of every route that takes a body (/admin, /v1, the tokenizer routes): the key is checked before any byte of
 the body is read, and the body is counted while it streams in (413 at the limit, 408 when it does
 not arrive in time) and spooled to disk past 1 MiB, so no request can hold unbounded memory or a
 worker for long before its route runs."""
@@ -57,7 +57,7 @@ class RequestGate:
             return None
         if scope["path"].startswith(ADMIN_PREFIX):
             return (lambda token: check_admin_token(token, self._settings)), self._settings.max_upload_bytes, "upload"
-        if scope["path"].startswith("/v1/") and scope["method"] in ("POST", "PUT", "PATCH"):
+        if scope["method"] in ("POST", "PUT", "PATCH"):  # /v1/*, /tokenize, /detokenize: every body-reading route
             return (
                 (lambda token: check_api_token(token, self._settings)),
                 self._settings.max_request_bytes,

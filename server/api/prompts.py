@@ -36,9 +36,24 @@ class PromptEncoder:
         prompts = _each_prompt(prompt)
         self._check_length([p for p in prompts if isinstance(p, str)], "prompt")
         encoded = await run_in_threadpool(self._tokenize, prompts)
-        if any(not 0 <= t < self._vocab_size for p in encoded for t in p):
-            raise InvalidRequest(f"prompt token ids must be in [0, {self._vocab_size})", param="prompt")
+        for ids in encoded:
+            self.token_ids(ids, "prompt")
         return encoded
+
+    def token_ids(self, token_ids: list[int], param: str) -> tuple[int, ...]:
+        """Token ids of this vocabulary (a 400 naming `param` for any other)."""
+        if any(not 0 <= token < self._vocab_size for token in token_ids):
+            raise InvalidRequest(f"{param} token ids must be in [0, {self._vocab_size})", param=param)
+        return tuple(token_ids)
+
+    def logit_bias(self, bias: dict[str, float]) -> tuple[tuple[int, float], ...]:
+        """OpenAI's logit_bias (token ids as strings) as (token id, bias) pairs of this vocabulary."""
+        try:
+            pairs = tuple(sorted((int(token), value) for token, value in bias.items()))
+        except ValueError:
+            raise InvalidRequest('logit_bias keys must be token ids, e.g. {"1234": -100}', param="logit_bias") from None
+        self.token_ids([token for token, _ in pairs], "logit_bias")
+        return pairs
 
     async def texts(self, prompt: CompletionPrompt, encoded: list[list[int]]) -> list[str]:
         """Each prompt's text, as echo shows it: a string as given, token ids decoded."""

@@ -11,12 +11,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from qadapter.core.errors import AdapterNotFound, InvalidRequest
+from qadapter.core.errors import AdapterNotFound
 from qadapter.core.model import LoadedModel
 from qadapter.core.settings import Settings
 from qadapter.server.api.errors import render, sse_error
+from qadapter.server.api.grammar_guard import GrammarGuard
 from qadapter.server.api.metrics import Metrics
 from qadapter.server.api.prompts import PromptEncoder
 from qadapter.server.api.protocol import ChatCompletionRequest, CompletionRequest, SamplingBody
@@ -44,13 +46,20 @@ HEADER_SAFE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # field names that may go int
 class Serving:
     """The layer between thin routes and the engine."""
 
-    def __init__(self, engine: Engine, loaded: LoadedModel, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, engine: Engine, loaded: LoadedModel, settings: Settings, metrics: Metrics, grammars: GrammarGuard
+    ) -> None:
         self._engine = engine
         self._loaded = loaded
         self._settings = settings
         self._metrics = metrics
+        self._grammars = grammars
         self.prompts = PromptEncoder(loaded, engine.max_context)
         self.is_draining = False  # set on SIGTERM: running requests finish, new ones get 503
+
+    def close(self) -> None:
+        """Stop what serving runs beside the engine (the grammar check's process)."""
+        self._grammars.close()
 
     @property
     def base_id(self) -> str:
@@ -141,11 +150,12 @@ class Serving:
             tool_plan=None if forced is None else forced[0],
         )
         wants_logprobs = body.num_logprobs() is not None
+        grammar = await run_in_threadpool(requested_grammar, body, self._grammars)  # compiling can take a while
         call.id = f"{'chatcmpl' if is_chat else 'cmpl'}-{uuid.uuid4().hex}"
         try:
             for prompt_index, prompt in enumerate(prompts):
                 for copy in range(body.n):
-                    params = self._params(body, max_tokens, len(prompt), copy)
+                    params = self._params(body, max_tokens, len(prompt), copy, grammar and grammar.grammar)
                     request = GenerationRequest(f"{call.id}-{len(call.choices)}", tuple(prompt), adapter, params)
                     events = await self._engine.open(request)
                     choice = Choice(len(call.choices), prompt_index, events, logprobs=[] if wants_logprobs else None)
@@ -157,7 +167,9 @@ class Serving:
             raise
         return call
 
-    def _params(self, body: SamplingBody, max_tokens: int | None, prompt_len: int, copy: int) -> SamplingParams:
+    def _params(
+        self, body: SamplingBody, max_tokens: int | None, prompt_len: int, copy: int, grammar: str | None
+    ) -> SamplingParams:
         if max_tokens is None:  # as vLLM: what the context leaves, capped by the server default
             room = self._engine.max_context - prompt_len
             max_tokens = max(1, min(self._settings.default_max_tokens, room))
@@ -168,7 +180,7 @@ class Serving:
             top_k=body.top_k or 0,
             seed=None if body.seed is None else body.seed + copy,  # n copies differ, and repeat
             stop=body.stop_strings(),
-            stop_token_ids=self._stop_token_ids(body.stop_token_ids or []),
+            stop_token_ids=self.prompts.token_ids(body.stop_token_ids or [], "stop_token_ids"),
             ignore_eos=body.ignore_eos,
             alpha=body.alpha,
             omega=body.omega,
@@ -176,30 +188,12 @@ class Serving:
             repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
             frequency_penalty=body.frequency_penalty or 0.0,
             presence_penalty=body.presence_penalty or 0.0,
-            logit_bias=self._logit_bias(body.logit_bias or {}),
+            logit_bias=self.prompts.logit_bias(body.logit_bias or {}),
             min_tokens=body.min_tokens or 0,
             logprobs=body.num_logprobs(),
             prompt_logprobs=body.num_logprobs() if getattr(body, "echo", False) else None,
-            grammar=requested_grammar(body),
+            grammar=grammar,
         )
-
-    def _stop_token_ids(self, token_ids: list[int]) -> tuple[int, ...]:
-        self.check_token_ids(token_ids, "stop_token_ids")
-        return tuple(token_ids)
-
-    def _logit_bias(self, bias: dict[str, float]) -> tuple[tuple[int, float], ...]:
-        """OpenAI's logit_bias (token ids as strings) as (token id, bias) pairs of this vocabulary."""
-        try:
-            pairs = tuple(sorted((int(token), value) for token, value in bias.items()))
-        except ValueError:
-            raise InvalidRequest('logit_bias keys must be token ids, e.g. {"1234": -100}', param="logit_bias") from None
-        self.check_token_ids([token for token, _ in pairs], "logit_bias")
-        return pairs
-
-    def check_token_ids(self, token_ids: list[int], param: str) -> None:
-        vocab_size = self._loaded.model.config.vocab_size
-        if any(not 0 <= token < vocab_size for token in token_ids):
-            raise InvalidRequest(f"{param} token ids must be in [0, {vocab_size})", param=param)
 
     async def _drain(
         self, choice: Choice, on_event: Callable[[Choice, TokenEvent], Awaitable[None]] | None = None

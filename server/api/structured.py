@@ -1,38 +1,70 @@
 """From a request's structured-output fields (OpenAI's `response_format`, vLLM's `guided_*` and
-`structured_outputs`) to the one grammar the engine enforces (server/engine/grammar.py)."""
+`structured_outputs`) to the one grammar the engine enforces (server/engine/grammar.py), checked
+within limits (grammar_limits.py) and by the grammar check process (grammar_guard.py)."""
 
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from typing import Any
 
-import llguidance
-
 from qadapter.core.errors import InvalidRequest
+from qadapter.server.api.grammar_guard import CheckedGrammar, GrammarGuard
+from qadapter.server.api.grammar_limits import spec_text
 from qadapter.server.api.protocol import SamplingBody
 from qadapter.server.api.tools import forced_tool_call
-from qadapter.server.engine.grammar import check_grammar
 
-# JSON without free whitespace (one space after `:` and `,`): a small model given the freedom fills
-# its budget with newlines before it closes the object
+# JSON is compact by default (one space after `:` and `,`), flexible (any whitespace, vLLM's default)
+# with `structured_outputs: {"disable_any_whitespace": false}`: on the embedded model, free
+# whitespace let `json_object` answers run on to max_tokens for all three shipped models, compact
+# closed them. Integers without bounds get JSON's interoperable range (RFC 8259, section 6), so a
+# model that repeats a digit must stop after 16 of them (without: `"population": 1111…` to max_tokens).
 COMPACT_JSON = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
-# vLLM's `structured_outputs` keys → llguidance's grammar kinds
+FLEXIBLE_JSON = {"whitespace_flexible": True}
+MAX_SAFE_INTEGER = 2**53 - 1
+# vLLM's `structured_outputs` keys → llguidance's grammar kinds; and the options it may carry
 STRUCTURED_OUTPUT_KINDS = {"json": "json_schema", "regex": "regex", "choice": "choice", "grammar": "grammar"}
+STRUCTURED_OUTPUT_OPTIONS = {"disable_any_whitespace"}
 
 
-def requested_grammar(body: SamplingBody) -> str | None:
-    """llguidance's form of the structured output the request asks for; None when it asks for none.
-    A 400 names the field when it asks for two, or for one that cannot be compiled."""
+def requested_grammar(body: SamplingBody, guard: GrammarGuard) -> CheckedGrammar | None:
+    """The checked grammar of the structured output the request asks for; None when it asks for none.
+    A 400 names the field when it asks for two, or for one that cannot be used. Blocks: call it off the loop."""
     asked = _asked(body)
     if len(asked) > 1:
         raise InvalidRequest("ask for one structured output at a time", param=asked[1][0])
     if not asked:
         return None
     param, kind, spec = asked[0]
-    if kind == "json_schema" and isinstance(spec, dict):
-        spec = {"x-guidance": COMPACT_JSON, **spec}  # unless the schema sets its own
-    return _compiled(param, kind, spec if isinstance(spec, str) else json.dumps(spec))
+    text = spec_text(param, kind, spec)
+    if kind == "json_schema":
+        text = _as_served(
+            text, compact=(body.structured_outputs or {}).get("disable_any_whitespace", True) is not False
+        )
+    checked = guard.check(param, kind, text)
+    if checked.ends_at_once and body.min_tokens:
+        raise InvalidRequest(f"{param} allows only an empty answer, which min_tokens forbids", param="min_tokens")
+    return checked
+
+
+def _as_served(text: str, compact: bool) -> str:
+    """A JSON schema (within limits) with its layout (unless it sets its own) and bounded integers."""
+    schema = json.loads(text)
+    if not isinstance(schema, dict):
+        return text
+    pending: list[Any] = [schema]
+    while pending:  # every subschema, without recursion
+        node = pending.pop()
+        if isinstance(node, dict):
+            types = node.get("type")
+            if types == "integer" or (isinstance(types, list) and "integer" in types):
+                if "maximum" not in node and "exclusiveMaximum" not in node:
+                    node["maximum"] = MAX_SAFE_INTEGER
+                if "minimum" not in node and "exclusiveMinimum" not in node:
+                    node["minimum"] = -MAX_SAFE_INTEGER
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return json.dumps({"x-guidance": COMPACT_JSON if compact else FLEXIBLE_JSON, **schema})
 
 
 def _asked(body: SamplingBody) -> list[tuple[str, str, Any]]:
@@ -55,20 +87,12 @@ def _asked(body: SamplingBody) -> list[tuple[str, str, Any]]:
     if body.guided_choice is not None:
         asked.append(("guided_choice", "choice", body.guided_choice))
     for key, spec in (body.structured_outputs or {}).items():
+        if key in STRUCTURED_OUTPUT_OPTIONS:
+            continue
         if key not in STRUCTURED_OUTPUT_KINDS:
-            known = ", ".join(STRUCTURED_OUTPUT_KINDS)
+            known = ", ".join([*STRUCTURED_OUTPUT_KINDS, *STRUCTURED_OUTPUT_OPTIONS])
             raise InvalidRequest(
                 f"structured_outputs.{key} is not supported (use one of {known})", param="structured_outputs"
             )
         asked.append((f"structured_outputs.{key}", STRUCTURED_OUTPUT_KINDS[key], spec))
     return asked
-
-
-@lru_cache(maxsize=256)  # a client sends the same schema again and again: check it once
-def _compiled(param: str, kind: str, text: str) -> str:
-    try:
-        grammar = llguidance.grammar_from(kind, text)
-    except ValueError as exc:
-        raise InvalidRequest(f"{param} cannot be used: {exc}", param=param) from None
-    check_grammar(grammar, param)
-    return grammar

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Security
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from qadapter.core.errors import InvalidRequest
@@ -52,7 +53,7 @@ async def tokenize(body: TokenizeRequest, service: Serving = Depends(serving)) -
         (tokens,) = await service.prompts.completion(body.prompt)  # type: ignore[arg-type]
     answer: dict[str, Any] = {"count": len(tokens), "max_model_len": service.max_context, "tokens": tokens}
     if body.return_token_strs:
-        answer["token_strs"] = service.tokenizer.convert_ids_to_tokens(tokens)
+        answer["token_strs"] = await run_in_threadpool(service.tokenizer.convert_ids_to_tokens, tokens)
     return answer
 
 
@@ -60,8 +61,12 @@ async def tokenize(body: TokenizeRequest, service: Serving = Depends(serving)) -
 async def detokenize(body: DetokenizeRequest, service: Serving = Depends(serving)) -> dict[str, str]:
     """The text of token ids."""
     service.check_model(body.model)
-    service.check_token_ids(body.tokens, "tokens")
-    return {"prompt": service.tokenizer.decode(body.tokens)}
+
+    def decoded() -> str:  # a long list takes a while: off the event loop
+        service.prompts.token_ids(body.tokens, "tokens")
+        return service.tokenizer.decode(body.tokens)
+
+    return {"prompt": await run_in_threadpool(decoded)}
 
 
 @router.get("/tokenizer_info", responses=error_responses(401))

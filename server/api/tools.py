@@ -26,6 +26,14 @@ class ToolPlan:
 
     forced: str | None
 
+    def is_complete(self, text: str) -> bool:
+        """Whether the answer is a whole call: a stop sequence or token can cut it short."""
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return False
+        return self.forced is not None or (isinstance(value, dict) and {"name", "arguments"} <= value.keys())
+
     def calls(self, text: str) -> list[dict[str, Any]]:
         """OpenAI's `tool_calls` from a complete answer (the grammar made it valid JSON)."""
         if self.forced is not None:

@@ -9,6 +9,7 @@ import signal
 import ray
 from ray import serve
 
+from qadapter.adapters.format import AdapterLimits
 from qadapter.adapters.store import AdapterStore
 from qadapter.core.model import LoadedModel, load_base_model
 from qadapter.core.settings import Settings
@@ -55,11 +56,8 @@ class RayEngines:
         log.info("deploying %d engine replicas on Ray Serve", settings.replicas)
         replica_settings = settings.model_dump_json(exclude={"api_keys", "admin_key"})  # Ray stores it: no secrets
         handle = serve.run(deployment.bind(replica_settings), name=APP_NAME, route_prefix=None)
-        store = StoreView(
-            AdapterStore(settings.adapters_dir, loaded.info, settings.max_lora_rank),
-            loaded.info,
-            settings.max_lora_rank,
-        )
+        limits = AdapterLimits.of(settings)
+        store = StoreView(AdapterStore(settings.adapters_dir, loaded.info, limits), loaded.info, limits)
         max_context = settings.max_context or loaded.model.config.max_position_embeddings
         self._engine = RemoteEngine(handle, store, hub, max_context)
         return loaded, self._engine

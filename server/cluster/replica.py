@@ -17,7 +17,7 @@ import ray
 import torch
 from ray import serve
 
-from qadapter.adapters.format import validate
+from qadapter.adapters.format import AdapterLimits, validate
 from qadapter.adapters.store import AdapterStore
 from qadapter.core.errors import AdapterNotFound, QAdapterError
 from qadapter.core.lora import AdapterHost
@@ -70,7 +70,7 @@ class EngineReplica:
         torch.set_num_threads(max(1, int(self._settings.replica_cpus)))
         replica = serve.get_replica_context().replica_tag
         self._loaded = load_base_model(self._settings)
-        self._store = AdapterStore(self._settings.adapters_dir, self._loaded.info, self._settings.max_lora_rank)
+        self._store = AdapterStore(self._settings.adapters_dir, self._loaded.info, AdapterLimits.of(self._settings))
         host = AdapterHost(self._loaded.model, self._settings.max_resident_adapters + 1)
         self._engine = Engine(self._loaded, host, self._settings, replica_id=replica)
         self._engine.start()
@@ -84,7 +84,7 @@ class EngineReplica:
         if path is None:  # deleted or replaced since the ingress resolved it
             raise AdapterNotFound(f"The model {model_id.split('@')[0]!r} does not exist", param="model")
         version = split_model_id(model_id)[1]
-        adapter = await asyncio.to_thread(validate, path, self._loaded.info, self._settings.max_lora_rank)
+        adapter = await asyncio.to_thread(validate, path, self._loaded.info, AdapterLimits.of(self._settings))
         await asyncio.wrap_future(self._engine.adapters.apply(LoadAdapter(adapter, version, name=model_id)))
         return AdapterLease(self._engine, model_id)
 

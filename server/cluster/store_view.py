@@ -9,7 +9,7 @@ import logging
 from concurrent.futures import Future
 from pathlib import Path
 
-from qadapter.adapters.format import ValidatedAdapter, validate
+from qadapter.adapters.format import AdapterLimits, ValidatedAdapter, validate
 from qadapter.adapters.store import AdapterStore
 from qadapter.core.base import BaseModelInfo
 from qadapter.core.errors import AdapterNotFound, InvalidAdapter
@@ -19,10 +19,10 @@ log = logging.getLogger(__name__)
 
 
 class StoreView:
-    def __init__(self, store: AdapterStore, base: BaseModelInfo, max_rank: int) -> None:
+    def __init__(self, store: AdapterStore, base: BaseModelInfo, limits: AdapterLimits) -> None:
         self._store = store
         self._base = base
-        self._max_rank = max_rank
+        self._limits = limits
         self._published: dict[str, PublishedAdapter] = {}
         self._validated: dict[tuple[Path, int], ValidatedAdapter] = {}  # each install is read once
         self._listed: int | None = None  # the store directory's mtime when last listed
@@ -70,7 +70,7 @@ class StoreView:
             adapter = self._validated.get((path, install))
             if adapter is None:
                 try:
-                    adapter = validate(path, self._base, self._max_rank)
+                    adapter = validate(path, self._base, self._limits)
                 except InvalidAdapter as exc:  # the start quarantined what was broken; this is new
                     log.warning("not serving %s: %s", path.name, exc)
                     continue

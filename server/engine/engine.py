@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import torch
 
-from qadapter.core.errors import ContextTooLong, InvalidRequest, Overloaded, RequestFault
+from qadapter.core.errors import ContextTooLong, InvalidRequest, Overloaded, QAdapterError
 from qadapter.core.lora import AdapterHost
 from qadapter.core.model import LoadedModel
 from qadapter.core.settings import Settings
@@ -30,6 +30,9 @@ from qadapter.server.engine.stream import RequestStream, StreamRegistry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# The engine thread compiles grammars (llguidance, native recursion): each was first compiled in a
+# quarter of this stack by the grammar check (server/grammar_worker.py), so none can overflow it.
+ENGINE_STACK_BYTES = 8 << 20
 
 
 class Engine:
@@ -71,7 +74,11 @@ class Engine:
     # -- the facade (any thread / the event loop) ------------------------------------------------
 
     def start(self) -> None:
-        self._thread.start()
+        previous = threading.stack_size(ENGINE_STACK_BYTES)  # read when a thread starts, not when it is made
+        try:
+            self._thread.start()
+        finally:
+            threading.stack_size(previous)
 
     def shutdown(self) -> None:
         self._is_stopping = True
@@ -198,13 +205,13 @@ class Engine:
     def step(self) -> bool:
         """schedule → run → postprocess; False when there was nothing to do.
 
-        A step decodes every running row and runs one chunk of the joining group's prompts; a new
-        group is admitted once the previous one has joined.
+        A step decodes every running row and runs one chunk of a joining group's prompts; a new
+        group is admitted beside those being prefilled (up to the runner's limit), and goes first.
         """
         step_start = time.perf_counter()
         self.adapters.apply_pending()
         self._load_cold_adapters()
-        batch = self._scheduler.schedule(admit=not self._runner.is_prefilling, is_ready=self._is_ready)
+        batch = self._scheduler.schedule(admit=self._runner.can_start_prefill, is_ready=self._is_ready)
         self._finish([seq for seq in batch.decode if seq.is_aborted], FinishReason.ABORT)
         if batch.prefill:
             for seq in batch.prefill:
@@ -213,7 +220,7 @@ class Engine:
             self._runner.start_prefill(batch.prefill)
         if not self._runner.num_rows and not self._runner.is_prefilling:
             return False
-        picks: list[tuple[Sequence, int | RequestFault]] = []
+        picks: list[tuple[Sequence, int | QAdapterError]] = []
         with torch.inference_mode():
             if self._runner.num_rows:
                 picks += self._pick(self._timed(self._runner.decode), self._runner.rows)
@@ -241,21 +248,21 @@ class Engine:
         self.adapters.prefetch(self._scheduler.waiting_adapter_keys())  # resident or loading ones: no-ops
         for key, exc in self.adapters.residency.install_ready().items():
             for seq in self._scheduler.take_waiting(lambda s, key=key: s.adapter_key == key):
-                self._fail([seq], exc)
+                self._finish([seq], exc)
 
     def _is_ready(self, seq: Sequence) -> bool:
         return seq.adapter_key is None or self.adapters.residency.is_resident(seq.adapter_key)
 
     def _pick(
         self, logits: torch.Tensor, rows: list[tuple[Sequence, str | None]]
-    ) -> list[tuple[Sequence, int | RequestFault]]:
+    ) -> list[tuple[Sequence, int | QAdapterError]]:
         seqs = sequences_of(rows)
         return list(zip(seqs, self._sampler.pick(seqs, policy_scores(logits, rows, self._stop_token_ids))))
 
-    def _postprocess(self, picks: list[tuple[Sequence, int | RequestFault]]) -> None:
+    def _postprocess(self, picks: list[tuple[Sequence, int | QAdapterError]]) -> None:
         for seq, token in picks:
-            if isinstance(token, RequestFault):  # this request alone stops; the batch goes on
-                self._fail([seq], token)
+            if isinstance(token, QAdapterError):  # this request alone stops; the batch goes on
+                self._finish([seq], token)
                 continue
             self._num_generated_tokens += seq.request.params.max_tokens > 0  # a prompt-only request makes none
             text, reason = seq.take(token, self._stop_token_ids)
@@ -264,22 +271,13 @@ class Engine:
             else:
                 self._finish([seq], reason, text)
 
-    def _finish(self, seqs: list[Sequence], reason: FinishReason, text: str = "") -> None:
-        if not seqs:
-            return
+    def _finish(self, seqs: list[Sequence], outcome: FinishReason | Exception, text: str = "") -> None:
+        """End these requests, with a reason or an error; their rows leave the batch."""
         self._scheduler.finish(seqs)
         self._runner.remove(seqs)
         for seq in seqs:
             self._sampler.release(seq)
-            self._emit(seq, text, reason)
-
-    def _fail(self, seqs: list[Sequence], exc: Exception) -> None:
-        """End these requests with an error; their rows leave the batch."""
-        self._scheduler.finish(seqs)
-        self._runner.remove(seqs)
-        for seq in seqs:
-            self._sampler.release(seq)
-            self._streams.send(seq, exc)
+            self._streams.send(seq, outcome if isinstance(outcome, Exception) else seq.event(text, outcome))
 
     def _fail_all(self, exc: Exception, include_waiting: bool = False) -> None:
         """After a failed step the batch state is unknown: fail every running request, start clean."""

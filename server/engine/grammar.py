@@ -18,14 +18,8 @@ from qadapter.core.errors import InvalidRequest, RequestFault
 
 log = logging.getLogger(__name__)
 BITS = torch.arange(32, dtype=torch.int32)
-
-
-def check_grammar(grammar: str, param: str) -> None:
-    """Refuse a grammar llguidance cannot compile, with its reason, naming the request's field."""
-    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, None)
-    if is_error:
-        reason = messages[0].splitlines()[0] if messages else "it does not compile"
-        raise InvalidRequest(f"{param} cannot be used: {reason}", param=param)
+# The grammar check (server/grammar_worker.py) compiled each grammar under these same limits.
+LIMITS = llguidance.LLParserLimits(verbose_errors=False)
 
 
 class GrammarMasks:
@@ -41,25 +35,32 @@ class GrammarMasks:
         self._ready = threading.Event()
         threading.Thread(target=self._build, args=(tokenizer,), name="qadapter-grammar", daemon=True).start()
 
-    def mask(self, row: torch.Tensor, state: llguidance.LLMatcher) -> None:
-        """Set the scores `[vocab]` of every token the grammar forbids next to -inf (in place)."""
+    def mask(self, row: torch.Tensor, state: llguidance.LLMatcher) -> InvalidRequest | None:
+        """Set the scores `[vocab]` of every token the grammar forbids next to -inf (in place); the
+        error that stops the request if its grammar reached llguidance's limits."""
         words = torch.frombuffer(bytearray(state.compute_bitmask()), dtype=torch.int32)  # bit i: token i allowed
+        if state.is_error():
+            return _over_limits(state)
         allowed = ((words.unsqueeze(-1) >> BITS) & 1).flatten()[: row.shape[-1]].bool()
         row.masked_fill_(~allowed.to(row.device), float("-inf"))
+        return None
 
     def matcher(self, grammar: str) -> llguidance.LLMatcher:
         self._ready.wait()
         if self._lltokenizer is None:
             raise RequestFault(f"Structured outputs are unavailable on this server: {self._failure}")
-        return llguidance.LLMatcher(self._lltokenizer, grammar)
+        return llguidance.LLMatcher(self._lltokenizer, grammar, log_level=0, limits=LIMITS)
+
+    @property
+    def eos_token(self) -> int:
+        assert self._lltokenizer is not None
+        return self._lltokenizer.eos_token
 
     @staticmethod
-    def advance(state: llguidance.LLMatcher, token: int) -> RequestFault | None:
-        """Feed the picked token to the matcher; a token it refuses stops the request (never expected:
-        the mask allowed it)."""
-        if state.consume_token(token):
-            return None
-        return RequestFault(f"The output left its grammar ({state.get_error()}); it was stopped.")
+    def advance(state: llguidance.LLMatcher, token: int) -> InvalidRequest | None:
+        """Feed the picked token to the matcher. The mask allowed it, so a refusal means the grammar
+        reached llguidance's limits (a client's grammar too complex to follow): that request stops."""
+        return None if state.consume_token(token) else _over_limits(state)
 
     def _build(self, tokenizer: Any) -> None:
         try:
@@ -69,3 +70,11 @@ class GrammarMasks:
             self._failure = str(exc)
         finally:
             self._ready.set()
+
+
+def _over_limits(state: llguidance.LLMatcher) -> InvalidRequest:
+    reason = (state.get_error() or "").strip().splitlines()
+    return InvalidRequest(
+        f"The request's grammar went past this server's grammar limits while decoding "
+        f"({reason[0][:300] if reason else 'no reason given'}); simplify it."
+    )

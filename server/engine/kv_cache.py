@@ -133,11 +133,16 @@ class SlotCache(Cache):
         order = list(range(self.num_rows))
         for row in sorted(rows, reverse=True):
             last = len(order) - 1
+            count = self.lengths[last] if row != last else 0
+            for buffers in (self._keys, self._values):
+                for buffer in buffers:
+                    buffer[row, :, :count] = buffer[last, :, :count]
+                    # Nothing of a leaving row stays behind: a faulted request's NaN in a freed slot would
+                    # reach the next row's attention through its masked columns (0 × NaN is NaN).
+                    buffer[row, :, count:] = 0
+                    if row != last:
+                        buffer[last] = 0
             if row != last:
-                count = self.lengths[last]
-                for keys, values in zip(self._keys, self._values):
-                    keys[row, :, :count] = keys[last, :, :count]
-                    values[row, :, :count] = values[last, :, :count]
                 self.lengths[row], order[row] = count, order[last]
             self.lengths.pop()
             order.pop()

@@ -3,14 +3,16 @@
 KV layout: decoding rows live in slots of one `SlotCache` (each row's tokens from position 0, its
 own length; a 4-D mask lets each row see only its own tokens), so a join writes its own rows and a
 leave moves one row. Joining requests are prefilled as a group in a left-padded cache of their own,
-a chunk of at most `prefill_chunk_tokens` (rows × columns) per step, so an abort or a new arrival
-waits for one chunk, not for a whole long prompt; after the last chunk the group's rows are copied
-into free slots. A group with a request that asks for its prompt's log-probabilities (echo) has the
+a chunk of at most `prefill_chunk_tokens` (rows × columns) per step; after the last chunk the
+group's rows are copied into free slots. Up to MAX_PREFILL_GROUPS groups are prefilled at once, a
+chunk of one per step in turn, a new group first: a request that arrives while a long prompt is
+prefilled waits for the chunk under way, not for the whole prompt. A group with a request that asks for its prompt's log-probabilities (echo) has the
 logits of every column computed, not only the last. It works with any Hugging Face causal LM's own attention.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +31,7 @@ COLUMNS_PER_CHUNK_TOKEN = 0.25
 # [rows, columns, vocab]: a quarter of the budget keeps that to 128 MiB at 2048 token-rows and a
 # 128k vocabulary in bf16.
 SCORING_BUDGET_DIVISOR = 4
+MAX_PREFILL_GROUPS = 4
 
 
 @dataclass
@@ -58,7 +61,7 @@ class BatchRunner:
         self._pad_token_id = pad_token_id
         self._prefill_chunk_tokens = prefill_chunk_tokens
         self._cache = SlotCache()
-        self._prefill: _PrefillGroup | None = None
+        self._prefills: deque[_PrefillGroup] = deque()  # the front one runs the next chunk
         self.rows: list[Row] = []
 
     @property
@@ -67,7 +70,11 @@ class BatchRunner:
 
     @property
     def is_prefilling(self) -> bool:
-        return self._prefill is not None
+        return bool(self._prefills)
+
+    @property
+    def can_start_prefill(self) -> bool:
+        return len(self._prefills) < MAX_PREFILL_GROUPS
 
     def decode(self) -> torch.Tensor:
         """One token for every decoding row (each row's last output token); logits `[rows, vocab]`."""
@@ -78,8 +85,8 @@ class BatchRunner:
         return logits
 
     def start_prefill(self, seqs: list[Sequence]) -> None:
-        """Take joining sequences as the next prefill group (there is none under way)."""
-        assert self._prefill is None, "one prefill group at a time"
+        """Take joining sequences as a new prefill group; its first chunk runs next."""
+        assert self.can_start_prefill, f"at most {MAX_PREFILL_GROUPS} prefill groups at a time"
         rows = [(seq, key) for seq in seqs for key in ((seq.adapter_key, None) if seq.adapter_key else (None,))]
         width = max(seq.num_prompt_tokens for seq in seqs)
         device = self._host.device
@@ -90,13 +97,13 @@ class BatchRunner:
             ids[i, width - n :] = torch.tensor(seq.request.prompt_ids, device=device)
             mask[i, width - n :] = 1
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        self._prefill = _PrefillGroup(rows, ids, mask, positions, GrowableCache())
+        self._prefills.appendleft(_PrefillGroup(rows, ids, mask, positions, GrowableCache()))
 
     def prefill_chunk(self) -> torch.Tensor | None:
-        """Run the next chunk of the prefill group; after its last chunk the group's rows join the
-        decoding rows and their logits `[new rows, vocab]` are returned (None before that)."""
-        group = self._prefill
-        assert group is not None
+        """Run the next chunk of the front prefill group (then it goes to the back); after its last
+        chunk the group's rows join the decoding rows and their logits `[new rows, vocab]` are
+        returned (None before that)."""
+        group = self._prefills.popleft()
         budget = self._prefill_chunk_tokens
         scores_prompt = any(seq.request.params.prompt_logprobs is not None for seq, _ in group.rows)
         if scores_prompt:  # the logits of every column are kept
@@ -116,31 +123,29 @@ class BatchRunner:
             logits = logits[:, -1].clone()  # not a view that keeps every column's logits alive
         group.done = end
         if end < group.ids.shape[1]:
+            self._prefills.append(group)
             return None
-        self._prefill = None
         self._cache.add_rows(group.cache, group.mask)
         self.rows += group.rows
         return logits
 
     def reset(self) -> None:
         """Drop every row (after a failed step, whose state is unknown)."""
-        self.rows, self._cache, self._prefill = [], SlotCache(), None
+        self.rows, self._cache, self._prefills = [], SlotCache(), deque()
 
     def remove(self, seqs: list[Sequence]) -> None:
         """Drop the rows of finished or aborted sequences; only their slots are freed."""
         leaving = set(map(id, seqs))
-        if self._prefill is not None:
-            self._remove_from_prefill(leaving)
+        self._prefills = deque(kept for group in self._prefills if (kept := _without(group, leaving)) is not None)
         gone = [i for i, (seq, _) in enumerate(self.rows) if id(seq) in leaving]
         if gone:
             order = self._cache.remove_rows(gone)
             self.rows = [self.rows[i] for i in order]
 
-    def _remove_from_prefill(self, leaving: set[int]) -> None:
-        group = self._prefill
-        assert group is not None
-        keep = [i for i, (seq, _) in enumerate(group.rows) if id(seq) not in leaving]
-        if not keep:
-            self._prefill = None
-        elif len(keep) < len(group.rows):
-            group.keep(torch.tensor(keep, device=group.ids.device), [group.rows[i] for i in keep])
+
+def _without(group: _PrefillGroup, leaving: set[int]) -> _PrefillGroup | None:
+    """The group without the rows of the leaving sequences (by id); None when no row is left."""
+    keep = [i for i, (seq, _) in enumerate(group.rows) if id(seq) not in leaving]
+    if len(keep) < len(group.rows) and keep:
+        group.keep(torch.tensor(keep, device=group.ids.device), [group.rows[i] for i in keep])
+    return group if keep else None

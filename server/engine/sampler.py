@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from qadapter.core.errors import RequestFault
+from qadapter.core.errors import QAdapterError, RequestFault
 from qadapter.core.policy import stream_scores
 from qadapter.core.sampling import new_generator, pick_token
 from qadapter.server.engine.controls import apply_controls
@@ -42,16 +42,20 @@ class Sampler:
         self._grammars = GrammarMasks(tokenizer, vocab_size)
         self._generators: dict[int, torch.Generator] = {}  # id(sequence) → generator
 
-    def pick(self, seqs: list[Sequence], scores: torch.Tensor) -> list[int | RequestFault]:
-        """One token per sequence from its scores `[seqs, vocab]`, or the fault that stops that sequence
+    def pick(self, seqs: list[Sequence], scores: torch.Tensor) -> list[int | QAdapterError]:
+        """One token per sequence from its scores `[seqs, vocab]`, or the error that stops that sequence
         alone: scores with a NaN or +inf, or no finite score at all (one reduction for the whole step).
-        A sequence with a grammar has its scores masked to what the grammar allows next."""
+        A sequence with a grammar has its scores masked to what the grammar allows next; when the
+        grammar is complete and min_tokens forbids its end, the grammar wins."""
         faults = {i: self._mask(seq, scores[i]) for i, seq in enumerate(seqs) if seq.request.params.grammar}
-        tokens: list[int | RequestFault] = scores.argmax(dim=-1).tolist()
-        usable = torch.isfinite(scores.amax(dim=-1)).tolist()  # amax is NaN if any score is
+        tokens: list[int | QAdapterError] = scores.argmax(dim=-1).tolist()
+        best = scores.amax(dim=-1)  # NaN if any score is
+        usable, blocked = torch.isfinite(best).tolist(), torch.isneginf(best).tolist()
         for i, seq in enumerate(seqs):
             params = seq.request.params
-            if not usable[i]:
+            if blocked[i] and seq.grammar_state is not None and seq.grammar_state.is_accepting():
+                tokens[i] = self._grammars.eos_token
+            elif not usable[i]:
                 tokens[i] = RequestFault("The model produced no finite scores for this request; it was stopped.")
             elif not params.is_greedy:
                 tokens[i] = self._sample(seq, scores[i])
@@ -66,14 +70,13 @@ class Sampler:
                 tokens[i] = self._grammars.advance(seq.grammar_state, token) or token
         return tokens
 
-    def _mask(self, seq: Sequence, row: torch.Tensor) -> RequestFault | None:
+    def _mask(self, seq: Sequence, row: torch.Tensor) -> QAdapterError | None:
         try:
             if seq.grammar_state is None:
                 seq.grammar_state = self._grammars.matcher(seq.request.params.grammar)  # type: ignore[arg-type]
         except RequestFault as fault:
             return fault
-        self._grammars.mask(row, seq.grammar_state)
-        return None
+        return self._grammars.mask(row, seq.grammar_state)
 
     def _sample(self, seq: Sequence, scores: torch.Tensor) -> int | RequestFault:
         params = seq.request.params

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from qadapter.adapters.format import AdapterLimits
 from qadapter.adapters.synthetic import random_adapter
 from qadapter.core.base import BaseModelInfo
 from qadapter.core.decode import DecodeParams, Stream, decode
@@ -394,11 +395,14 @@ def test_more_adapters_than_resident_slots_all_serve_and_memory_stays_bounded(
 
 
 def test_a_request_whose_scores_are_not_finite_fails_alone(tmp_path: Path, embedded: LoadedModel) -> None:
-    """Finite but huge LoRA weights (the validator lets them through) drive the adapter's logits to
-    inf/NaN: its requests end with an error, greedy or sampled, and the rest of the batch goes on."""
+    """Finite but huge LoRA weights (past the default limit, which a server can raise) drive the
+    adapter's logits to inf/NaN: its requests end with an error, greedy or sampled, and the rest of
+    the batch goes on."""
     engine = _engine(tmp_path, embedded, start=False)
     info = BaseModelInfo.from_model(tiny_model(), "tiny-llama")
-    engine.adapters.apply(LoadAdapter(random_adapter(tmp_path / "poison", info, name="poison", b_std=1e37)))
+    limits = AdapterLimits(max_weight=1e38)
+    poison = random_adapter(tmp_path / "poison", info, name="poison", b_std=1e37, limits=limits)
+    engine.adapters.apply(LoadAdapter(poison))
     alone = {
         rid: tokens(
             asyncio.run(drive(engine, [(0, GenerationRequest(rid, tuple(PROMPTS[0]), adapter, greedy(12)))]))[rid]
@@ -432,6 +436,54 @@ def test_a_request_whose_scores_are_not_finite_fails_alone(tmp_path: Path, embed
     assert engine.stats().num_running == 0 and engine.stats().num_batch_rows == 0
 
 
+def test_a_poisoned_request_leaves_nothing_in_the_cache_for_the_next(tmp_path: Path, embedded: LoadedModel) -> None:
+    """A long-running stream keeps the slot cache alive while a poisoned request (an 11-token prompt)
+    fails in the slots after it; a 2-token request that joins later takes one of those slots and
+    attends over 10+ columns of it (masked, but 0 × NaN is NaN): it decodes what it would alone."""
+    poison = random_adapter(
+        tmp_path / "poison",
+        BaseModelInfo.from_model(tiny_model(), "tiny-llama"),
+        name="poison",
+        b_std=1e37,
+        limits=AdapterLimits(max_weight=1e38),
+    )
+    plan = [
+        (0, GenerationRequest("long", tuple(PROMPTS[0]), None, greedy(30))),
+        (2, GenerationRequest("poison", tuple(PROMPTS[2]), "poison", greedy(5))),
+        (8, GenerationRequest("short", tuple(PROMPTS[1]), "calm", greedy(5))),
+    ]
+    alone = {
+        r.request_id: tokens(
+            asyncio.run(drive(_engine(tmp_path / r.request_id, embedded, start=False), [(0, r)]))[r.request_id]
+        )
+        for _, r in plan
+        if r.adapter != "poison"
+    }
+    engine = _engine(tmp_path / "together", embedded, start=False)
+    engine.adapters.apply(LoadAdapter(poison))
+
+    async def run() -> dict[str, list[TokenEvent] | Exception]:
+        streams, step = {}, 0
+        while step < 12 or engine.stats().num_running:
+            for at, request in plan:
+                if at == step:
+                    streams[request.request_id] = engine.submit(request)
+            engine.step()
+            step += 1
+            await asyncio.sleep(0)
+        results: dict[str, list[TokenEvent] | Exception] = {}
+        for rid, stream in streams.items():
+            try:
+                results[rid] = [event async for event in stream]
+            except RequestFault as exc:
+                results[rid] = exc
+        return results
+
+    results = asyncio.run(run())
+    assert isinstance(results.pop("poison"), RequestFault)
+    assert {rid: tokens(events) for rid, events in results.items()} == alone  # type: ignore[arg-type]
+
+
 def test_a_prefill_in_chunks_gives_the_same_tokens(tmp_path: Path, embedded: LoadedModel) -> None:
     """With room for 4 prompt tokens a step, an 11-token prompt on an adapter (2 rows) runs in 6 chunks
     while another request decodes; every token equals the one-forward prefill's."""
@@ -461,3 +513,38 @@ def test_an_abort_during_a_chunked_prefill_frees_it_within_a_step(tmp_path: Path
     events = asyncio.run(run())
     assert events[-1].finish_reason == FinishReason.ABORT and not tokens(events)
     assert not engine._runner.is_prefilling and engine.stats().num_running == 0
+
+
+def test_a_request_joins_while_a_long_prompt_is_prefilled(tmp_path: Path, embedded: LoadedModel) -> None:
+    """With room for 16 prompt token-rows a step (4 columns), a 200-token prompt takes 50 chunks; a
+    5-token request that comes at its fourth step goes first, in turn with it, and has its first token
+    after its two chunks; both decode what they would alone."""
+    long_prompt = tuple(range(100, 300))
+    plan = [
+        (0, GenerationRequest("long", long_prompt, None, greedy(3))),
+        (3, GenerationRequest("short", tuple(PROMPTS[3]), None, greedy(3))),
+    ]
+    engine = _engine(tmp_path, embedded, start=False, prefill_chunk_tokens=16)
+    first_token_step: dict[str, int] = {}
+
+    async def run() -> None:
+        streams = {}
+        for step in range(80):
+            for at, request in plan:
+                if at == step:
+                    streams[request.request_id] = engine.submit(request)
+            engine.step()
+            await asyncio.sleep(0)
+            for rid, stream in streams.items():
+                if rid not in first_token_step and stream._events.qsize():
+                    first_token_step[rid] = step
+
+    asyncio.run(run())
+    assert first_token_step["short"] <= 5 < 50 <= first_token_step["long"], first_token_step
+    alone = {
+        rid: tokens(asyncio.run(drive(_engine(tmp_path / rid, embedded, start=False), [(0, r)]))[rid])
+        for _, r in plan
+        for rid in [r.request_id]
+    }
+    together = asyncio.run(drive(_engine(tmp_path / "both", embedded, start=False, prefill_chunk_tokens=16), plan))
+    assert {rid: tokens(events) for rid, events in together.items()} == alone

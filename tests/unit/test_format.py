@@ -13,6 +13,7 @@ from qadapter.adapters.format import (
     CONFIG_FILE,
     MANIFEST_FILE,
     WEIGHTS_FILE,
+    AdapterLimits,
     LoraSpec,
     check_name,
     validate,
@@ -38,9 +39,9 @@ def _edit_json(path: Path, **changes: object) -> None:
     path.write_text(json.dumps(data))
 
 
-def _rejects(path: Path, base: BaseModelInfo, *fragments: str, max_rank: int = 64) -> None:
+def _rejects(path: Path, base: BaseModelInfo, *fragments: str, limits: AdapterLimits = AdapterLimits()) -> None:
     with pytest.raises(InvalidAdapter) as caught:
-        validate(path, base, max_rank=max_rank)
+        validate(path, base, limits)
     for fragment in fragments:
         assert fragment in str(caught.value)
 
@@ -127,7 +128,9 @@ def test_rejects_a_target_regex_that_matches_nothing(adapter_dir: Path, tiny_inf
 
 
 def test_rejects_a_rank_above_the_maximum(adapter_dir: Path, tiny_info: BaseModelInfo) -> None:
-    _rejects(adapter_dir, tiny_info, "LoRA rank 8 is above this server's maximum of 4", max_rank=4)
+    _rejects(
+        adapter_dir, tiny_info, "LoRA rank 8 is above this server's maximum of 4", limits=AdapterLimits(max_rank=4)
+    )
 
 
 def test_rejects_tensors_whose_rank_differs_from_the_config(tmp_path: Path, tiny_info: BaseModelInfo) -> None:
@@ -135,7 +138,7 @@ def test_rejects_tensors_whose_rank_differs_from_the_config(tmp_path: Path, tiny
     weights = load_file(tmp_path / "a" / WEIGHTS_FILE)
     weights[A_KEY], weights[B_KEY] = torch.zeros(16, 64), torch.zeros(64, 16)  # config still says r=4
     save_file(weights, tmp_path / "a" / WEIGHTS_FILE)
-    _rejects(tmp_path / "a", tiny_info, "(A [16, 64], B [64, 16])", "at rank 4", max_rank=8)
+    _rejects(tmp_path / "a", tiny_info, "(A [16, 64], B [64, 16])", "at rank 4", limits=AdapterLimits(max_rank=8))
 
 
 @pytest.mark.parametrize(
@@ -215,6 +218,27 @@ def test_rejects_non_finite_or_integer_weights(adapter_dir: Path, tiny_info: Bas
     weights[A_KEY] = bad
     save_file(weights, adapter_dir / WEIGHTS_FILE)
     _rejects(adapter_dir, tiny_info, "must hold finite floating-point values", A_KEY)
+
+
+def test_rejects_weights_no_trained_lora_has(adapter_dir: Path, tiny_info: BaseModelInfo) -> None:
+    weights = load_file(adapter_dir / WEIGHTS_FILE)
+    weights[A_KEY] = weights[A_KEY].clone()
+    weights[A_KEY][3, 5] = -1e30  # finite, but it only drives the served scores to inf
+    save_file(weights, adapter_dir / WEIGHTS_FILE)
+    _rejects(adapter_dir, tiny_info, A_KEY, "magnitude 1e+30", "limit of 100")
+    _rejects(adapter_dir, tiny_info, "limit of 1e+20", limits=AdapterLimits(max_weight=1e20))
+    assert validate(adapter_dir, tiny_info, AdapterLimits(max_weight=1e31)).name == "good"  # an operator's choice
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("target_modules", "q_proj("), ("rank_pattern", {"q_pro[j": 4}), ("alpha_pattern", {"(?P<": 8})],
+)
+def test_rejects_patterns_that_are_no_regular_expression(
+    adapter_dir: Path, tiny_info: BaseModelInfo, field: str, value: object
+) -> None:
+    _edit_json(adapter_dir / CONFIG_FILE, **{field: value})
+    _rejects(adapter_dir, tiny_info, "is not a valid regular expression")
 
 
 def test_accepts_dotted_targets_and_rank_patterns(tmp_path: Path, tiny_info: BaseModelInfo) -> None:

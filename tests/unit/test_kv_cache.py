@@ -69,3 +69,20 @@ def test_a_decode_step_writes_each_row_at_its_own_length() -> None:
     assert torch.equal(keys[0, :, 2], new[0, :, 0]) and torch.equal(keys[1, :, 3], new[1, :, 0])
     slots.advance()
     assert slots.lengths == [3, 4]
+
+
+def test_a_leaving_row_leaves_nothing_behind_for_the_next_one() -> None:
+    """A faulted request's NaN must not stay in a freed slot: the next row in it attends over those
+    columns (masked, but 0 × NaN is NaN)."""
+    slots = SlotCache()
+    slots.add_rows(*prefilled([[1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 1, 1]], seed=3))  # A, poisoned B, C
+    with torch.inference_mode():  # the buffers are inference tensors, as the engine writes them
+        for layer in range(LAYERS):
+            slots._keys[layer][1].fill_(float("nan"))
+            slots._values[layer][1].fill_(float("inf"))
+    slots.remove_rows([1])  # C moves into B's slot, 2 tokens over B's 5
+    slots.add_rows(*prefilled([[1]], seed=4))  # D joins the slot C left
+    for buffers in (slots._keys, slots._values):
+        for buffer in buffers:
+            assert bool(torch.isfinite(buffer).all())
+            assert not buffer[1, :, 2:].any() and not buffer[2, :, 1:].any()  # past each row's tokens: zeros

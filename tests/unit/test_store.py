@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qadapter.adapters.format import MANIFEST_FILE, WEIGHTS_FILE
+from qadapter.adapters.format import MANIFEST_FILE, WEIGHTS_FILE, AdapterLimits
 from qadapter.adapters.store import AdapterStore
 from qadapter.adapters.synthetic import random_adapter
 from qadapter.core.base import BaseModelInfo
@@ -20,7 +20,7 @@ def test_install_missing_copies_new_names_and_keeps_stored_ones(tmp_path: Path, 
     random_adapter(source / "one", tiny_info, name="one")
     random_adapter(source / "two", tiny_info, name="two")
     (source / "notes").mkdir()  # not an adapter: ignored
-    store = AdapterStore(tmp_path / "store", tiny_info, max_rank=64)
+    store = AdapterStore(tmp_path / "store", tiny_info, AdapterLimits())
     random_adapter(tmp_path / "upload", tiny_info, name="two", knobs=Knobs(omega=0.5))
     store.install(tmp_path / "upload", None, replace=False)  # the user's own "two"
 
@@ -38,7 +38,7 @@ def test_bundled_adapters_of_another_base_are_skipped_and_broken_ones_stop_the_i
     manifest = json.loads((source / "other" / MANIFEST_FILE).read_text())
     manifest["base_model"]["fingerprint"] = "sha256:other"
     (source / "other" / MANIFEST_FILE).write_text(json.dumps(manifest))
-    store = AdapterStore(tmp_path / "store", tiny_info, max_rank=64)
+    store = AdapterStore(tmp_path / "store", tiny_info, AdapterLimits())
     assert store.install_missing(source) == []
 
     random_adapter(source / "broken", tiny_info, name="broken")

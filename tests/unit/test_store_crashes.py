@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from qadapter.adapters.format import WEIGHTS_FILE
+from qadapter.adapters.format import WEIGHTS_FILE, AdapterLimits
 from qadapter.adapters.store import AdapterStore
 from qadapter.adapters.synthetic import random_adapter
 from qadapter.core.base import BaseModelInfo
@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKER = """
 import os, shutil, signal, sys
 from pathlib import Path
+from qadapter.adapters.format import AdapterLimits
 from qadapter.adapters.store import AdapterStore
 from qadapter.core.base import BaseModelInfo
 from tests.conftest import tiny_model
@@ -34,7 +35,7 @@ def step(label):
     if label == crash_at:
         os.kill(os.getpid(), signal.SIGKILL)
 
-store = AdapterStore(root, BaseModelInfo.from_model(tiny_model(), "tiny-llama"), 64, on_step=step)
+store = AdapterStore(root, BaseModelInfo.from_model(tiny_model(), "tiny-llama"), AdapterLimits(), on_step=step)
 if operation == "delete":
     store.delete("crashy")
 else:
@@ -72,7 +73,7 @@ def test_a_kill_at_any_step_leaves_a_store_that_starts_whole(
     tmp_path: Path, info: BaseModelInfo, operation: str, step: str
 ) -> None:
     root = tmp_path / "store"
-    store = AdapterStore(root, info, 64)
+    store = AdapterStore(root, info, AdapterLimits())
     other = random_adapter(tmp_path / "other-src", info, "other", b_std=0.1, seed=1).path
     store.install(_copy(other, store.staging_dir()), None, replace=False)
     if operation != "upload":  # a first version to replace or delete
@@ -82,7 +83,7 @@ def test_a_kill_at_any_step_leaves_a_store_that_starts_whole(
 
     crash(root, operation, step, source)
 
-    started = AdapterStore(root, info, 64)
+    started = AdapterStore(root, info, AdapterLimits())
     served = {s.name: s.version for s in started.load_all()}
     assert served.pop("other") == 1  # the bystander is untouched
     possible = {
@@ -100,12 +101,12 @@ def test_a_kill_at_any_step_leaves_a_store_that_starts_whole(
 
 def test_an_empty_older_version_beside_a_whole_one_is_removed_not_fatal(tmp_path: Path, info: BaseModelInfo) -> None:
     root = tmp_path / "store"
-    store = AdapterStore(root, info, 64)
+    store = AdapterStore(root, info, AdapterLimits())
     source = random_adapter(tmp_path / "src", info, "name", b_std=0.1).path
     store.install(_copy(source, store.staging_dir()), None, replace=False)
     (root / "name@1").rename(root / "name@5")
     (root / "name@4").mkdir()  # what an interrupted in-place delete of version 4 used to leave
-    served = AdapterStore(root, info, 64).load_all()
+    served = AdapterStore(root, info, AdapterLimits()).load_all()
     assert [(s.name, s.version) for s in served] == [("name", 5)]
     assert not (root / "name@4").exists()
 
@@ -114,7 +115,7 @@ def test_a_broken_current_version_is_quarantined_and_an_older_whole_one_serves(
     tmp_path: Path, info: BaseModelInfo
 ) -> None:
     root = tmp_path / "store"
-    store = AdapterStore(root, info, 64)
+    store = AdapterStore(root, info, AdapterLimits())
     for seed, name in ((1, "keep"), (2, "mixed"), (3, "mixed"), (4, "lost")):
         source = random_adapter(tmp_path / f"src{seed}", info, name, b_std=0.1, seed=seed).path
         store.install(_copy(source, store.staging_dir()), None, replace=name == "mixed" and seed == 3)
@@ -123,7 +124,7 @@ def test_a_broken_current_version_is_quarantined_and_an_older_whole_one_serves(
     base_named = random_adapter(tmp_path / "src5", info, "tiny-llama", b_std=0.1, seed=5).path
     os.rename(base_named, root / "tiny-llama@1")  # named like the base model: requests could not reach it
 
-    restarted = AdapterStore(root, info, 64)
+    restarted = AdapterStore(root, info, AdapterLimits())
     served = {s.name: s.version for s in restarted.load_all()}
     assert served == {"keep": 1, "mixed": 1}
     broken = {b.stored_as: b.reason for b in restarted.broken()}
@@ -142,13 +143,14 @@ def _copy(source: Path, target: Path) -> Path:
 RACER = """
 import sys, time
 from pathlib import Path
+from qadapter.adapters.format import AdapterLimits
 from qadapter.adapters.store import AdapterStore
 from qadapter.core.base import BaseModelInfo
 from qadapter.core.errors import AdapterExists
 from tests.conftest import tiny_model
 
 root, source, start_at = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
-store = AdapterStore(root, BaseModelInfo.from_model(tiny_model(), "tiny-llama"), 64)
+store = AdapterStore(root, BaseModelInfo.from_model(tiny_model(), "tiny-llama"), AdapterLimits())
 staging = store.staging_dir()
 for file in source.iterdir():
     (staging / file.name).write_bytes(file.read_bytes())
@@ -163,7 +165,7 @@ except AdapterExists:
 def test_processes_racing_to_upload_one_name_have_one_winner(tmp_path: Path, info: BaseModelInfo) -> None:
     """The store's lock holds across processes (and, on a shared file system, hosts), not just threads."""
     root = tmp_path / "store"
-    AdapterStore(root, info, 64)
+    AdapterStore(root, info, AdapterLimits())
     sources = [random_adapter(tmp_path / f"src{i}", info, "race", b_std=0.1, seed=i).path for i in range(2)]
     start_at = time.time() + 8  # after both have imported torch
     racers = [

@@ -5,6 +5,8 @@
 - `/health` latency idle, and while a 600k-character prompt is templated, tokenised and refused
   (it passes the character check; the work runs in a worker thread), and while 4 MiB bodies are
   refused (413);
+- `/health` p99 while each hostile request of bench/hostile_cases.py is sent (three times each),
+  and while an 8,000-token prompt is scored with echo;
 - the longest stall of a running stream while a ~4000-token prompt joins: prefilled whole in one
   step (the baseline: `--prefill-chunk-tokens` large enough) against in 512-token chunks.
 """
@@ -26,6 +28,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import httpx
 import uvicorn
+from hostile_cases import CASES  # bench/hostile_cases.py, beside this script
+from server_process import ServerProcess
 
 from qadapter.core.cli_options import add_model_options, settings_from
 from qadapter.core.settings import Settings
@@ -34,6 +38,7 @@ from qadapter.server.app import create_app
 BASE_BODY = {"model": "smollm2-135m-instruct", "temperature": 0}
 HUGE_TEXT = ("The quick brown fox jumps over the lazy dog. " * 14_000)[:600_000]
 LONG_PROMPT = "Tell me a story about the sea. " * 570  # ~4000 tokens
+KEY = "bench-key"
 
 
 def serve(settings: Settings) -> tuple[uvicorn.Server, str]:
@@ -89,6 +94,32 @@ def max_stall_ms_while_a_long_prompt_joins(url: str) -> float:
     return 1000 * max(b - a for a, b in zip(stamps, stamps[1:]) if b >= joined and a <= done)
 
 
+def health_during_hostile_requests(url: str) -> dict[str, object]:
+    """/health's p99 over every hostile case (and the longest wait during each), and during a long scored prompt."""
+    by_case = {
+        case.name: health_ms_while(url, lambda case=case: [case.send(url, KEY) for _ in range(3)]) for case in CASES
+    }
+    scored = {
+        "model": BASE_BODY["model"],
+        "prompt": list(range(1000, 9000)),
+        "echo": True,
+        "logprobs": 1,
+        "max_tokens": 1,
+    }
+    headers = {"Authorization": f"Bearer {KEY}"}
+    during_scoring = health_ms_while(
+        url, lambda: httpx.post(f"{url}/v1/completions", json=scored, headers=headers, timeout=600)
+    )
+    every = sorted(ms for latencies in by_case.values() for ms in latencies)
+    return {
+        "health_p99_ms_during_hostile": round(every[int(0.99 * (len(every) - 1))], 1),
+        "health_max_ms_by_hostile_case": {name: round(max(ms), 1) for name, ms in by_case.items()},
+        "health_p99_ms_during_long_scored_prompt": round(
+            sorted(during_scoring)[int(0.99 * (len(during_scoring) - 1))], 1
+        ),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
@@ -110,6 +141,11 @@ def main() -> None:
         )
         report["chunked_max_stall_ms"] = round(max_stall_ms_while_a_long_prompt_joins(url), 1)
         server.should_exit = True
+        # in a process of its own: the bodies built here must not hold this process's GIL against it
+        model = ("--model", settings.model, "--device", settings.device, "--dtype", settings.dtype)
+        keyed = ServerProcess(Path(store), Path(store) / "server.log", "--api-keys", KEY, *model)
+        report |= health_during_hostile_requests(keyed.url)
+        keyed.stop()
         whole, whole_url = serve(settings.model_copy(update={"prefill_chunk_tokens": 1 << 20}))
         report["unchunked_max_stall_ms"] = round(max_stall_ms_while_a_long_prompt_joins(whole_url), 1)
         whole.should_exit = True

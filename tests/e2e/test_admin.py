@@ -271,6 +271,11 @@ REJECTIONS = {
     "absurd lora_alpha": (400, "lora_alpha must be a number in (0, 4096]"),
     "huge description": (400, "description: String should have at most 4096 characters"),
     "deep manifest": (400, "nested too deeply"),
+    "huge weights": (400, "above this server's limit of 100"),
+    "NaN weights": (400, "must hold finite floating-point values"),
+    "target_modules no regex": (400, "is not a valid regular expression"),
+    "rank_pattern no regex": (400, "is not a valid regular expression"),
+    "alpha_pattern no regex": (400, "is not a valid regular expression"),
 }
 
 
@@ -292,6 +297,11 @@ def test_invalid_adapters_are_refused_without_a_trace(
         "absurd lora_alpha": {"config": {"lora_alpha": 1e12}},
         "huge description": {"manifest": {"description": "x" * 100_000}},
         "deep manifest": {"manifest": {"training": json.loads("[" * 900 + "]" * 900)}},
+        "huge weights": {"weights": {**weights, key: torch.full_like(weights[key], 1e30)}},
+        "NaN weights": {"weights": {**weights, key: torch.full_like(weights[key], float("nan"))}},
+        "target_modules no regex": {"config": {"target_modules": "q_proj("}},
+        "rank_pattern no regex": {"config": {"rank_pattern": {"[v_proj": 4}}},
+        "alpha_pattern no regex": {"config": {"alpha_pattern": {"(?P<": 8}}},
     }[case]
     before_store, before_models = sorted(p.name for p in store.iterdir()), served(admin_server)
     response = upload(admin_server, _edited(source, tmp_path, **edits), name="refused")

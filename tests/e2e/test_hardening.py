@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from bench.server_process import ServerProcess
+from qadapter.adapters.format import AdapterLimits
 from qadapter.adapters.synthetic import random_adapter
 from qadapter.core.model import LoadedModel
 from tests.e2e.conftest import KEY, eventually
@@ -30,12 +31,13 @@ READ_TIMEOUT_S = 2
 
 @pytest.fixture(scope="module")
 def hardened(tmp_path_factory: pytest.TempPathFactory, embedded: LoadedModel) -> Iterator[ServerProcess]:
-    """A server with a poisoned adapter (finite weights so large that its logits are NaN), a 1 MiB body
-    limit and a 2 s read timeout."""
+    """A server with a poisoned adapter (finite weights so large that its logits are NaN; it starts only
+    because --max-lora-weight is raised past them), a 1 MiB body limit and a 2 s read timeout."""
     store = tmp_path_factory.mktemp("hardened-store")
-    random_adapter(store / "poison", embedded.info, name="poison", b_std=1e37)
+    random_adapter(store / "poison", embedded.info, name="poison", b_std=1e37, limits=AdapterLimits(max_weight=1e38))
     random_adapter(store / "zero", embedded.info, name="zero")
     flags = ("--api-keys", KEY, "--max-request-bytes", str(BODY_LIMIT), "--read-timeout-s", str(READ_TIMEOUT_S))
+    flags += ("--max-lora-weight", "1e38")
     process = ServerProcess(store, tmp_path_factory.mktemp("hardened-logs") / "server.log", *flags)
     yield process
     assert process.stop() == 0
@@ -161,9 +163,10 @@ def test_headers_that_trickle_in_are_cut_with_408(hardened: ServerProcess) -> No
         assert READ_TIMEOUT_S - 0.5 <= time.monotonic() - start < READ_TIMEOUT_S + 3
 
 
-def test_a_body_that_trickles_in_is_408(hardened: ServerProcess) -> None:
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/tokenize"])
+def test_a_body_that_trickles_in_is_408(hardened: ServerProcess, path: str) -> None:
     with socket.create_connection(("127.0.0.1", hardened.port), timeout=READ_TIMEOUT_S * 5) as sock:
-        head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
         sock.sendall(f"{head}Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{".encode())
         answer = b""
         while b"request_timeout" not in answer and (chunk := sock.recv(4096)):

@@ -1,0 +1,110 @@
+"""Hostile requests and the answer a hardened server gives each (docs/api.md, "Limits"): shared by
+tests/e2e/test_hostile.py (each sent beside four normal streams) and bench/hostile.py (/health's
+latency meanwhile). Bodies are built as JSON text: some nest deeper than Python's json module
+writes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+BASE = "smollm2-135m-instruct"
+ASK = [{"role": "user", "content": "Answer in one word: what is the capital of France?"}]
+
+
+@dataclass(frozen=True)
+class Hostile:
+    """One bad request: POST `path` with the JSON text `body()`; the status and error code it must get."""
+
+    name: str
+    path: str
+    body: Callable[[], str]
+    status: int
+    code: str
+    needs_key: bool = True
+
+    def send(self, url: str, key: str, timeout_s: float = 120) -> httpx.Response:
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if self.needs_key else {})}
+        return httpx.post(f"{url}{self.path}", content=self.body().encode(), headers=headers, timeout=timeout_s)
+
+
+def chat(**fields: object) -> str:
+    return json.dumps({"model": BASE, "messages": ASK, "max_tokens": 8, **fields})
+
+
+def ref_chain(length: int) -> dict:
+    """A schema whose `$ref`s form one chain `length` long (native recursion in llguidance)."""
+    definitions = {f"d{i}": {"$ref": f"#/$defs/d{i + 1}"} for i in range(length)}
+    return {"$defs": {**definitions, f"d{length}": {"type": "string"}}, "$ref": "#/$defs/d0"}
+
+
+def rule_chain(length: int) -> str:
+    """A Lark grammar whose rules form one chain: start: r0, r0: r1, …"""
+    return "\n".join(["start: r0", *(f"r{i}: r{i + 1}" for i in range(length)), f'r{length}: "a"'])
+
+
+def nested_schema(depth: int) -> str:
+    """JSON text of a schema of arrays `depth` deep."""
+    return '{"type": "array", "items": ' * depth + '{"type": "string"}' + "}" * depth
+
+
+def nested_tool(depth: int) -> str:
+    function = f'{{"name": "f", "parameters": {nested_schema(depth)}}}'
+    start = chat(tool_choice="required")[:-1]
+    return f'{start}, "tools": [{{"type": "function", "function": {function}}}]}}'
+
+
+def properties(count: int) -> dict:
+    return {"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(count)}}
+
+
+BAD = 400, "invalid_request_error"
+CASES = [
+    Hostile("schema_ref_chain_5000", "/v1/chat/completions", lambda: chat(guided_json=ref_chain(5000)), *BAD),
+    Hostile("grammar_rule_chain_3000", "/v1/chat/completions", lambda: chat(guided_grammar=rule_chain(3000)), *BAD),
+    Hostile(
+        "grammar_30000_lines",
+        "/v1/chat/completions",
+        lambda: chat(guided_grammar="\n".join(["start: r0 | r1", *(f'r{i}: "w{i}"' for i in range(30_000))])),
+        *BAD,
+    ),
+    Hostile(
+        "grammar_5000_alternatives",
+        "/v1/chat/completions",
+        lambda: chat(guided_grammar="start: " + " | ".join(f'"w{i}"' for i in range(5000))),
+        *BAD,
+    ),
+    Hostile("choice_100k", "/v1/chat/completions", lambda: chat(guided_choice=[f"c{i}" for i in range(100_000)]), *BAD),
+    Hostile(
+        "choice_10k", "/v1/chat/completions", lambda: chat(guided_choice=[f"option {i}" for i in range(10_000)]), *BAD
+    ),
+    Hostile("schema_10k_properties", "/v1/chat/completions", lambda: chat(guided_json=properties(10_000)), *BAD),
+    Hostile("regex_nested_repeats", "/v1/chat/completions", lambda: chat(guided_regex="((a{100}){100}){100}"), *BAD),
+    Hostile("regex_huge_repeat", "/v1/chat/completions", lambda: chat(guided_regex="x{4294967295}"), *BAD),
+    Hostile(
+        "schema_nested_960",
+        "/v1/chat/completions",
+        lambda: chat()[:-1] + f', "guided_json": {nested_schema(960)}}}',
+        *BAD,
+    ),
+    Hostile("tool_parameters_nested_960", "/v1/chat/completions", lambda: nested_tool(960), *BAD),
+    Hostile("empty_regex_with_min_tokens", "/v1/chat/completions", lambda: chat(guided_regex="", min_tokens=1), *BAD),
+    Hostile(
+        "tokenize_5MiB",
+        "/tokenize",
+        lambda: json.dumps({"model": BASE, "prompt": "x" * (5 << 20)}),
+        413,
+        "payload_too_large",
+    ),
+    Hostile(
+        "detokenize_5MiB_without_a_key",
+        "/detokenize",
+        lambda: json.dumps({"model": BASE, "tokens": [1] * (5 << 19)}),
+        401,
+        "invalid_api_key",
+        needs_key=False,
+    ),
+]

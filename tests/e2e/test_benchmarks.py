@@ -56,11 +56,13 @@ def test_the_device_check_runs_on_a_cpu_in_its_smoke_form() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["cuda_tests_ok"] and "error" not in report["engine"] and "error" not in report["adapters"]
+    assert report["cuda_tests"] == ("passed" if torch.cuda.is_available() else "not run"), report["cuda_tests_summary"]
+    assert "error" not in report["engine"] and "error" not in report["adapters"]
     keys = {"many_vs_one_tps", "load_ms_p50", "load_ms_p95", "max_load_blocking_ms", "load_cost_growth"}
     assert keys <= set(report["adapters"])
     assert {"mixed_over_one", "decode_step_ms", "decode_step_bound_ms", "step_over_bound"} <= set(report["c4"])
-    assert len(report["targets"]) == 3 and all("met" in target for target in report["targets"].values())
+    assert len(report["targets"]) == 3  # each measured; met or not is the figure's own verdict on tiny shapes
+    assert all(isinstance(t["value"], int | float) and isinstance(t["met"], bool) for t in report["targets"].values())
 
 
 def test_the_cluster_benchmark_prints_every_key() -> None:

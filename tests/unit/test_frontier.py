@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from experiments.frontier_table import frontier_table
 from qadapter.adapters.answers import EvalSets
 from qadapter.adapters.evaluate import ServedPoint, evaluate
 from qadapter.adapters.frontier import FRONTIER_JSON, FRONTIER_PNG, strength_points, sweep, write_frontier
@@ -25,6 +26,8 @@ SETS = EvalSets(
     max_question_tokens=6,
     max_refusal_tokens=6,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def has_lora(model: torch.nn.Module) -> bool:
@@ -115,3 +118,9 @@ def test_the_protocol_table_reads_real_sweeps(embedded: LoadedModel, tmp_path: P
     lines = table(written["validation"], written["test"]).splitlines()
     assert [line.split(" | ")[0] for line in lines[2:]] == ["| base", "| dpo", "| qadapter"]
     assert lines[4].split(" | ")[2] == "2"  # the Q-adapter's two seeds
+
+
+def test_the_readme_table_is_made_from_the_frontier_it_reports() -> None:
+    """The README's results are `experiments/frontier_table.py docs/frontier/frontier.json`, not a copy."""
+    frontier = json.loads((ROOT / "docs" / "frontier" / "frontier.json").read_text(encoding="utf-8"))
+    assert frontier_table(frontier) in (ROOT / "README.md").read_text(encoding="utf-8")

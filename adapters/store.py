@@ -196,7 +196,7 @@ class AdapterStore:
         with self._lock.held():
             versions = self._versions(name)
             if not versions:
-                raise AdapterNotFound(f"The model {name!r} does not exist", param="name")
+                raise AdapterNotFound.named(name, param="name")
             for path, _ in sorted(versions, key=lambda v: v[1]):
                 self._remove(path)
 

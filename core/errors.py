@@ -1,5 +1,7 @@
 """The one error hierarchy: raised anywhere, rendered once (CLI message or OpenAI-shaped HTTP error)."""
 
+from __future__ import annotations
+
 
 class QAdapterError(Exception):
     """An expected failure with a message that tells the user what to do; `param` names the culprit."""
@@ -44,6 +46,11 @@ class AdapterNotFound(QAdapterError):
     """A request named an adapter the server does not have (never a silent base-model fall-back)."""
 
     code = "model_not_found"
+
+    @classmethod
+    def named(cls, name: str, param: str = "model") -> AdapterNotFound:
+        """The one message for a model this server does not serve."""
+        return cls(f"The model {name!r} does not exist", param=param)
 
 
 class ContextTooLong(InvalidRequest):

@@ -6,7 +6,7 @@ import importlib.metadata
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -28,6 +28,7 @@ from qadapter.server.api.openapi import error_responses, install_openapi
 from qadapter.server.api.request_id import RequestId
 from qadapter.server.api.serving import Serving
 from qadapter.server.engine.engine import Engine
+from qadapter.server.engine.interface import ServingEngine
 from qadapter.server.engine.registry import LoadAdapter
 
 log = logging.getLogger(__name__)
@@ -89,12 +90,12 @@ def create_app(settings: Settings, engines: EngineStarter | None = None) -> Fast
 class EngineStarter(Protocol):
     """Starts what serves the requests and gives back the base model (for tokenising) and the engine."""
 
-    def start(self, settings: Settings) -> tuple[LoadedModel, Any]: ...
+    def start(self, settings: Settings) -> tuple[LoadedModel, ServingEngine]: ...
 
     def stop(self) -> None: ...
 
 
-def _open_store(settings: Settings, base: BaseModelInfo, engine: Any) -> AdapterStore:
+def _open_store(settings: Settings, base: BaseModelInfo, engine: ServingEngine) -> AdapterStore:
     """The adapter store, with every servable adapter published (broken ones quarantined)."""
     store = AdapterStore(settings.adapters_dir, base, AdapterLimits.of(settings))
     if settings.install_adapters is not None:
@@ -114,7 +115,7 @@ def _add_ops_routes(app: FastAPI, settings: Settings) -> None:
     @app.get("/ready", tags=["ops"], responses={503: {"description": "Loading, stopped or shutting down"}})
     async def ready(request: Request) -> JSONResponse:
         """Readiness: the model is loaded and the engine loop runs."""
-        engine: Engine | None = getattr(request.app.state, "engine", None)
+        engine: ServingEngine | None = getattr(request.app.state, "engine", None)
         is_ready = engine is not None and engine.is_running and not request.app.state.serving.is_draining
         return JSONResponse({"status": "ready" if is_ready else "not ready"}, status_code=200 if is_ready else 503)
 

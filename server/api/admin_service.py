@@ -18,7 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from qadapter.adapters.archive import check_file_name, unpack
 from qadapter.adapters.store import AdapterStore, StoredAdapter, manifest_name
 from qadapter.core.errors import AdapterNotFound, InvalidAdapter
-from qadapter.server.engine.engine import Engine
+from qadapter.server.engine.interface import ServingEngine
 from qadapter.server.engine.registry import LoadAdapter, PublishedAdapter, UnloadAdapter
 from qadapter.server.engine.stats import by_adapter_name
 
@@ -26,7 +26,7 @@ from qadapter.server.engine.stats import by_adapter_name
 class AdapterAdmin:
     """What the admin routes do, between the store and the engine."""
 
-    def __init__(self, store: AdapterStore, engine: Engine, max_upload_bytes: int) -> None:
+    def __init__(self, store: AdapterStore, engine: ServingEngine, max_upload_bytes: int) -> None:
         self._store = store
         self._engine = engine
         self._max_upload_bytes = max_upload_bytes
@@ -46,7 +46,7 @@ class AdapterAdmin:
             "omega": manifest.omega,
             "size_bytes": adapter.size_bytes,
             "base_model": manifest.base_model.model_dump(),
-            "resident": self._engine.adapters.is_resident(adapter.name),
+            "resident": self._engine.is_resident(adapter.name),
             "running_requests": sum(
                 by_adapter_name(stats.running_per_adapter).get(adapter.name, 0)
                 for stats in self._engine.replica_stats().values()
@@ -56,7 +56,7 @@ class AdapterAdmin:
     def get(self, name: str) -> dict[str, Any]:
         published = self._engine.adapters.published(name)
         if published is None:
-            raise AdapterNotFound(f"The model {name!r} does not exist", param="name")
+            raise AdapterNotFound.named(name, param="name")
         return self.describe(published)
 
     def list(self) -> dict[str, Any]:

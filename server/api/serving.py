@@ -34,7 +34,7 @@ from qadapter.server.api.responses import (
 from qadapter.server.api.structured import requested_grammar
 from qadapter.server.api.tool_stream import ToolCallDeltas
 from qadapter.server.api.tools import forced_tool_call
-from qadapter.server.engine.engine import Engine
+from qadapter.server.engine.interface import ServingEngine
 from qadapter.server.engine.request import GenerationRequest, SamplingParams, TokenEvent
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class Serving:
     """The layer between thin routes and the engine."""
 
     def __init__(
-        self, engine: Engine, loaded: LoadedModel, settings: Settings, metrics: Metrics, grammars: GrammarGuard
+        self, engine: ServingEngine, loaded: LoadedModel, settings: Settings, metrics: Metrics, grammars: GrammarGuard
     ) -> None:
         self._engine = engine
         self._loaded = loaded
@@ -97,7 +97,7 @@ class Serving:
         if model != self.base_id and self._engine.adapters.published(model) is None:
             if is_inference:
                 self._metrics.requests.labels(UNKNOWN_MODEL_LABEL, "404").inc()
-            raise AdapterNotFound(f"The model {model!r} does not exist", param="model")
+            raise AdapterNotFound.named(model)
 
     # -- shared flow -----------------------------------------------------------------------------
 

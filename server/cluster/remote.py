@@ -58,6 +58,8 @@ class RemoteStream:
     """A request's events from its replica; `aclose` (or `abort`) cancels it there, and so does a
     reader that goes away (the client left): the replica stops generating for nobody."""
 
+    replica: str
+
     def __init__(
         self, events: DeploymentResponseGenerator, replica: str, request: GenerationRequest, forget: Any
     ) -> None:
@@ -119,6 +121,9 @@ class RemoteEngine:
     """What the serving layer and the admin routes use, in cluster mode. Made inside the app's
     lifespan (a running event loop): it polls the metrics hub from then until `close`."""
 
+    adapters: StoreView
+    max_context: int
+
     def __init__(self, handle: DeploymentHandle, store: StoreView, hub: Any, max_context: int) -> None:
         self._handle = handle.options(method_name="generate", stream=True)
         self.adapters = store
@@ -127,7 +132,6 @@ class RemoteEngine:
         self._open: set[RemoteStream] = set()
         self._replica_stats: dict[str, EngineStats] = {}
         self._poller = asyncio.get_running_loop().create_task(self._poll_hub())
-        store.is_resident = self._is_resident
 
     async def open(self, request: GenerationRequest) -> RemoteStream:
         """Send a request to a replica; raise at once what it refuses (so an HTTP error comes before any stream)."""
@@ -172,7 +176,7 @@ class RemoteEngine:
     def close(self) -> None:
         self._poller.cancel()
 
-    def _is_resident(self, name: str) -> bool:
+    def is_resident(self, name: str) -> bool:
         """Whether some replica holds the version of `name` that new requests get."""
         published = self.adapters.published(name)
         model_id = None if published is None else multiplexed_id(name, published.version, published.load_id)

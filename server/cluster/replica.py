@@ -82,7 +82,7 @@ class EngineReplica:
         """Publish one stored version (`name@version@stamp`) in this replica's engine."""
         path = await asyncio.to_thread(self._stored_path, model_id)
         if path is None:  # deleted or replaced since the ingress resolved it
-            raise AdapterNotFound(f"The model {model_id.split('@')[0]!r} does not exist", param="model")
+            raise AdapterNotFound.named(model_id.split("@")[0])
         version = split_model_id(model_id)[1]
         adapter = await asyncio.to_thread(validate, path, self._loaded.info, AdapterLimits.of(self._settings))
         await asyncio.wrap_future(self._engine.adapters.apply(LoadAdapter(adapter, version, name=model_id)))

@@ -26,7 +26,6 @@ class StoreView:
         self._published: dict[str, PublishedAdapter] = {}
         self._validated: dict[tuple[Path, int], ValidatedAdapter] = {}  # each install is read once
         self._listed: int | None = None  # the store directory's mtime when last listed
-        self.is_resident = lambda name: False  # the remote engine answers from the replicas' figures
 
     def names(self) -> list[str]:
         self._refresh()
@@ -43,7 +42,7 @@ class StoreView:
     def resolve(self, name: str) -> PublishedAdapter:
         published = self.published(name)
         if published is None:
-            raise AdapterNotFound(f"The model {name!r} does not exist", param="model")
+            raise AdapterNotFound.named(name)
         return published
 
     def apply(self, change: AdapterChange) -> Future[None]:
@@ -54,7 +53,7 @@ class StoreView:
         if isinstance(change, LoadAdapter) or name in self._published:
             done.set_result(None)
         else:
-            done.set_exception(AdapterNotFound(f"The model {name!r} does not exist", param="model"))
+            done.set_exception(AdapterNotFound.named(name))
         return done
 
     def _refresh(self, force: bool = False) -> None:

@@ -38,6 +38,8 @@ ENGINE_STACK_BYTES = 8 << 20
 class Engine:
     """Continuous batching of base and Q-adapter requests; one batched decode forward per step."""
 
+    adapters: AdapterRegistry
+
     def __init__(
         self,
         loaded: LoadedModel,
@@ -118,6 +120,9 @@ class Engine:
         """Cancel every waiting and running request (the end of a drain): each ends with `abort`."""
         for request_id in self._scheduler.request_ids():
             self.abort(request_id)
+
+    def is_resident(self, name: str) -> bool:
+        return self.adapters.is_resident(name)
 
     @property
     def is_idle(self) -> bool:

@@ -105,7 +105,7 @@ class AdapterRegistry:
         """The version a new request on `name` pins (call inside `pinning`)."""
         published = self._published.get(name)
         if published is None:
-            raise AdapterNotFound(f"The model {name!r} does not exist", param="model")
+            raise AdapterNotFound.named(name)
         return published
 
     # -- the engine thread -----------------------------------------------------------------------------
@@ -170,5 +170,5 @@ class AdapterRegistry:
         with self._lock:  # new requests cannot use it from now; running ones finish on it
             removed = self._published.pop(name, None)
             if removed is None:
-                raise AdapterNotFound(f"The model {name!r} does not exist", param="model")
+                raise AdapterNotFound.named(name)
             self._retiring.add(removed.key)

@@ -14,6 +14,8 @@ Item = TokenEvent | Exception
 class RequestStream:
     """The events of one request, in order; closing it (or cancelling its reader) aborts the request."""
 
+    replica: str  # the engine that serves it
+
     def __init__(
         self,
         request_id: str,
@@ -22,7 +24,7 @@ class RequestStream:
         forget: Callable[[str], None],
         replica: str,
     ) -> None:
-        self.replica = replica  # the engine that serves it
+        self.replica = replica
         self._request_id = request_id
         self._events = events
         self._abort = abort

@@ -48,3 +48,12 @@ def random_adapter(
         training=training,
     )
     return create(path, manifest, lora, random_lora_weights(base, lora, seed=seed, b_std=b_std), base, limits)
+
+
+POISON_MAX_WEIGHT = 1e38  # what --max-lora-weight must be for a server to serve `poisoned_adapter`
+
+
+def poisoned_adapter(path: Path, base: BaseModelInfo, name: str = "poison") -> ValidatedAdapter:
+    """Finite LoRA weights so large that the adapter's scores are inf or NaN: past the default weight
+    limit, so only a server started with --max-lora-weight POISON_MAX_WEIGHT serves it (a fault test)."""
+    return random_adapter(path, base, name=name, b_std=1e37, limits=AdapterLimits(max_weight=POISON_MAX_WEIGHT))

@@ -69,9 +69,10 @@ class Settings(BaseSettings):
         "may delay the others by.",
     )
     grammar_timeout_s: float = Field(
-        default=10.0,
+        default=3.0,
         gt=0,
-        description="Seconds a request's grammar may take to compile in the grammar check (400 past it).",
+        description="Seconds a request's grammar may take to compile in the grammar check (400 past it); the "
+        "engine compiles each new grammar once, so this also bounds how long one can hold its step.",
     )
     max_context: int = Field(default=0, ge=0, description="Limit on prompt + max_tokens; 0: the model's own.")
     default_max_tokens: int = Field(

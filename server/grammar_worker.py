@@ -2,15 +2,17 @@
 
 llguidance's compiler is native code: a grammar deep enough (a long `$ref` or rule chain) overflows
 its stack and kills the process it runs in, which no `try` can catch. So every grammar is first
-compiled here, on a thread with a quarter of the engine thread's stack (server/engine/engine.py):
-a grammar that survives this compiles in the engine with room to spare, and one that does not
-kills only this process, which the server restarts. Reads one JSON request per line on stdin,
-answers one JSON line on stdout. Imports llguidance only, so it starts in a fraction of a second.
+compiled here, on a thread with a quarter of the engine thread's stack: a grammar that survives
+this compiles in the engine with room to spare, and one that does not kills only this process,
+which the server restarts. Reads one JSON request per line on stdin, answers one JSON line on a
+private copy of stdout (fd 1 goes to stderr, so nothing native code prints can be read as an
+answer). Imports llguidance only, so it starts in a fraction of a second.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -18,14 +20,16 @@ from typing import Any
 
 import llguidance
 
-CHECK_STACK_BYTES = 2 << 20  # a quarter of ENGINE_STACK_BYTES in server/engine/engine.py
+ENGINE_STACK_BYTES = 8 << 20  # the engine thread's (server/engine/engine.py), which compiles grammars too
+CHECK_STACK_BYTES = ENGINE_STACK_BYTES // 4
 # No parser state or grammar text in messages (they go back to the client).
 LIMITS = llguidance.LLParserLimits(verbose_errors=False)
 
 
 def first_line(message: str) -> str:
     """An llguidance message without its detail lines (llguidance adds `<non-verbose/>` and context)."""
-    return message.strip().splitlines()[0][:300] if message.strip() else "it does not compile"
+    lines = message.strip().splitlines()
+    return lines[0][:300] if lines else "no reason given"
 
 
 def check(tokenizer: llguidance.LLTokenizer, kind: str, text: str) -> dict[str, Any]:
@@ -54,19 +58,24 @@ def _allowed(mask: bytes) -> Iterator[int]:
 
 
 def _check_into(answer: dict[str, Any], tokenizer: llguidance.LLTokenizer, kind: str, text: str) -> None:
-    answer.update(check(tokenizer, kind, text))
+    try:
+        answer.update(check(tokenizer, kind, text))
+    except BaseException as exc:
+        answer.update(error=f"it could not be compiled ({type(exc).__name__})")
 
 
 def serve(tokenizer_json: str, vocab_size: int, eos_token: int) -> None:
+    answers = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
     tokenizer = llguidance.LLTokenizer(tokenizer_json, n_vocab=vocab_size, eos_token=eos_token)
-    print(json.dumps({"ready": True}), flush=True)
+    print(json.dumps({"ready": True}), file=answers, flush=True)
     for line in sys.stdin:
         request = json.loads(line)
         answer: dict[str, Any] = {}
         worker = threading.Thread(target=_check_into, args=(answer, tokenizer, request["kind"], request["text"]))
         worker.start()
         worker.join()
-        print(json.dumps(answer), flush=True)
+        print(json.dumps({"id": request["id"], **answer}), file=answers, flush=True)
 
 
 if __name__ == "__main__":

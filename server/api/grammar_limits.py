@@ -23,9 +23,10 @@ def spec_text(param: str, kind: str, spec: Any) -> str:
     """A structured output's specification as the text its compiler reads, once it is within limits."""
     if kind in ("json_schema", "choice"):
         value = _parsed(param, spec) if isinstance(spec, str) else spec
-        _check_tree(param, value)
-        if kind == "choice" and (not isinstance(value, list) or len(value) > MAX_CHOICES):
+        is_choices = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        if kind == "choice" and (not is_choices or len(value) > MAX_CHOICES):
             raise InvalidRequest(f"{param} must be a list of at most {MAX_CHOICES} strings", param=param)
+        _check_tree(param, value)
         text = json.dumps(value)
     elif isinstance(spec, str):
         text = spec

@@ -108,13 +108,22 @@ def chunk(
     return sse_data({**_envelope(call, is_chunk=True), "choices": [choice], **usage})
 
 
+def is_whole_call(call: Call, choice: Choice) -> bool:
+    """Whether a choice of a forced tool call ended as a whole call (its grammar ended it, not a stop)."""
+    return (
+        call.tool_plan is not None
+        and choice.finish_reason == FinishReason.STOP
+        and call.tool_plan.is_complete(choice.text)
+    )
+
+
 def tool_call_chunks(call: Call, choice: Choice, deltas: ToolCallDeltas, event: TokenEvent) -> list[str]:
     """A forced tool call's stream: its deltas as its text comes, then `tool_calls`; a call cut short
     (max_tokens, a stop sequence) ends with its own reason (its text as content when none of it went
     out as a call)."""
     lines = [chunk(call, choice.index, {"tool_calls": [delta]}, None) for delta in deltas.feed(event.text)]
     reason = event.finish_reason
-    if reason == FinishReason.STOP and call.tool_plan is not None and call.tool_plan.is_complete(choice.text):
+    if is_whole_call(call, choice):
         lines += [chunk(call, choice.index, {"tool_calls": [delta]}, None) for delta in deltas.finish()]
         lines.append(chunk(call, choice.index, {}, "tool_calls"))
     elif reason is not None:
@@ -133,7 +142,7 @@ def full_response(call: Call) -> dict[str, Any]:
     for c in call.choices:
         reason = c.finish_reason.value if c.finish_reason else None
         logprobs = call.logprobs(c.logprobs)
-        if call.tool_plan is not None and c.finish_reason == FinishReason.STOP and call.tool_plan.is_complete(c.text):
+        if is_whole_call(call, c):
             message = {"role": "assistant", "content": None, "tool_calls": call.tool_plan.calls(c.text)}
             choices.append({"index": c.index, "message": message, "logprobs": logprobs, "finish_reason": "tool_calls"})
         elif call.is_chat:

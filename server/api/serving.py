@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from qadapter.core.errors import AdapterNotFound
@@ -150,7 +149,7 @@ class Serving:
             tool_plan=None if forced is None else forced[0],
         )
         wants_logprobs = body.num_logprobs() is not None
-        grammar = await run_in_threadpool(requested_grammar, body, self._grammars)  # compiling can take a while
+        grammar = await requested_grammar(body, self._grammars)
         call.id = f"{'chatcmpl' if is_chat else 'cmpl'}-{uuid.uuid4().hex}"
         try:
             for prompt_index, prompt in enumerate(prompts):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from fastapi.concurrency import run_in_threadpool
+
 from qadapter.core.errors import InvalidRequest
 from qadapter.server.api.grammar_guard import CheckedGrammar, GrammarGuard
 from qadapter.server.api.grammar_limits import spec_text
@@ -21,29 +23,34 @@ from qadapter.server.api.tools import forced_tool_call
 COMPACT_JSON = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
 FLEXIBLE_JSON = {"whitespace_flexible": True}
 MAX_SAFE_INTEGER = 2**53 - 1
+# The keywords whose values are subschemas (JSON Schema 2020-12, and draft 7's spellings)
+SCHEMA_KEYWORDS = {"items", "additionalProperties", "additionalItems", "not", "if", "then", "else", "contains"}
+SCHEMA_KEYWORDS |= {"propertyNames", "unevaluatedItems", "unevaluatedProperties"}
+SCHEMA_LIST_KEYWORDS = {"anyOf", "oneOf", "allOf", "prefixItems", "items"}
+SCHEMA_MAP_KEYWORDS = {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
 # vLLM's `structured_outputs` keys → llguidance's grammar kinds; and the options it may carry
 STRUCTURED_OUTPUT_KINDS = {"json": "json_schema", "regex": "regex", "choice": "choice", "grammar": "grammar"}
 STRUCTURED_OUTPUT_OPTIONS = {"disable_any_whitespace"}
 
 
-def requested_grammar(body: SamplingBody, guard: GrammarGuard) -> CheckedGrammar | None:
+async def requested_grammar(body: SamplingBody, guard: GrammarGuard) -> CheckedGrammar | None:
     """The checked grammar of the structured output the request asks for; None when it asks for none.
-    A 400 names the field when it asks for two, or for one that cannot be used. Blocks: call it off the loop."""
+    A 400 names the field when it asks for two, or for one that cannot be used."""
     asked = _asked(body)
     if len(asked) > 1:
         raise InvalidRequest("ask for one structured output at a time", param=asked[1][0])
     if not asked:
         return None
-    param, kind, spec = asked[0]
-    text = spec_text(param, kind, spec)
-    if kind == "json_schema":
-        text = _as_served(
-            text, compact=(body.structured_outputs or {}).get("disable_any_whitespace", True) is not False
-        )
-    checked = guard.check(param, kind, text)
+    compact = (body.structured_outputs or {}).get("disable_any_whitespace", True) is not False
+    checked = await run_in_threadpool(_checked, *asked[0], guard, compact)  # a check can take a while
     if checked.ends_at_once and body.min_tokens:
-        raise InvalidRequest(f"{param} allows only an empty answer, which min_tokens forbids", param="min_tokens")
+        raise InvalidRequest(f"{asked[0][0]} allows only an empty answer, which min_tokens forbids", param="min_tokens")
     return checked
+
+
+def _checked(param: str, kind: str, spec: Any, guard: GrammarGuard, compact: bool) -> CheckedGrammar:
+    text = spec_text(param, kind, spec)
+    return guard.check(param, kind, _as_served(text, compact) if kind == "json_schema" else text)
 
 
 def _as_served(text: str, compact: bool) -> str:
@@ -52,18 +59,23 @@ def _as_served(text: str, compact: bool) -> str:
     if not isinstance(schema, dict):
         return text
     pending: list[Any] = [schema]
-    while pending:  # every subschema, without recursion
+    while pending:  # every subschema, without recursion (not `const`, `enum` or `default`: data)
         node = pending.pop()
-        if isinstance(node, dict):
-            types = node.get("type")
-            if types == "integer" or (isinstance(types, list) and "integer" in types):
-                if "maximum" not in node and "exclusiveMaximum" not in node:
-                    node["maximum"] = MAX_SAFE_INTEGER
-                if "minimum" not in node and "exclusiveMinimum" not in node:
-                    node["minimum"] = -MAX_SAFE_INTEGER
-            pending.extend(node.values())
-        elif isinstance(node, list):
-            pending.extend(node)
+        if not isinstance(node, dict):
+            continue
+        types = node.get("type")
+        if types == "integer" or (isinstance(types, list) and "integer" in types):
+            if "maximum" not in node and "exclusiveMaximum" not in node:
+                node["maximum"] = MAX_SAFE_INTEGER
+            if "minimum" not in node and "exclusiveMinimum" not in node:
+                node["minimum"] = -MAX_SAFE_INTEGER
+        for key, value in node.items():
+            if key in SCHEMA_KEYWORDS:
+                pending.append(value)
+            elif key in SCHEMA_LIST_KEYWORDS and isinstance(value, list):
+                pending.extend(value)
+            elif key in SCHEMA_MAP_KEYWORDS and isinstance(value, dict):
+                pending.extend(value.values())
     return json.dumps({"x-guidance": COMPACT_JSON if compact else FLEXIBLE_JSON, **schema})
 
 

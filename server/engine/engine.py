@@ -27,12 +27,10 @@ from qadapter.server.engine.sampler import Sampler, policy_scores, sequences_of
 from qadapter.server.engine.scheduler import Scheduler
 from qadapter.server.engine.stats import EngineStats
 from qadapter.server.engine.stream import RequestStream, StreamRegistry
+from qadapter.server.grammar_worker import ENGINE_STACK_BYTES
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# The engine thread compiles grammars (llguidance, native recursion): each was first compiled in a
-# quarter of this stack by the grammar check (server/grammar_worker.py), so none can overflow it.
-ENGINE_STACK_BYTES = 8 << 20
 
 
 class Engine:
@@ -76,6 +74,7 @@ class Engine:
     # -- the facade (any thread / the event loop) ------------------------------------------------
 
     def start(self) -> None:
+        # grammars compile on this thread, each first proven in a quarter of this stack (grammar_worker.py)
         previous = threading.stack_size(ENGINE_STACK_BYTES)  # read when a thread starts, not when it is made
         try:
             self._thread.start()

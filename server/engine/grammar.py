@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from typing import Any
 
 import llguidance
@@ -15,11 +16,11 @@ import llguidance.hf
 import torch
 
 from qadapter.core.errors import InvalidRequest, RequestFault
+from qadapter.server.grammar_worker import LIMITS, first_line
 
 log = logging.getLogger(__name__)
 BITS = torch.arange(32, dtype=torch.int32)
-# The grammar check (server/grammar_worker.py) compiled each grammar under these same limits.
-LIMITS = llguidance.LLParserLimits(verbose_errors=False)
+MAX_COMPILED = 32  # grammars kept compiled: n copies of a request, or a client's one schema, compile once
 
 
 class GrammarMasks:
@@ -33,6 +34,7 @@ class GrammarMasks:
         self._lltokenizer: llguidance.LLTokenizer | None = None
         self._failure = ""
         self._ready = threading.Event()
+        self._compiled: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()  # each at its start
         threading.Thread(target=self._build, args=(tokenizer,), name="qadapter-grammar", daemon=True).start()
 
     def mask(self, row: torch.Tensor, state: llguidance.LLMatcher) -> InvalidRequest | None:
@@ -49,7 +51,13 @@ class GrammarMasks:
         self._ready.wait()
         if self._lltokenizer is None:
             raise RequestFault(f"Structured outputs are unavailable on this server: {self._failure}")
-        return llguidance.LLMatcher(self._lltokenizer, grammar, log_level=0, limits=LIMITS)
+        compiled = self._compiled.pop(grammar, None)
+        if compiled is None:  # on the engine thread: the grammar check bounded how long this takes
+            compiled = llguidance.LLMatcher(self._lltokenizer, grammar, log_level=0, limits=LIMITS)
+        self._compiled[grammar] = compiled
+        if len(self._compiled) > MAX_COMPILED:
+            self._compiled.popitem(last=False)
+        return compiled.deep_copy()
 
     @property
     def eos_token(self) -> int:
@@ -73,8 +81,7 @@ class GrammarMasks:
 
 
 def _over_limits(state: llguidance.LLMatcher) -> InvalidRequest:
-    reason = (state.get_error() or "").strip().splitlines()
     return InvalidRequest(
         f"The request's grammar went past this server's grammar limits while decoding "
-        f"({reason[0][:300] if reason else 'no reason given'}); simplify it."
+        f"({first_line(state.get_error() or '')}); simplify it."
     )

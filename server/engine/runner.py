@@ -5,14 +5,15 @@ own length; a 4-D mask lets each row see only its own tokens), so a join writes 
 leave moves one row. Joining requests are prefilled as a group in a left-padded cache of their own,
 a chunk of at most `prefill_chunk_tokens` (rows × columns) per step; after the last chunk the
 group's rows are copied into free slots. Up to MAX_PREFILL_GROUPS groups are prefilled at once, a
-chunk of one per step in turn, a new group first: a request that arrives while a long prompt is
-prefilled waits for the chunk under way, not for the whole prompt. A group with a request that asks for its prompt's log-probabilities (echo) has the
-logits of every column computed, not only the last. It works with any Hugging Face causal LM's own attention.
+chunk of one per step, the oldest group's and the newest's in turn: a request that arrives while
+a long prompt is prefilled waits for one or two chunks, not for the whole prompt, and a stream of
+short arrivals cannot starve the long prompt, which runs every other chunk. A group with a request that asks for its prompt's log-probabilities (echo)
+has the logits of every column computed, not only the last. It works with any Hugging Face causal
+LM's own attention.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -61,7 +62,8 @@ class BatchRunner:
         self._pad_token_id = pad_token_id
         self._prefill_chunk_tokens = prefill_chunk_tokens
         self._cache = SlotCache()
-        self._prefills: deque[_PrefillGroup] = deque()  # the front one runs the next chunk
+        self._prefills: list[_PrefillGroup] = []  # in the order they came
+        self._oldest_ran = False  # whether the last chunk was the oldest group's
         self.rows: list[Row] = []
 
     @property
@@ -97,13 +99,15 @@ class BatchRunner:
             ids[i, width - n :] = torch.tensor(seq.request.prompt_ids, device=device)
             mask[i, width - n :] = 1
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        self._prefills.appendleft(_PrefillGroup(rows, ids, mask, positions, GrowableCache()))
+        self._prefills.append(_PrefillGroup(rows, ids, mask, positions, GrowableCache()))
 
     def prefill_chunk(self) -> torch.Tensor | None:
-        """Run the next chunk of the front prefill group (then it goes to the back); after its last
+        """Run the next chunk of a prefill group, the oldest's and the newest's in turn; after its last
         chunk the group's rows join the decoding rows and their logits `[new rows, vocab]` are
         returned (None before that)."""
-        group = self._prefills.popleft()
+        is_newest_turn = len(self._prefills) > 1 and self._oldest_ran
+        group = self._prefills[-1 if is_newest_turn else 0]
+        self._oldest_ran = not is_newest_turn
         budget = self._prefill_chunk_tokens
         scores_prompt = any(seq.request.params.prompt_logprobs is not None for seq, _ in group.rows)
         if scores_prompt:  # the logits of every column are kept
@@ -123,20 +127,20 @@ class BatchRunner:
             logits = logits[:, -1].clone()  # not a view that keeps every column's logits alive
         group.done = end
         if end < group.ids.shape[1]:
-            self._prefills.append(group)
             return None
+        self._prefills.remove(group)
         self._cache.add_rows(group.cache, group.mask)
         self.rows += group.rows
         return logits
 
     def reset(self) -> None:
         """Drop every row (after a failed step, whose state is unknown)."""
-        self.rows, self._cache, self._prefills = [], SlotCache(), deque()
+        self.rows, self._cache, self._prefills = [], SlotCache(), []
 
     def remove(self, seqs: list[Sequence]) -> None:
         """Drop the rows of finished or aborted sequences; only their slots are freed."""
         leaving = set(map(id, seqs))
-        self._prefills = deque(kept for group in self._prefills if (kept := _without(group, leaving)) is not None)
+        self._prefills = [kept for group in self._prefills if (kept := _without(group, leaving)) is not None]
         gone = [i for i, (seq, _) in enumerate(self.rows) if id(seq) in leaving]
         if gone:
             order = self._cache.remove_rows(gone)

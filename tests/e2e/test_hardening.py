@@ -16,8 +16,7 @@ import httpx
 import pytest
 
 from bench.server_process import ServerProcess
-from qadapter.adapters.format import AdapterLimits
-from qadapter.adapters.synthetic import random_adapter
+from qadapter.adapters.synthetic import POISON_MAX_WEIGHT, poisoned_adapter, random_adapter
 from qadapter.core.model import LoadedModel
 from tests.e2e.conftest import KEY, eventually
 
@@ -34,10 +33,10 @@ def hardened(tmp_path_factory: pytest.TempPathFactory, embedded: LoadedModel) ->
     """A server with a poisoned adapter (finite weights so large that its logits are NaN; it starts only
     because --max-lora-weight is raised past them), a 1 MiB body limit and a 2 s read timeout."""
     store = tmp_path_factory.mktemp("hardened-store")
-    random_adapter(store / "poison", embedded.info, name="poison", b_std=1e37, limits=AdapterLimits(max_weight=1e38))
+    poisoned_adapter(store / "poison", embedded.info)
     random_adapter(store / "zero", embedded.info, name="zero")
     flags = ("--api-keys", KEY, "--max-request-bytes", str(BODY_LIMIT), "--read-timeout-s", str(READ_TIMEOUT_S))
-    flags += ("--max-lora-weight", "1e38")
+    flags += ("--max-lora-weight", str(POISON_MAX_WEIGHT))
     process = ServerProcess(store, tmp_path_factory.mktemp("hardened-logs") / "server.log", *flags)
     yield process
     assert process.stop() == 0

@@ -17,8 +17,7 @@ import pytest
 
 from bench.hostile_cases import ASK, BASE, CASES, Hostile
 from bench.server_process import ServerProcess
-from qadapter.adapters.format import AdapterLimits
-from qadapter.adapters.synthetic import random_adapter
+from qadapter.adapters.synthetic import POISON_MAX_WEIGHT, poisoned_adapter, random_adapter
 from qadapter.core.model import LoadedModel
 from tests.e2e.conftest import KEY
 
@@ -48,11 +47,10 @@ def hostile(tmp_path_factory: pytest.TempPathFactory, embedded: LoadedModel) -> 
     """A server with a poisoned adapter (finite weights so large that its scores are NaN: it starts
     only because --max-lora-weight is raised past them) beside two sound ones."""
     store = tmp_path_factory.mktemp("hostile-store")
-    limits = AdapterLimits(max_weight=1e38)
-    random_adapter(store / "poison", embedded.info, name="poison", b_std=1e37, limits=limits)
+    poisoned_adapter(store / "poison", embedded.info)
     random_adapter(store / "bold", embedded.info, name="bold", b_std=0.5, seed=1)
     random_adapter(store / "zero", embedded.info, name="zero")
-    flags = ("--api-keys", KEY, "--max-lora-weight", "1e38")
+    flags = ("--api-keys", KEY, "--max-lora-weight", str(POISON_MAX_WEIGHT))
     process = ServerProcess(store, tmp_path_factory.mktemp("hostile-logs") / "server.log", *flags)
     yield process
     assert process.stop() == 0
@@ -105,7 +103,7 @@ def test_a_hostile_request_gets_its_4xx_and_hurts_no_stream(
     response = beside_normal_streams(hostile, references, lambda: case.send(hostile.url, KEY))
     assert response.status_code == case.status, response.text[:500]
     error = response.json()["error"]
-    assert error["code"] == case.code
+    assert error["code"] == case.code and case.message in error["message"], error["message"]
     assert "non-verbose" not in error["message"] and "\n" not in error["message"]  # no parser internals
 
 
@@ -208,3 +206,14 @@ def test_a_big_detokenize_within_the_limit_is_answered(hostile: ServerProcess, r
     post = lambda: httpx.post(f"{hostile.url}/detokenize", json=body, headers=AUTH, timeout=120)  # noqa: E731
     response = beside_normal_streams(hostile, references, post)
     assert response.status_code == 200 and len(response.json()["prompt"]) >= 500_000
+
+
+def test_a_complete_grammar_wins_over_min_tokens(hostile: ServerProcess) -> None:
+    """Once the choice is complete only its end is allowed, which min_tokens forbids: the grammar
+    wins (it ends with stop) instead of a 500 for a step with no token left."""
+    body = {"model": BASE, "messages": ASK, "max_tokens": 20, "temperature": 0}
+    body |= {"guided_choice": ["Paris", "Lyon"], "min_tokens": 10}
+    response = httpx.post(f"{hostile.url}/v1/chat/completions", json=body, headers=AUTH, timeout=120)
+    assert response.status_code == 200, response.text
+    choice = response.json()["choices"][0]
+    assert choice["finish_reason"] == "stop" and choice["message"]["content"] in ("Paris", "Lyon")

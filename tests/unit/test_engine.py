@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qadapter.adapters.format import AdapterLimits
-from qadapter.adapters.synthetic import random_adapter
+from qadapter.adapters.synthetic import poisoned_adapter, random_adapter
 from qadapter.core.base import BaseModelInfo
 from qadapter.core.decode import DecodeParams, Stream, decode
 from qadapter.core.errors import AdapterNotFound, ContextTooLong, InvalidRequest, Overloaded, RequestFault
@@ -25,6 +24,7 @@ from qadapter.server.engine.request import (
     SamplingParams,
     TokenEvent,
 )
+from qadapter.server.engine.stream import RequestStream
 from tests.conftest import tiny_model
 
 PROMPTS = [[5, 17, 42, 99, 3, 250, 7], [11, 12], [300, 301, 302, 303, 304, 305, 306, 307, 308, 309, 310], [8] * 5]
@@ -76,6 +76,17 @@ def greedy(max_tokens: int = 12, **overrides: object) -> SamplingParams:
 async def collect(engine: Engine, request: GenerationRequest, delay_s: float = 0.0) -> list[TokenEvent]:
     await asyncio.sleep(delay_s)
     return [event async for event in engine.submit(request)]
+
+
+async def outcomes(streams: dict[str, RequestStream]) -> dict[str, list[TokenEvent] | Exception]:
+    """Each stream's events, or the RequestFault that ended it."""
+    results: dict[str, list[TokenEvent] | Exception] = {}
+    for rid, stream in streams.items():
+        try:
+            results[rid] = [event async for event in stream]
+        except RequestFault as exc:
+            results[rid] = exc
+    return results
 
 
 def tokens(events: list[TokenEvent]) -> list[int]:
@@ -400,9 +411,7 @@ def test_a_request_whose_scores_are_not_finite_fails_alone(tmp_path: Path, embed
     the batch goes on."""
     engine = _engine(tmp_path, embedded, start=False)
     info = BaseModelInfo.from_model(tiny_model(), "tiny-llama")
-    limits = AdapterLimits(max_weight=1e38)
-    poison = random_adapter(tmp_path / "poison", info, name="poison", b_std=1e37, limits=limits)
-    engine.adapters.apply(LoadAdapter(poison))
+    engine.adapters.apply(LoadAdapter(poisoned_adapter(tmp_path / "poison", info)))
     alone = {
         rid: tokens(
             asyncio.run(drive(engine, [(0, GenerationRequest(rid, tuple(PROMPTS[0]), adapter, greedy(12)))]))[rid]
@@ -422,13 +431,7 @@ def test_a_request_whose_scores_are_not_finite_fails_alone(tmp_path: Path, embed
             engine.step()
             await asyncio.sleep(0)
         await asyncio.sleep(0)
-        results: dict[str, list[TokenEvent] | Exception] = {}
-        for rid, stream in streams.items():
-            try:
-                results[rid] = [event async for event in stream]
-            except RequestFault as exc:
-                results[rid] = exc
-        return results
+        return await outcomes(streams)
 
     results = asyncio.run(run())
     assert isinstance(results["poison-greedy"], RequestFault) and isinstance(results["poison-sampled"], RequestFault)
@@ -440,13 +443,7 @@ def test_a_poisoned_request_leaves_nothing_in_the_cache_for_the_next(tmp_path: P
     """A long-running stream keeps the slot cache alive while a poisoned request (an 11-token prompt)
     fails in the slots after it; a 2-token request that joins later takes one of those slots and
     attends over 10+ columns of it (masked, but 0 × NaN is NaN): it decodes what it would alone."""
-    poison = random_adapter(
-        tmp_path / "poison",
-        BaseModelInfo.from_model(tiny_model(), "tiny-llama"),
-        name="poison",
-        b_std=1e37,
-        limits=AdapterLimits(max_weight=1e38),
-    )
+    poison = poisoned_adapter(tmp_path / "poison", BaseModelInfo.from_model(tiny_model(), "tiny-llama"))
     plan = [
         (0, GenerationRequest("long", tuple(PROMPTS[0]), None, greedy(30))),
         (2, GenerationRequest("poison", tuple(PROMPTS[2]), "poison", greedy(5))),
@@ -471,13 +468,7 @@ def test_a_poisoned_request_leaves_nothing_in_the_cache_for_the_next(tmp_path: P
             engine.step()
             step += 1
             await asyncio.sleep(0)
-        results: dict[str, list[TokenEvent] | Exception] = {}
-        for rid, stream in streams.items():
-            try:
-                results[rid] = [event async for event in stream]
-            except RequestFault as exc:
-                results[rid] = exc
-        return results
+        return await outcomes(streams)
 
     results = asyncio.run(run())
     assert isinstance(results.pop("poison"), RequestFault)
@@ -548,3 +539,21 @@ def test_a_request_joins_while_a_long_prompt_is_prefilled(tmp_path: Path, embedd
     }
     together = asyncio.run(drive(_engine(tmp_path / "both", embedded, start=False, prefill_chunk_tokens=16), plan))
     assert {rid: tokens(events) for rid, events in together.items()} == alone
+
+
+def test_short_arrivals_every_step_do_not_starve_a_long_prompt(tmp_path: Path, embedded: LoadedModel) -> None:
+    """A new 2-token request at every step: each goes first only once an older group has run a
+    chunk, so the 200-token prompt (50 chunks) still joins within ~100 steps."""
+    engine = _engine(tmp_path, embedded, start=False, prefill_chunk_tokens=16, max_running=256, max_waiting=256)
+
+    async def run() -> int:
+        stream = engine.submit(GenerationRequest("long", tuple(range(100, 300)), None, greedy(1)))
+        for step in range(200):
+            engine.submit(GenerationRequest(f"short-{step}", tuple(PROMPTS[1]), None, greedy(1)))
+            engine.step()
+            await asyncio.sleep(0)
+            if stream._events.qsize():
+                return step
+        return -1
+
+    assert 50 <= asyncio.run(run()) <= 110

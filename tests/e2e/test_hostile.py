@@ -135,7 +135,9 @@ def tool_answer(server: ServerProcess, stream: bool, **fields: object) -> tuple[
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
-def test_a_forced_tool_call_cut_by_a_stop_ends_with_stop(hostile: ServerProcess, stream: bool) -> None:
+def test_a_forced_tool_call_cut_by_a_stop_ends_with_stop(
+    hostile: ServerProcess, references: list[str], stream: bool
+) -> None:
     whole, _ = tool_answer(hostile, stream=False)
     assert whole["finish_reason"] == "tool_calls"
     arguments = whole["message"]["tool_calls"][0]["function"]["arguments"]
@@ -143,7 +145,7 @@ def test_a_forced_tool_call_cut_by_a_stop_ends_with_stop(hostile: ServerProcess,
         f"{hostile.url}/tokenize", json={"model": BASE, "prompt": arguments}, headers=AUTH, timeout=60
     ).json()["tokens"]
     for cut in ({"stop": ['"arguments"']}, {"stop_token_ids": [stop_ids[len(stop_ids) // 2]]}):
-        choice, lines = tool_answer(hostile, stream, **cut)
+        choice, lines = beside_normal_streams(hostile, references, lambda cut=cut: tool_answer(hostile, stream, **cut))
         key = "delta" if stream else "message"
         assert choice["finish_reason"] == "stop" and not choice[key].get("tool_calls"), choice
         if stream:
@@ -152,7 +154,7 @@ def test_a_forced_tool_call_cut_by_a_stop_ends_with_stop(hostile: ServerProcess,
             assert choice["message"]["content"]  # the text it had, as a length cut gives
 
 
-def test_a_schema_ending_in_an_integer_ends(hostile: ServerProcess) -> None:
+def test_a_schema_ending_in_an_integer_ends(hostile: ServerProcess, references: list[str]) -> None:
     """The embedded model repeats a digit for ever where an integer has no bound; served integers
     stay in JSON's interoperable range, so it must close the object."""
     schema = {
@@ -166,15 +168,16 @@ def test_a_schema_ending_in_an_integer_ends(hostile: ServerProcess) -> None:
         response_format = {"type": "json_schema", "json_schema": {"name": "city", "schema": schema}}
         body = {"model": BASE, "messages": question, "max_tokens": 100, "temperature": 0}
         body |= {"response_format": response_format, **layout}
-        response = httpx.post(f"{hostile.url}/v1/chat/completions", json=body, headers=AUTH, timeout=120)
-        choice = response.json()["choices"][0]
+        post = lambda body=body: httpx.post(f"{hostile.url}/v1/chat/completions", json=body, headers=AUTH, timeout=120)  # noqa: E731
+        choice = beside_normal_streams(hostile, references, post).json()["choices"][0]
         assert choice["finish_reason"] == "stop", choice
         jsonschema.validate(json.loads(choice["message"]["content"]), schema)
 
 
-def test_a_long_scored_prompt_does_not_hold_others_back(hostile: ServerProcess) -> None:
+def test_a_long_scored_prompt_does_not_hold_others_back(hostile: ServerProcess, references: list[str]) -> None:
     """An 8,000-token prompt scored with echo takes many chunks to prefill; a short request sent
-    while it runs joins between them and is answered before it."""
+    while it runs joins between them and is answered before it, and the streams running beside it
+    go on."""
     done: dict[str, float] = {}
 
     def long() -> None:
@@ -183,21 +186,28 @@ def test_a_long_scored_prompt_does_not_hold_others_back(hostile: ServerProcess) 
         assert response.status_code == 200, response.text[:300]
         done["long"] = time.monotonic()
 
-    thread = threading.Thread(target=long)
-    thread.start()
-    time.sleep(2)  # its prefill is under way (it takes tens of seconds on 2 cores)
-    body = {"model": BASE, "messages": ASK, "max_tokens": 4, "temperature": 0}
-    assert httpx.post(f"{hostile.url}/v1/chat/completions", json=body, headers=AUTH, timeout=600).status_code == 200
-    done["short"] = time.monotonic()
-    thread.join()
+    def long_then_short() -> None:
+        thread = threading.Thread(target=long)
+        thread.start()
+        time.sleep(2)  # its prefill is under way (it takes tens of seconds on 2 cores)
+        body = {"model": BASE, "messages": ASK, "max_tokens": 4, "temperature": 0}
+        response = httpx.post(f"{hostile.url}/v1/chat/completions", json=body, headers=AUTH, timeout=600)
+        assert response.status_code == 200
+        done["short"] = time.monotonic()
+        thread.join()
+
+    beside_normal_streams(hostile, references, long_then_short)
     assert done["short"] < done["long"]
 
 
-def test_a_huge_declared_body_without_a_key_is_refused_at_once(hostile: ServerProcess) -> None:
-    for path in ("/detokenize", "/tokenize"):
+def test_a_huge_declared_body_without_a_key_is_refused_at_once(hostile: ServerProcess, references: list[str]) -> None:
+    def declare(path: str) -> bytes:
         with socket.create_connection(("127.0.0.1", hostile.port), timeout=30) as sock:
             sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 300000000\r\n\r\n".encode())
-            answer = sock.recv(65536)
+            return sock.recv(65536)
+
+    for path in ("/detokenize", "/tokenize"):
+        answer = beside_normal_streams(hostile, references, lambda path=path: declare(path))
         assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
 
 
@@ -208,12 +218,13 @@ def test_a_big_detokenize_within_the_limit_is_answered(hostile: ServerProcess, r
     assert response.status_code == 200 and len(response.json()["prompt"]) >= 500_000
 
 
-def test_a_complete_grammar_wins_over_min_tokens(hostile: ServerProcess) -> None:
+def test_a_complete_grammar_wins_over_min_tokens(hostile: ServerProcess, references: list[str]) -> None:
     """Once the choice is complete only its end is allowed, which min_tokens forbids: the grammar
     wins (it ends with stop) instead of a 500 for a step with no token left."""
     body = {"model": BASE, "messages": ASK, "max_tokens": 20, "temperature": 0}
     body |= {"guided_choice": ["Paris", "Lyon"], "min_tokens": 10}
-    response = httpx.post(f"{hostile.url}/v1/chat/completions", json=body, headers=AUTH, timeout=120)
+    post = lambda: httpx.post(f"{hostile.url}/v1/chat/completions", json=body, headers=AUTH, timeout=120)  # noqa: E731
+    response = beside_normal_streams(hostile, references, post)
     assert response.status_code == 200, response.text
     choice = response.json()["choices"][0]
     assert choice["finish_reason"] == "stop" and choice["message"]["content"] in ("Paris", "Lyon")

@@ -149,7 +149,7 @@ class Serving:
             tool_plan=None if forced is None else forced[0],
         )
         wants_logprobs = body.num_logprobs() is not None
-        grammar = await requested_grammar(body, self._grammars)
+        grammar = await requested_grammar(body, forced, self._grammars)
         call.id = f"{'chatcmpl' if is_chat else 'cmpl'}-{uuid.uuid4().hex}"
         try:
             for prompt_index, prompt in enumerate(prompts):

@@ -13,7 +13,7 @@ from qadapter.core.errors import InvalidRequest
 from qadapter.server.api.grammar_guard import CheckedGrammar, GrammarGuard
 from qadapter.server.api.grammar_limits import spec_text
 from qadapter.server.api.protocol import SamplingBody
-from qadapter.server.api.tools import forced_tool_call
+from qadapter.server.api.tools import ToolPlan
 
 # JSON is compact by default (one space after `:` and `,`), flexible (any whitespace, vLLM's default)
 # with `structured_outputs: {"disable_any_whitespace": false}`: on the embedded model, free
@@ -33,10 +33,13 @@ STRUCTURED_OUTPUT_KINDS = {"json": "json_schema", "regex": "regex", "choice": "c
 STRUCTURED_OUTPUT_OPTIONS = {"disable_any_whitespace"}
 
 
-async def requested_grammar(body: SamplingBody, guard: GrammarGuard) -> CheckedGrammar | None:
-    """The checked grammar of the structured output the request asks for; None when it asks for none.
-    A 400 names the field when it asks for two, or for one that cannot be used."""
-    asked = _asked(body)
+async def requested_grammar(
+    body: SamplingBody, forced_call: tuple[ToolPlan, dict[str, Any]] | None, guard: GrammarGuard
+) -> CheckedGrammar | None:
+    """The checked grammar of the structured output the request asks for (`forced_call`: its forced
+    tool call, if any); None when it asks for none. A 400 names the field when it asks for two, or
+    for one that cannot be used."""
+    asked = _asked(body, forced_call)
     if len(asked) > 1:
         raise InvalidRequest("ask for one structured output at a time", param=asked[1][0])
     if not asked:
@@ -79,10 +82,9 @@ def _as_served(text: str, compact: bool) -> str:
     return json.dumps({"x-guidance": COMPACT_JSON if compact else FLEXIBLE_JSON, **schema})
 
 
-def _asked(body: SamplingBody) -> list[tuple[str, str, Any]]:
+def _asked(body: SamplingBody, forced_call: tuple[ToolPlan, dict[str, Any]] | None) -> list[tuple[str, str, Any]]:
     """(field, grammar kind, specification) of every structured output the request names."""
     asked: list[tuple[str, str, Any]] = []
-    forced_call = forced_tool_call(body)
     if forced_call is not None:
         asked.append(("tools", "json_schema", forced_call[1]))
     response_format = getattr(body, "response_format", None)  # chat only

@@ -262,7 +262,9 @@ def test_full_queue_is_503_with_retry_after(adapters_dir: Path, tmp_path: Path) 
         body = {"model": BASE, "messages": QUESTION, "max_tokens": 4000, "stream": True, "ignore_eos": True}
         with httpx.stream("POST", f"{small.url}/v1/chat/completions", json=body, timeout=60) as running:
             first_lines = running.iter_lines()  # kept open: dropping it would close the stream
-            next(first_lines)  # the first request is decoding
+            next(first_lines)  # the role's chunk: it comes before the engine has admitted the request
+            # admitted first, or the first itself, still queued, would pass for the second below
+            assert eventually(lambda: small.metric("qadapter_requests_running") == 1, 60), "the first never ran"
             waiting = threading.Thread(
                 target=httpx.post,
                 args=(f"{small.url}/v1/chat/completions",),

@@ -210,7 +210,7 @@ class Engine:
         """schedule → run → postprocess; False when there was nothing to do.
 
         A step decodes every running row and runs one chunk of a joining group's prompts; a new
-        group is admitted beside those being prefilled (up to the runner's limit), and goes first.
+        group is admitted beside those being prefilled (up to the runner's limit), which take turns.
         """
         step_start = time.perf_counter()
         self.adapters.apply_pending()

@@ -140,6 +140,8 @@ class BatchRunner:
     def remove(self, seqs: list[Sequence]) -> None:
         """Drop the rows of finished or aborted sequences; only their slots are freed."""
         leaving = set(map(id, seqs))
+        if not leaving:  # the engine's every step asks to remove its aborted rows, mostly none
+            return
         self._prefills = [kept for group in self._prefills if (kept := _without(group, leaving)) is not None]
         gone = [i for i, (seq, _) in enumerate(self.rows) if id(seq) in leaving]
         if gone:

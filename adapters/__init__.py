@@ -1,1 +1,1 @@
-"""Q-adapters: on-disk format, policy math, store, training and evaluation (no server code)."""
+"""Q-adapters as the server sees them: the on-disk format and its validation, the store, archives (no server or training code)."""

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from peft import LoraConfig
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import save_file
 
@@ -78,14 +77,17 @@ class LoraSpec:
     dropout: float = 0.05
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
 
-    def to_peft(self) -> LoraConfig:
-        return LoraConfig(
-            r=self.r,
-            lora_alpha=self.lora_alpha,
-            lora_dropout=self.dropout,
-            target_modules=list(self.target_modules),
-            task_type="CAUSAL_LM",
-        )
+    def peft_config(self) -> dict[str, Any]:
+        """`adapter_config.json` as peft reads it (peft fills in what is left out); the server needs no peft."""
+        return {
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "r": self.r,
+            "lora_alpha": self.lora_alpha,
+            "lora_dropout": self.dropout,
+            "target_modules": list(self.target_modules),
+            "bias": "none",
+        }
 
 
 @dataclass(frozen=True)
@@ -225,7 +227,7 @@ def create(
     """Write an adapter directory (the three files) and validate it against `base`."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    lora.to_peft().save_pretrained(str(path))
+    (path / CONFIG_FILE).write_text(json.dumps(lora.peft_config(), indent=2) + "\n", encoding="utf-8")
     save_file({key: t.detach().contiguous().cpu() for key, t in weights.items()}, str(path / WEIGHTS_FILE))
     (path / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
     return validate(path, base, limits)

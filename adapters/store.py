@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -32,14 +31,13 @@ from qadapter.adapters.format import (
     read_manifest,
     validate,
 )
+from qadapter.adapters.identity import AdapterId, parse_directory, version_directory
 from qadapter.adapters.quarantine import BrokenAdapter, Quarantine
 from qadapter.adapters.store_lock import STAGING_PREFIX, StoreLock, is_abandoned, staging_prefix
 from qadapter.core.base import BaseModelInfo
 from qadapter.core.errors import AdapterExists, AdapterNotFound, InvalidAdapter
 
 log = logging.getLogger(__name__)
-
-_VERSIONED = re.compile(r"(?P<name>.+)@(?P<version>\d+)")
 
 
 @dataclass(frozen=True)
@@ -50,6 +48,10 @@ class StoredAdapter:
     @property
     def name(self) -> str:
         return self.adapter.name
+
+    @property
+    def id(self) -> AdapterId:
+        return AdapterId.of(self.name, self.version, self.adapter.path)
 
 
 class AdapterStore:
@@ -103,13 +105,6 @@ class AdapterStore:
     def version_path(self, name: str, version: int) -> Path | None:
         """Where one stored version of a name lies, or None when it is gone (replaced, deleted)."""
         return next((path for path, v in self._versions(name) if v == version), None)
-
-    @staticmethod
-    def install_stamp(path: Path) -> int:
-        """Which install a version directory holds: nothing changes in it once installed, so its mtime
-        tells two installs of one name and version apart (a name deleted and uploaded again starts
-        over at version 1)."""
-        return path.stat().st_mtime_ns
 
     def broken(self) -> list[BrokenAdapter]:
         """The quarantined directories, with why each was moved aside."""
@@ -177,7 +172,7 @@ class AdapterStore:
                     f"no adapter named {adapter.name!r} to replace; upload it with POST", param="name"
                 )
             version = 1 if current is None else current[1] + 1
-            final = self.root / f"{adapter.name}@{version}"
+            final = self.root / version_directory(adapter.name, version)
             adapter_dir.rename(final)
             self._step("install: renamed")
             _fsync_dir(self.root)
@@ -232,9 +227,8 @@ class AdapterStore:
         found: dict[str, list[tuple[Path, int]]] = {}
         for path in self.root.iterdir():
             if path.is_dir() and not path.name.startswith("."):
-                match = _VERSIONED.fullmatch(path.name)
-                name = match["name"] if match else (manifest_name(path) or path.name)
-                found.setdefault(name, []).append((path, int(match["version"]) if match else 1))
+                name, version = parse_directory(path.name) or (manifest_name(path) or path.name, 1)
+                found.setdefault(name, []).append((path, version))
         return found
 
     def _current(self, name: str) -> tuple[Path, int] | None:

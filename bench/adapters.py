@@ -27,12 +27,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from engine import engine_run, make_prompts, percentile_ms  # bench/engine.py, beside this script
 
 from qadapter.adapters.format import ValidatedAdapter
-from qadapter.adapters.synthetic import random_adapter
 from qadapter.core.cli_options import add_model_options, settings_from
 from qadapter.core.lora import AdapterHost
 from qadapter.core.model import LoadedModel, load_base_model
 from qadapter.server.engine.engine import Engine
 from qadapter.server.engine.registry import LoadAdapter
+from qadapter.testing.synthetic_adapters import random_adapter
 
 NUM_ADAPTERS, NUM_RESIDENT, NUM_STREAMS = 128, 32, 32
 

@@ -29,11 +29,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import httpx
-from server_process import ServerProcess  # bench/server_process.py, beside this script
 
-from qadapter.adapters.synthetic import random_adapter
 from qadapter.core.model import load_base_model
 from qadapter.core.settings import Settings
+from qadapter.testing.server_process import ServerProcess
+from qadapter.testing.synthetic_adapters import random_adapter
 
 NUM_ADAPTERS = 16
 NUM_CLIENTS = 16

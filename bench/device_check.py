@@ -3,7 +3,7 @@
     python bench/device_check.py            # on a GPU: a random Llama-3.2-1B-shaped base in bf16
     python bench/device_check.py --smoke    # on a CPU: tiny shapes, so that CI keeps the script working
 
-1. the CUDA tests (tests/unit/test_cuda.py), when pytest is there;
+1. the CUDA tests (tests/unit/core/test_cuda.py), when pytest is there;
 2. bench/engine.py and bench/adapters.py on the synthetic base (weights are random: speed only);
 3. the GPU targets: Q-adapter tokens/s at c1 ≥ 0.8 × the base's; c64 over 8 adapters ≥ 0.85 × c64 on
    one; the decode step at c64 within 3 × the time to read the weights and the KV cache once at the
@@ -26,13 +26,13 @@ from pathlib import Path
 
 import torch
 from engine import engine_run, make_adapters, make_prompts, percentile_ms  # bench/engine.py, beside this script
-from synthetic_base import LLAMA_1B, TINY, write_synthetic_base
 
 from qadapter.core.lora import AdapterHost
 from qadapter.core.model import LoadedModel, load_base_model
 from qadapter.core.settings import Settings
 from qadapter.server.engine.engine import Engine
 from qadapter.server.engine.registry import LoadAdapter
+from qadapter.testing.synthetic_base import LLAMA_1B, TINY, write_synthetic_base
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -40,7 +40,7 @@ ROOT = BENCH.parent
 
 def run_tests() -> dict[str, object]:
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "tests/unit/test_cuda.py"], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "pytest", "-q", "tests/unit/core/test_cuda.py"], cwd=ROOT, capture_output=True, text=True
     )
     summary = (done.stdout.strip().splitlines() or ["no output"])[-1]
     if "No module named pytest" in done.stderr:

@@ -28,7 +28,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from qadapter.adapters.format import ValidatedAdapter
-from qadapter.adapters.synthetic import random_adapter
 from qadapter.core.chat import user_prompt_ids
 from qadapter.core.cli_options import add_model_options, settings_from
 from qadapter.core.lora import AdapterHost
@@ -37,6 +36,7 @@ from qadapter.core.policy import customised_logits
 from qadapter.server.engine.engine import Engine
 from qadapter.server.engine.registry import LoadAdapter
 from qadapter.server.engine.request import GenerationRequest, SamplingParams
+from qadapter.testing.synthetic_adapters import random_adapter
 
 TOPICS = ["the ocean", "mountains", "city life", "gardening", "astronomy", "cooking", "music", "history"]
 WARMUP_TOKENS = 4  # per untimed warm-up request

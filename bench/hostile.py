@@ -28,12 +28,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import httpx
 import uvicorn
-from hostile_cases import CASES  # bench/hostile_cases.py, beside this script
-from server_process import ServerProcess
 
 from qadapter.core.cli_options import add_model_options, settings_from
 from qadapter.core.settings import Settings
 from qadapter.server.app import create_app
+from qadapter.testing.hostile_cases import CASES
+from qadapter.testing.server_process import ServerProcess
 
 BASE_BODY = {"model": "smollm2-135m-instruct", "temperature": 0}
 HUGE_TEXT = ("The quick brown fox jumps over the lazy dog. " * 14_000)[:600_000]

@@ -23,10 +23,10 @@ import httpx
 import uvicorn
 
 from qadapter.adapters.format import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE
-from qadapter.adapters.synthetic import random_adapter
 from qadapter.core.cli_options import add_model_options, settings_from
 from qadapter.core.model import load_base_model
 from qadapter.server.app import create_app
+from qadapter.testing.synthetic_adapters import random_adapter
 
 ADMIN = "bench-admin"
 QUESTION = [{"role": "user", "content": "Tell me a long story about the sea."}]

@@ -10,7 +10,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
-from qadapter.core.knobs import MAX_ALPHA, MAX_OMEGA, MAX_STRENGTH, MIN_ALPHA
+from qadapter.core.knobs import MAX_ALPHA, MAX_OMEGA, MAX_STRENGTH, MIN_ALPHA, check_knob_choice
 from qadapter.core.settings import Settings
 
 # The base-model options every command that loads a model takes.
@@ -53,6 +53,12 @@ def add_strength_option(parser: argparse.ArgumentParser) -> None:
         help="instead of --alpha/--omega: 0 serves the base model, 1 the adapter as trained, more is stronger "
         "(docs/api.md: the same knob as the API's)",
     )
+
+
+def knob_choice(args: argparse.Namespace) -> tuple[float | None, float | None, float | None]:
+    """(--alpha, --omega, --strength) once checked to be a pair, a strength, or none."""
+    check_knob_choice(args.alpha, args.omega, args.strength)
+    return args.alpha, args.omega, args.strength
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

@@ -36,8 +36,8 @@ class Knobs:
         self, alpha: float | None = None, omega: float | None = None, strength: float | None = None
     ) -> Knobs | None:
         """The knobs a request or a command serves this adapter with: its own, a whole (alpha, omega)
-        pair, or a strength; None at strength 0, which is the base model itself."""
-        check_knob_choice(alpha, omega, strength)
+        pair, or a strength; None at strength 0, which is the base model itself. The caller's door
+        checked the choice (check_knob_choice)."""
         if alpha is not None and omega is not None:
             return Knobs(alpha, omega)
         return self if strength is None else self.at_strength(strength)
@@ -68,7 +68,7 @@ class Knobs:
         return low, max(low, high)
 
 
-def check_knob_choice(alpha: float | None, omega: float | None, strength: float | None) -> None:
+def check_knob_choice(alpha: float | None = None, omega: float | None = None, strength: float | None = None) -> None:
     """A request sets both alpha and omega, or a strength, or neither: half a pair serves a policy
     the adapter was not tuned for, and a strength is a point on the adapter's own line."""
     if (alpha is None) != (omega is None):

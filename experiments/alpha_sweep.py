@@ -20,16 +20,16 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from qadapter.adapters.data import PreferencePair, encode_pair, load_pairs
 from qadapter.adapters.format import ValidatedAdapter, validate
-from qadapter.adapters.objectives import margins, pair_rows
-from qadapter.adapters.rankings import PAIRS_PER_BATCH, adapter_method, reward_objective
-from qadapter.adapters.scoring import base_window_logits, collate, taken_logprobs, window_logits
 from qadapter.core.cli_options import add_model_options, positive, settings_from, within
 from qadapter.core.errors import QAdapterError
 from qadapter.core.knobs import MAX_ALPHA
 from qadapter.core.model import load_base_model
 from qadapter.core.policy import customised_logits, sequence_rewards, token_rewards
+from qadapter.training.data import PreferencePair, encode_pair, load_pairs
+from qadapter.training.objectives import margins, pair_rows
+from qadapter.training.rankings import PAIRS_PER_BATCH, adapter_method, reward_objective
+from qadapter.training.scoring import base_window_logits, collate, taken_logprobs, window_logits
 
 
 @torch.no_grad()

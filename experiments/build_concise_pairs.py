@@ -18,12 +18,12 @@ import json
 import random
 from pathlib import Path
 
-from qadapter.adapters.data import PreferencePair, load_pairs
-from qadapter.adapters.scoring import ModelRows
 from qadapter.core.chat import user_prompt_ids
 from qadapter.core.decode import DecodeParams, Stream, decode
 from qadapter.core.model import load_base_model
 from qadapter.core.settings import Settings
+from qadapter.training.data import PreferencePair, load_pairs
+from qadapter.training.scoring import ModelRows
 
 
 def sampling_prompts(pairs: list[PreferencePair], seed: int, skip: int, count: int) -> list[str]:

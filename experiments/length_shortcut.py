@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 
-from qadapter.adapters.data import encode_pair, load_pairs
 from qadapter.adapters.format import validate
-from qadapter.adapters.objectives import log_ratios, margins, pair_rows
-from qadapter.adapters.rankings import PAIRS_PER_BATCH, pair_margins
-from qadapter.adapters.scoring import collate
 from qadapter.core.cli_options import add_model_options, positive, settings_from
 from qadapter.core.model import LoadedModel, load_base_model
+from qadapter.training.data import encode_pair, load_pairs
+from qadapter.training.objectives import log_ratios, margins, pair_rows
+from qadapter.training.rankings import PAIRS_PER_BATCH, pair_margins
+from qadapter.training.scoring import collate
 
 
 def shares(margin: torch.Tensor, shorter_wins: torch.Tensor, near: torch.Tensor) -> dict[str, float]:

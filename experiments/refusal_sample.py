@@ -6,7 +6,7 @@ requests) and some neutral prompts, answered by the base model and by an adapter
 
 One JSON object per answer: where its prompt came from, the model, the prompt's last user turn, the
 answer and the detector's label. A person adds `"hand": true | false` to each row; the result is
-`adapters/eval_sets/refusal_check.jsonl`.
+`training/eval_sets/refusal_check.jsonl`.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ import argparse
 import json
 from pathlib import Path
 
-from qadapter.adapters.answers import EvalSets
-from qadapter.adapters.behaviour import is_refusal
-from qadapter.adapters.data import load_pairs
 from qadapter.adapters.format import validate
 from qadapter.core.chat import chat_prompt_ids, user_prompt_ids
 from qadapter.core.cli_options import add_model_options, add_strength_option, positive, settings_from
 from qadapter.core.decode import DecodeParams, Stream, decode
 from qadapter.core.lora import AdapterHost
 from qadapter.core.model import load_base_model
+from qadapter.training.answers import EvalSets
+from qadapter.training.behaviour import is_refusal
+from qadapter.training.data import load_pairs
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""The `qadapter` command line: `serve` and `generate` here, `train` and `eval` from qadapter.adapters.cli."""
+"""The `qadapter` command line: `serve` and `generate` here, `train` and `eval` from qadapter.training.cli."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from qadapter.adapters.cli import add_eval, add_train
 from qadapter.core.cli_options import MODEL_SETTINGS, add_settings_options, settings_from
 from qadapter.core.errors import QAdapterError
 from qadapter.core.settings import Settings
 from qadapter.server.draining import ABORTED_STREAMS_GRACE_S, DrainingServer
 from qadapter.server.generate_cli import add_generate
 from qadapter.server.http_protocol import timed_h11_protocol
+from qadapter.training.cli import add_eval, add_train
 
 
 def main(argv: Sequence[str] | None = None) -> int:

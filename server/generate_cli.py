@@ -13,6 +13,7 @@ from qadapter.core.cli_options import (
     add_knob_options,
     add_model_options,
     add_strength_option,
+    knob_choice,
     positive,
     settings_from,
 )
@@ -44,6 +45,7 @@ def add_generate(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
+    choice = knob_choice(args)
     settings = settings_from(args)
     loaded = load_base_model(settings)
     host = AdapterHost(loaded.model)
@@ -51,7 +53,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     for path in args.adapter:
         adapter = validate(path, loaded.info, AdapterLimits.of(settings))
         host.load(adapter.name, adapter.read_weights())
-        knobs = adapter.manifest.knobs.served(args.alpha, args.omega, args.strength)
+        knobs = adapter.manifest.knobs.served(*choice)
         streams.append(Stream(None) if knobs is None else Stream(adapter.name, knobs))  # None: strength 0, the base
         labels.append(adapter.name if knobs else f"{adapter.name} (strength 0: the base model)")
     if not streams or args.compare:

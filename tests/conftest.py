@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from bench.synthetic_base import TINY
 from qadapter.core.base import BaseModelInfo
 from qadapter.core.model import LoadedModel, load_base_model
 from qadapter.core.settings import Settings
+from qadapter.testing.synthetic_base import TINY
 
 TINY_CONFIG = {**TINY, "max_position_embeddings": 256}  # a short context: limits are quick to reach
 

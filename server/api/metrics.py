@@ -71,7 +71,7 @@ class _EngineCollector(Collector):
             names = [_names(stats.running_per_adapter), _names(stats.waiting_per_adapter)]
             info.add_metric([*names, str(stats.max_resident), replica], time.time())
             for adapter in by_adapter_name(dict.fromkeys(stats.resident_adapters, 1)):  # once per name
-                resident.add_metric([adapter.split("@")[0], replica], 1)
+                resident.add_metric([adapter, replica], 1)
         yield running
         yield info
         yield resident

@@ -20,6 +20,7 @@ from qadapter.server.engine.request import (
     MAX_SEED,
     MAX_TOP_LOGPROBS,
     MIN_REPETITION_PENALTY,
+    SamplingParams,
 )
 
 # Fields of OpenAI's and vLLM's APIs this server cannot honour yet → the values that mean "not
@@ -66,7 +67,9 @@ class SamplingBody(BaseModel):
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None  # token id (a string, as JSON keys are) → bias in [-100, 100]
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = (
+        None  # token id (a string, as JSON keys are) → bias
+    )
     # vLLM's extras (the OpenAI SDK sends them as extra_body)
     top_k: int | None = Field(default=None, ge=0)
     stop_token_ids: list[int] | None = None
@@ -87,6 +90,48 @@ class SamplingBody(BaseModel):
     def num_logprobs(self) -> int | None:
         """How many alternatives to report per token with its log-probability; None: no log-probabilities."""
         return None
+
+    def num_prompt_logprobs(self) -> int | None:
+        """The same for each prompt token (completions' echo); None: none."""
+        return None
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def sampling_params(
+        self,
+        max_tokens: int,
+        copy: int,
+        stop_token_ids: tuple[int, ...],
+        logit_bias: tuple[tuple[int, float], ...],
+        grammar: str | None,
+    ) -> SamplingParams:
+        """The engine's parameters for copy `copy` of this request, the one place a body becomes them.
+        `max_tokens` is resolved against the prompt; the token ids were checked against the vocabulary."""
+        if self.min_tokens is not None and self.min_tokens > max_tokens:
+            raise InvalidRequest(f"min_tokens must be at most max_tokens ({max_tokens})", param="min_tokens")
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=self.top_k or 0,
+            seed=None if self.seed is None else self.seed + copy,  # n copies differ, and repeat
+            stop=self.stop_strings(),
+            stop_token_ids=stop_token_ids,
+            ignore_eos=self.ignore_eos,
+            alpha=self.alpha,
+            omega=self.omega,
+            strength=self.strength,
+            repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            presence_penalty=self.presence_penalty or 0.0,
+            logit_bias=logit_bias,
+            min_tokens=self.min_tokens or 0,
+            logprobs=self.num_logprobs(),
+            prompt_logprobs=self.num_prompt_logprobs(),
+            grammar=grammar,
+        )
 
     def stop_strings(self) -> tuple[str, ...]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -124,6 +169,9 @@ class CompletionRequest(SamplingBody):
 
     def num_logprobs(self) -> int | None:
         return self.logprobs
+
+    def num_prompt_logprobs(self) -> int | None:
+        return self.logprobs if self.echo else None
 
     def refuse_unsupported(self) -> list[str]:
         if self.max_tokens == 0 and not self.echo:
@@ -224,6 +272,10 @@ class ChatCompletionRequest(SamplingBody):
     tools: list[ToolSpec] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None  # one forced call is made either way
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
 
     def num_logprobs(self) -> int | None:
         if self.top_logprobs and not self.logprobs:  # as OpenAI

@@ -1,27 +1,16 @@
-"""OpenAI's response shapes: whole responses, SSE chunks and the model list, from a call's state."""
+"""A call's state (its choices, fed by the engine's events) and OpenAI's whole-response shapes; SSE is sse.py."""
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from itertools import accumulate
-from typing import Any, Protocol
+from typing import Any
 
-from qadapter.server.api.tool_stream import ToolCallDeltas
 from qadapter.server.api.tools import ToolPlan
+from qadapter.server.engine.interface import EventStream
 from qadapter.server.engine.request import FinishReason, TokenEvent, TokenLogprob
-
-
-class EventStream(Protocol):
-    """What an engine's `open` gives back: its events in order; `aclose` aborts the request."""
-
-    replica: str
-
-    def __aiter__(self) -> AsyncIterator[TokenEvent]: ...
-
-    async def aclose(self) -> None: ...
 
 
 @dataclass
@@ -39,12 +28,19 @@ class Choice:
     logprobs: list[TokenLogprob] | None = None  # None: the request did not ask for them
     echo: str | None = None  # the prompt's text, to go before the first output (completions' echo)
 
-    def shown(self, event: TokenEvent) -> TokenEvent:
-        """The engine's event as the request asked to see it: with echo, the prompt (and its
-        log-probabilities) before the first output."""
+    def add(self, event: TokenEvent, now: float) -> TokenEvent:
+        """Take the engine's next event (the one place a choice's state grows) and give it back as the
+        request asked to see it: with echo, the prompt (and its log-probabilities) before the first output."""
         if self.echo is not None:
             event = replace(event, text=self.echo + event.text, logprobs=event.prompt_logprobs + event.logprobs)
             self.echo = None
+        self.stamps.append(now)
+        self.text += event.text
+        self.num_prompt_tokens = event.num_prompt_tokens
+        self.num_generated_tokens = event.num_generated_tokens
+        self.finish_reason = event.finish_reason
+        if self.logprobs is not None:
+            self.logprobs.extend(event.logprobs)
         return event
 
 
@@ -96,18 +92,6 @@ class Call:
         }
 
 
-def chunk(
-    call: Call, index: int, delta: dict[str, str] | str, reason: str | None, logprobs: dict[str, Any] | None = None
-) -> str:
-    """One SSE event: a chat delta (a dict) or a completion's text, for the choice at `index`."""
-    if call.is_chat:
-        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
-    else:
-        choice = {"index": index, "text": delta, "logprobs": logprobs, "finish_reason": reason}
-    usage = {"usage": None} if call.include_usage else {}
-    return sse_data({**_envelope(call, is_chunk=True), "choices": [choice], **usage})
-
-
 def is_whole_call(call: Call, choice: Choice) -> bool:
     """Whether a choice of a forced tool call ended as a whole call (its grammar ended it, not a stop)."""
     return (
@@ -115,25 +99,6 @@ def is_whole_call(call: Call, choice: Choice) -> bool:
         and choice.finish_reason == FinishReason.STOP
         and call.tool_plan.is_complete(choice.text)
     )
-
-
-def tool_call_chunks(call: Call, choice: Choice, deltas: ToolCallDeltas, event: TokenEvent) -> list[str]:
-    """A forced tool call's stream: its deltas as its text comes, then `tool_calls`; a call cut short
-    (max_tokens, a stop sequence) ends with its own reason (its text as content when none of it went
-    out as a call)."""
-    lines = [chunk(call, choice.index, {"tool_calls": [delta]}, None) for delta in deltas.feed(event.text)]
-    reason = event.finish_reason
-    if is_whole_call(call, choice):
-        lines += [chunk(call, choice.index, {"tool_calls": [delta]}, None) for delta in deltas.finish()]
-        lines.append(chunk(call, choice.index, {}, "tool_calls"))
-    elif reason is not None:
-        lines.append(chunk(call, choice.index, {} if deltas.has_started else {"content": choice.text}, reason.value))
-    return lines
-
-
-def usage_chunk(call: Call) -> str:
-    """The last SSE event of a stream that asked for usage (`stream_options.include_usage`)."""
-    return sse_data({**_envelope(call, is_chunk=True), "choices": [], "usage": call.usage()})
 
 
 def full_response(call: Call) -> dict[str, Any]:
@@ -150,7 +115,7 @@ def full_response(call: Call) -> dict[str, Any]:
             choices.append({"index": c.index, "message": message, "logprobs": logprobs, "finish_reason": reason})
         else:
             choices.append({"index": c.index, "text": c.text, "logprobs": logprobs, "finish_reason": reason})
-    return {**_envelope(call, is_chunk=False), "choices": choices, "usage": call.usage()}
+    return {**envelope(call, is_chunk=False), "choices": choices, "usage": call.usage()}
 
 
 def model_list(base_id: str, adapters: list[tuple[str, int]]) -> dict[str, Any]:
@@ -170,10 +135,6 @@ def model_list(base_id: str, adapters: list[tuple[str, int]]) -> dict[str, Any]:
     return {"object": "list", "data": [card(base_id, None), *(card(n, base_id) | {"version": v} for n, v in adapters)]}
 
 
-def sse_data(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload)}\n\n"
-
-
-def _envelope(call: Call, is_chunk: bool) -> dict[str, Any]:
+def envelope(call: Call, is_chunk: bool) -> dict[str, Any]:
     kind = ("chat.completion.chunk" if is_chunk else "chat.completion") if call.is_chat else "text_completion"
     return {"id": call.id, "object": kind, "created": call.created, "model": call.model}

@@ -18,7 +18,7 @@ from ray.serve.exceptions import BackPressureError, RayServeException, RequestCa
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from qadapter.core.errors import Overloaded, ReplicaFailed
-from qadapter.server.cluster.replica import ReplicaHello, multiplexed_id
+from qadapter.server.cluster.replica import ReplicaHello
 from qadapter.server.cluster.store_view import StoreView
 from qadapter.server.engine.request import FinishReason, GenerationRequest, TokenEvent
 from qadapter.server.engine.stats import EngineStats
@@ -137,8 +137,7 @@ class RemoteEngine:
         """Send a request to a replica; raise at once what it refuses (so an HTTP error comes before any stream)."""
         model_id = None
         if request.adapter is not None:
-            published = self.adapters.resolve(request.adapter)
-            model_id = multiplexed_id(request.adapter, published.version, published.load_id)
+            model_id = self.adapters.resolve(request.adapter).key
         remote = dataclasses.replace(request, adapter=model_id)
         for attempt in range(2):  # a replica that died before the request started: the next one takes it
             events = self._handle.options(multiplexed_model_id=model_id or "").remote(remote)
@@ -179,8 +178,9 @@ class RemoteEngine:
     def is_resident(self, name: str) -> bool:
         """Whether some replica holds the version of `name` that new requests get."""
         published = self.adapters.published(name)
-        model_id = None if published is None else multiplexed_id(name, published.version, published.load_id)
-        return any(model_id in stats.resident_adapters for stats in self._replica_stats.values())
+        return published is not None and any(
+            published.key in stats.resident_adapters for stats in self._replica_stats.values()
+        )
 
     async def _poll_hub(self) -> None:
         while True:

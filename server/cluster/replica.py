@@ -18,6 +18,7 @@ import torch
 from ray import serve
 
 from qadapter.adapters.format import AdapterLimits, validate
+from qadapter.adapters.identity import AdapterId
 from qadapter.adapters.store import AdapterStore
 from qadapter.core.errors import AdapterNotFound, QAdapterError
 from qadapter.core.lora import AdapterHost
@@ -52,16 +53,6 @@ class AdapterLease:
             self._engine.adapters.apply(UnloadAdapter(self.model_id))
 
 
-def multiplexed_id(name: str, version: int, stamp: int) -> str:
-    """The multiplexed model id of one install of a stored version (AdapterStore.install_stamp)."""
-    return f"{name}@{version}@{stamp}"
-
-
-def split_model_id(model_id: str) -> tuple[str, int, int]:
-    name, version, stamp = model_id.split("@")
-    return name, int(version), int(stamp)
-
-
 class EngineReplica:
     """One replica: an Engine on its own copy of the base model, adapters leased from the shared store."""
 
@@ -79,13 +70,16 @@ class EngineReplica:
         threading.Thread(target=self._housekeeping, name="qadapter-replica", daemon=True).start()
 
     async def load_version(self, model_id: str) -> AdapterLease:
-        """Publish one stored version (`name@version@stamp`) in this replica's engine."""
-        path = await asyncio.to_thread(self._stored_path, model_id)
+        """Publish one stored install (its AdapterId's key, Ray's model id) in this replica's engine."""
+        wanted = AdapterId.parse(model_id)
+        path = await asyncio.to_thread(self._stored_path, wanted)
         if path is None:  # deleted or replaced since the ingress resolved it
-            raise AdapterNotFound.named(model_id.split("@")[0])
-        version = split_model_id(model_id)[1]
+            raise AdapterNotFound.named(wanted.name)
         adapter = await asyncio.to_thread(validate, path, self._loaded.info, AdapterLimits.of(self._settings))
-        await asyncio.wrap_future(self._engine.adapters.apply(LoadAdapter(adapter, version, name=model_id)))
+        load = LoadAdapter(adapter, wanted.version, by_key=True)
+        if load.id != wanted:  # replaced between the look and the read
+            raise AdapterNotFound.named(wanted.name)
+        await asyncio.wrap_future(self._engine.adapters.apply(load))
         return AdapterLease(self._engine, model_id)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Any]:
@@ -114,16 +108,15 @@ class EngineReplica:
 
     def _free_versions_gone_from_the_store(self) -> None:
         """Unload the versions replaced or deleted in the store (each once no request pins it)."""
-        for loaded in self._engine.adapters.names():
-            if self._stored_path(loaded) is None:
-                self._engine.adapters.apply(UnloadAdapter(loaded))
+        for key in self._engine.adapters.names():  # a replica serves each install by its key
+            if self._stored_path(AdapterId.parse(key)) is None:
+                self._engine.adapters.apply(UnloadAdapter(key))
 
-    def _stored_path(self, model_id: str) -> Path | None:
+    def _stored_path(self, wanted: AdapterId) -> Path | None:
         """The directory of this very install, or None when the store no longer holds it."""
-        name, version, stamp = split_model_id(model_id)
-        path = self._store.version_path(name, version)
+        path = self._store.version_path(wanted.name, wanted.version)
         try:
-            return path if path is not None and self._store.install_stamp(path) == stamp else None
+            return path if path is not None and AdapterId.of(wanted.name, wanted.version, path) == wanted else None
         except FileNotFoundError:  # removed between the two looks
             return None
 

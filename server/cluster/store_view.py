@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future
-from pathlib import Path
 
 from qadapter.adapters.format import AdapterLimits, ValidatedAdapter, validate
+from qadapter.adapters.identity import AdapterId
 from qadapter.adapters.store import AdapterStore
 from qadapter.core.base import BaseModelInfo
 from qadapter.core.errors import AdapterNotFound, InvalidAdapter
@@ -24,7 +24,7 @@ class StoreView:
         self._base = base
         self._limits = limits
         self._published: dict[str, PublishedAdapter] = {}
-        self._validated: dict[tuple[Path, int], ValidatedAdapter] = {}  # each install is read once
+        self._validated: dict[AdapterId, ValidatedAdapter] = {}  # each install is read once
         self._listed: int | None = None  # the store directory's mtime when last listed
 
     def names(self) -> list[str]:
@@ -63,16 +63,16 @@ class StoreView:
         published = {}
         for name, (path, version) in self._store.current_versions().items():
             try:  # which install (a name deleted and uploaded again reuses its version numbers)
-                install = self._store.install_stamp(path)
+                install = AdapterId.of(name, version, path)
             except FileNotFoundError:  # removed since the listing: gone
                 continue
-            adapter = self._validated.get((path, install))
+            adapter = self._validated.get(install)
             if adapter is None:
                 try:
                     adapter = validate(path, self._base, self._limits)
                 except InvalidAdapter as exc:  # the start quarantined what was broken; this is new
                     log.warning("not serving %s: %s", path.name, exc)
                     continue
-            published[name] = PublishedAdapter(adapter, version, load_id=install)  # unique per install
-        self._validated = {(p.adapter.path, p.load_id): p.adapter for p in published.values()}
+            published[name] = PublishedAdapter(adapter, install)
+        self._validated = {p.id: p.adapter for p in published.values()}
         self._published, self._listed = published, listed

@@ -148,7 +148,7 @@ class Engine:
             waiting_per_adapter=dict(self._scheduler.waiting_per_adapter()),
             num_adapters=len(self.adapters.names()),
             num_resident=residency.num_resident,
-            resident_adapters=tuple(self.adapters.resident_names()),
+            resident_adapters=tuple(self.adapters.resident_keys()),
             max_resident=residency.max_resident,
             num_loads=residency.num_loads,
             num_evictions=residency.num_evictions,

@@ -1,6 +1,6 @@
 """What the API needs from an engine and from its adapter catalog, declared once: the engine of a
 single process (engine.py) and the cluster's remote engine and store view (server/cluster/) both
-are these, member for member (tests/unit/test_interfaces.py holds them to it). No torch here."""
+are these, member for member (tests/unit/server/engine/test_interfaces.py holds them to it). No torch here."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from qadapter.adapters.format import ValidatedAdapter
+from qadapter.adapters.identity import AdapterId
 from qadapter.core.errors import AdapterNotFound, InvalidAdapter
 from qadapter.server.engine.residency import Residency
 
@@ -23,11 +24,15 @@ class LoadAdapter:
 
     adapter: ValidatedAdapter
     version: int = 1
-    name: str | None = None  # what requests call it (default: its manifest's; a cluster replica: name@version)
+    by_key: bool = False  # requests call it by its key, not its name (a cluster replica: each install its own)
+
+    @property
+    def id(self) -> AdapterId:
+        return AdapterId.of(self.adapter.name, self.version, self.adapter.path)
 
     @property
     def served_as(self) -> str:
-        return self.name or self.adapter.name
+        return self.id.key if self.by_key else self.adapter.name
 
 
 @dataclass(frozen=True)
@@ -43,12 +48,15 @@ class PublishedAdapter:
     """The version of an adapter that new requests get."""
 
     adapter: ValidatedAdapter
-    version: int
-    load_id: int  # unique per load: a re-uploaded name never reuses a key still pinned
+    id: AdapterId
 
     @property
     def key(self) -> str:
-        return f"{self.adapter.name}@{self.version}#{self.load_id}"
+        return self.id.key
+
+    @property
+    def version(self) -> int:
+        return self.id.version
 
 
 class AdapterRegistry:
@@ -65,7 +73,6 @@ class AdapterRegistry:
         # so no request can pin a version that is being unloaded.
         self._lock = threading.Lock()
         self._changes: queue.Queue[tuple[AdapterChange, Future[None]]] = queue.Queue()
-        self._num_loads = 0
 
     # -- any thread ----------------------------------------------------------------------------------
 
@@ -86,9 +93,9 @@ class AdapterRegistry:
     def published(self, name: str) -> PublishedAdapter | None:
         return self._published.get(name)
 
-    def resident_names(self) -> list[str]:
-        """The served names whose current version is in device memory."""
-        return [name for name, p in list(self._published.items()) if self.residency.is_resident(p.key)]
+    def resident_keys(self) -> list[str]:
+        """The keys of the current versions in device memory."""
+        return [p.key for p in list(self._published.values()) if self.residency.is_resident(p.key)]
 
     def is_resident(self, name: str) -> bool:
         """Whether the version new requests get is in device memory now."""
@@ -149,14 +156,14 @@ class AdapterRegistry:
     def _load(self, change: LoadAdapter) -> None:
         name = change.served_as
         current = self._published.get(name)
-        if current is not None and (current.version, current.adapter.path) == (change.version, change.adapter.path):
+        if current is not None and current.id == change.id:
             return  # published already (two requests raced to load it)
         if current is not None and change.version <= current.version:
             raise InvalidAdapter(
                 f"adapter {name!r} version {change.version} is not newer than the served version {current.version}"
             )
-        self._num_loads += 1
-        published = PublishedAdapter(change.adapter, change.version, self._num_loads)
+        published = PublishedAdapter(change.adapter, change.id)
+        self._retiring.discard(published.key)  # the very install unloaded and loaded again: it stays
         self._by_key[published.key] = change.adapter
         if self.residency.has_room:  # warm it while nothing else needs the slot
             self.residency.prefetch(published.key, change.adapter)

@@ -48,11 +48,11 @@ class Scheduler:
 
     def running_per_adapter(self) -> Counter[str | None]:
         with self._lock:
-            return Counter(seq.adapter for seq in self._running)
+            return Counter(seq.adapter_key for seq in self._running)
 
     def waiting_per_adapter(self) -> Counter[str | None]:
         with self._lock:
-            return Counter(seq.adapter for seq in self._waiting)
+            return Counter(seq.adapter_key for seq in self._waiting)
 
     def add(self, seq: Sequence, retry_after_s: float) -> None:
         """Queue a request, or raise Overloaded when the waiting queue is full."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
+from qadapter.adapters.identity import name_of
+
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
 
 
@@ -34,7 +36,7 @@ class EngineStats:
     waiting_per_adapter: dict[str | None, int]
     num_adapters: int  # served (registered) adapters
     num_resident: int  # adapter versions in device memory
-    resident_adapters: tuple[str, ...]  # the served names whose current version is among them
+    resident_adapters: tuple[str, ...]  # the keys (AdapterId.key) of the current versions among them
     max_resident: int
     num_loads: int
     num_evictions: int
@@ -45,10 +47,9 @@ class EngineStats:
 
 
 def by_adapter_name(per_key: dict[str | None, int]) -> dict[str | None, int]:
-    """Counts per adapter key summed per adapter name: a cluster replica serves each version of an
-    adapter as `name@version`, a single engine by its name (None: the base model)."""
+    """Counts per adapter key (AdapterId.key; None: the base model) summed per adapter name."""
     summed: dict[str | None, int] = {}
     for key, count in per_key.items():
-        name = None if key is None else key.split("@")[0]
+        name = None if key is None else name_of(key)
         summed[name] = summed.get(name, 0) + count
     return summed

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.server_process import ServerProcess
-from qadapter.adapters.synthetic import random_adapter
 from qadapter.core.knobs import Knobs
 from qadapter.core.model import LoadedModel
+from qadapter.testing.server_process import ServerProcess
+from qadapter.testing.synthetic_adapters import random_adapter
 
 KEY = "test-key"
 ADMIN_KEY = "admin-key"

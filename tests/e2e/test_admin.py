@@ -21,10 +21,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from bench.server_process import ServerProcess
 from qadapter.adapters.format import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE
-from qadapter.adapters.synthetic import random_adapter
 from qadapter.core.model import LoadedModel
+from qadapter.testing.server_process import ServerProcess
+from qadapter.testing.synthetic_adapters import random_adapter
 from tests.e2e.conftest import KEY, eventually
 
 pytestmark = pytest.mark.e2e

@@ -18,7 +18,6 @@ from typing import Any
 import openai
 import pytest
 
-from bench.server_process import ServerProcess, free_port
 from qadapter.client import (
     AsyncQAdapterClient,
     BadRequest,
@@ -37,6 +36,7 @@ from qadapter.client import (
     Usage,
     sse,
 )
+from qadapter.testing.server_process import ServerProcess, free_port
 from tests.e2e.conftest import ADMIN_KEY, KEY, SMALL_UPLOAD_LIMIT, eventually
 
 pytestmark = pytest.mark.e2e

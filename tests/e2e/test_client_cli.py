@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.server_process import ServerProcess, free_port
 from qadapter.client import QAdapterClient
+from qadapter.testing.server_process import ServerProcess, free_port
 from tests.e2e.conftest import ADMIN_KEY, KEY
 
 pytestmark = pytest.mark.e2e

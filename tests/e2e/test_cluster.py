@@ -16,10 +16,10 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.server_process import ServerProcess
 from qadapter.adapters.format import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE
-from qadapter.adapters.synthetic import random_adapter
 from qadapter.core.model import LoadedModel
+from qadapter.testing.server_process import ServerProcess
+from qadapter.testing.synthetic_adapters import random_adapter
 from tests.e2e.conftest import ADMIN_KEY, KEY, eventually
 
 pytestmark = pytest.mark.e2e

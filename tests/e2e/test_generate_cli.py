@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from qadapter.adapters.synthetic import random_adapter
 from qadapter.core.base import BaseModelInfo
 from qadapter.core.knobs import Knobs
 from qadapter.core.model import LoadedModel, embedded_gguf_path, load_base_model
 from qadapter.core.settings import Settings
+from qadapter.testing.synthetic_adapters import random_adapter
 
 QADAPTER = str(Path(sys.executable).parent / "qadapter")
 QUESTION = "What is the capital of France?"

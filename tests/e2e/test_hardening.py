@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.server_process import ServerProcess
-from qadapter.adapters.synthetic import POISON_MAX_WEIGHT, poisoned_adapter, random_adapter
 from qadapter.core.model import LoadedModel
+from qadapter.testing.server_process import ServerProcess
+from qadapter.testing.synthetic_adapters import POISON_MAX_WEIGHT, poisoned_adapter, random_adapter
 from tests.e2e.conftest import KEY, eventually
 
 pytestmark = pytest.mark.e2e

@@ -15,10 +15,10 @@ import httpx
 import jsonschema
 import pytest
 
-from bench.hostile_cases import ASK, BASE, CASES, Hostile
-from bench.server_process import ServerProcess
-from qadapter.adapters.synthetic import POISON_MAX_WEIGHT, poisoned_adapter, random_adapter
 from qadapter.core.model import LoadedModel
+from qadapter.testing.hostile_cases import ASK, BASE, CASES, Hostile
+from qadapter.testing.server_process import ServerProcess
+from qadapter.testing.synthetic_adapters import POISON_MAX_WEIGHT, poisoned_adapter, random_adapter
 from tests.e2e.conftest import KEY
 
 pytestmark = pytest.mark.e2e

@@ -10,8 +10,8 @@ import openai
 import pytest
 import torch
 
-from bench.server_process import ServerProcess
 from qadapter.core.model import LoadedModel
+from qadapter.testing.server_process import ServerProcess
 from tests.e2e.conftest import KEY
 
 pytestmark = pytest.mark.e2e

@@ -11,12 +11,12 @@ import httpx
 import openai
 import pytest
 
-from bench.server_process import ServerProcess
 from qadapter.adapters.format import validate
 from qadapter.core.decode import DecodeParams, Stream, decode
 from qadapter.core.lora import AdapterHost
 from qadapter.core.model import load_base_model
 from qadapter.core.settings import Settings
+from qadapter.testing.server_process import ServerProcess
 from tests.e2e.conftest import KEY, eventually
 
 pytestmark = pytest.mark.e2e

@@ -9,8 +9,8 @@ import httpx
 import openai
 import pytest
 
-from bench.server_process import ServerProcess
 from qadapter.core.model import LoadedModel
+from qadapter.testing.server_process import ServerProcess
 from tests.e2e.conftest import KEY
 
 pytestmark = pytest.mark.e2e

@@ -19,7 +19,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from bench.server_process import ServerProcess
+from qadapter.testing.server_process import ServerProcess
 from tests.e2e.conftest import KEY
 
 pytestmark = pytest.mark.e2e

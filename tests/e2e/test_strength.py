@@ -6,8 +6,8 @@ from __future__ import annotations
 import openai
 import pytest
 
-from bench.server_process import ServerProcess
 from qadapter.core.knobs import Knobs
+from qadapter.testing.server_process import ServerProcess
 from tests.e2e.conftest import KEY
 
 pytestmark = pytest.mark.e2e

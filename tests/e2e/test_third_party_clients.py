@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.server_process import ServerProcess
+from qadapter.testing.server_process import ServerProcess
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import jsonschema
 import openai
 import pytest
 
-from bench.server_process import ServerProcess
+from qadapter.testing.server_process import ServerProcess
 from tests.e2e.conftest import KEY
 
 pytestmark = pytest.mark.e2e

@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.server_process import ServerProcess
 from qadapter.adapters.format import validate
 from qadapter.core.model import LoadedModel
+from qadapter.testing.server_process import ServerProcess
 
 QADAPTER = str(Path(sys.executable).parent / "qadapter")
 ROOT = Path(__file__).resolve().parents[2]

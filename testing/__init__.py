@@ -1,0 +1,1 @@
+"""What the tests and benchmarks share: a real server in a subprocess, tiny random base models, synthetic adapters, hostile requests."""

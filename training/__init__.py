@@ -1,0 +1,1 @@
+"""Training and evaluation of Q-adapters (and the DPO/SFT baselines): `qadapter train` and `qadapter eval`."""

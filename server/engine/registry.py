@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 
 from qadapter.adapters.format import ValidatedAdapter
 from qadapter.adapters.identity import AdapterId
@@ -26,8 +27,8 @@ class LoadAdapter:
     version: int = 1
     by_key: bool = False  # requests call it by its key, not its name (a cluster replica: each install its own)
 
-    @property
-    def id(self) -> AdapterId:
+    @cached_property
+    def id(self) -> AdapterId:  # read once: it stats the directory
         return AdapterId.of(self.adapter.name, self.version, self.adapter.path)
 
     @property

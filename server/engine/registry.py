@@ -178,5 +178,5 @@ class AdapterRegistry:
         with self._lock:  # new requests cannot use it from now; running ones finish on it
             removed = self._published.pop(name, None)
             if removed is None:
-                raise AdapterNotFound.named(name)
+                raise AdapterNotFound.named(name, param="name")  # only the admin routes unload by name
             self._retiring.add(removed.key)

@@ -52,6 +52,8 @@ class PromptEncoder:
             pairs = tuple(sorted((int(token), value) for token, value in bias.items()))
         except ValueError:
             raise InvalidRequest('logit_bias keys must be token ids, e.g. {"1234": -100}', param="logit_bias") from None
+        if not all(-100.0 <= value <= 100.0 for _, value in pairs):  # also refuses nan
+            raise InvalidRequest("logit_bias values must be between -100 and 100", param="logit_bias")
         self.token_ids([token for token, _ in pairs], "logit_bias")
         return pairs
 

@@ -67,9 +67,7 @@ class SamplingBody(BaseModel):
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = (
-        None  # token id (a string, as JSON keys are) → bias
-    )
+    logit_bias: dict[str, float] | None = None  # token id (a string, as JSON keys are) → bias in [-100, 100]
     # vLLM's extras (the OpenAI SDK sends them as extra_body)
     top_k: int | None = Field(default=None, ge=0)
     stop_token_ids: list[int] | None = None

@@ -31,7 +31,7 @@ from qadapter.adapters.format import (
     read_manifest,
     validate,
 )
-from qadapter.adapters.identity import AdapterId, parse_directory, version_directory
+from qadapter.adapters.identity import parse_directory, version_directory
 from qadapter.adapters.quarantine import BrokenAdapter, Quarantine
 from qadapter.adapters.store_lock import STAGING_PREFIX, StoreLock, is_abandoned, staging_prefix
 from qadapter.core.base import BaseModelInfo
@@ -48,10 +48,6 @@ class StoredAdapter:
     @property
     def name(self) -> str:
         return self.adapter.name
-
-    @property
-    def id(self) -> AdapterId:
-        return AdapterId.of(self.name, self.version, self.adapter.path)
 
 
 class AdapterStore:

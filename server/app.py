@@ -27,6 +27,7 @@ from qadapter.server.api.metrics import Metrics
 from qadapter.server.api.openapi import error_responses, install_openapi
 from qadapter.server.api.request_id import RequestId
 from qadapter.server.api.serving import Serving
+from qadapter.server.draining import Drain
 from qadapter.server.engine.engine import Engine
 from qadapter.server.engine.interface import ServingEngine
 from qadapter.server.engine.registry import LoadAdapter
@@ -62,6 +63,7 @@ def create_app(settings: Settings, engines: EngineStarter | None = None) -> Fast
             app.state.admin = AdapterAdmin(store, engine, settings.max_upload_bytes)
             grammars = GrammarGuard(loaded.tokenizer, loaded.model.config.vocab_size, settings.grammar_timeout_s)
             app.state.serving = Serving(engine, loaded, settings, app.state.metrics, grammars)
+            app.state.drain = Drain(engine, settings.shutdown_timeout_s)
             log.info("serving %s with adapters %s", loaded.info.id, engine.adapters.names() or "(none)")
             yield
         finally:
@@ -116,7 +118,7 @@ def _add_ops_routes(app: FastAPI, settings: Settings) -> None:
     async def ready(request: Request) -> JSONResponse:
         """Readiness: the model is loaded and the engine loop runs."""
         engine: ServingEngine | None = getattr(request.app.state, "engine", None)
-        is_ready = engine is not None and engine.is_running and not request.app.state.serving.is_draining
+        is_ready = engine is not None and engine.is_running and not request.app.state.drain.is_draining
         return JSONResponse({"status": "ready" if is_ready else "not ready"}, status_code=200 if is_ready else 503)
 
     @app.get("/version", tags=["ops"])

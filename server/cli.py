@@ -67,7 +67,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         http=timed_h11_protocol(settings.read_timeout_s),
         timeout_graceful_shutdown=int(ABORTED_STREAMS_GRACE_S),  # the drain has already ended every request
     )
-    DrainingServer(config, app, settings.shutdown_timeout_s).run()
+    DrainingServer(config, app).run()
     return 0
 
 

@@ -20,7 +20,7 @@ def serving(request: Request) -> Serving:
 
 async def refuse_while_draining(request: Request) -> None:
     """After SIGTERM, new requests get 503 while running ones finish."""
-    if request.app.state.serving.is_draining:
+    if request.app.state.drain.is_draining:
         raise Overloaded("The server is shutting down; retry on another replica.", retry_after_s=5)
 
 

@@ -46,7 +46,6 @@ class Serving:
         self._metrics = metrics
         self._grammars = grammars
         self.prompts = PromptEncoder(loaded, engine.max_context)
-        self.is_draining = False  # set on SIGTERM: running requests finish, new ones get 503
 
     def close(self) -> None:
         """Stop what serving runs beside the engine (the grammar check's process)."""

@@ -6,6 +6,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from qadapter.adapters.format import ValidatedAdapter
 
 # Adapter names never hold "@" (format.NAME_PATTERN), so it can separate the parts.
 _KEY = re.compile(r"(?P<name>[^@]+)@(?P<version>\d+)@(?P<install>\d+)")
@@ -42,6 +46,31 @@ class AdapterId:
         if match is None:
             raise ValueError(f"not an adapter key (name@version@install): {key!r}")
         return cls(match["name"], int(match["version"]), int(match["install"]))
+
+
+@dataclass(frozen=True)
+class InstalledAdapter:
+    """One installed version of an adapter: what the store lists and what the engine publishes."""
+
+    adapter: ValidatedAdapter
+    id: AdapterId
+
+    @classmethod
+    def at(cls, adapter: ValidatedAdapter, version: int) -> InstalledAdapter:
+        """The install of `adapter` as `version`, at its path (raises FileNotFoundError when it is gone)."""
+        return cls(adapter, AdapterId.of(adapter.name, version, adapter.path))
+
+    @property
+    def name(self) -> str:
+        return self.id.name
+
+    @property
+    def version(self) -> int:
+        return self.id.version
+
+    @property
+    def key(self) -> str:
+        return self.id.key
 
 
 def version_directory(name: str, version: int) -> str:

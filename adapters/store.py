@@ -20,7 +20,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from qadapter.adapters.format import (
@@ -31,23 +30,13 @@ from qadapter.adapters.format import (
     read_manifest,
     validate,
 )
-from qadapter.adapters.identity import parse_directory, version_directory
+from qadapter.adapters.identity import InstalledAdapter, parse_directory, version_directory
 from qadapter.adapters.quarantine import BrokenAdapter, Quarantine
 from qadapter.adapters.store_lock import STAGING_PREFIX, StoreLock, is_abandoned, staging_prefix
 from qadapter.core.base import BaseModelInfo
 from qadapter.core.errors import AdapterExists, AdapterNotFound, InvalidAdapter
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StoredAdapter:
-    adapter: ValidatedAdapter
-    version: int
-
-    @property
-    def name(self) -> str:
-        return self.adapter.name
 
 
 class AdapterStore:
@@ -64,7 +53,7 @@ class AdapterStore:
         self._lock = StoreLock(self.root)
         self._quarantine = Quarantine(self.root)
 
-    def load_all(self) -> list[StoredAdapter]:
+    def load_all(self) -> list[InstalledAdapter]:
         """The newest servable version of every stored name.
 
         Older versions are removed without being read (a replace or delete cut short leaves them);
@@ -74,7 +63,7 @@ class AdapterStore:
         with self._lock.held():
             return self._recover()
 
-    def _recover(self) -> list[StoredAdapter]:
+    def _recover(self) -> list[InstalledAdapter]:
         now = time.time()
         for leftover in self.root.glob(f"{STAGING_PREFIX}*"):
             if is_abandoned(leftover, now):
@@ -87,7 +76,7 @@ class AdapterStore:
                     self._remove(path)  # superseded
                     continue
                 try:
-                    current = StoredAdapter(self._validate(path), version)
+                    current = InstalledAdapter.at(self._validate(path), version)
                 except InvalidAdapter as exc:
                     self._quarantine.put(path, str(exc))
             if current is not None:
@@ -144,7 +133,7 @@ class AdapterStore:
         """A fresh directory on the store's filesystem for an upload to unpack into."""
         return Path(tempfile.mkdtemp(prefix=staging_prefix(), dir=self.root))
 
-    def install(self, adapter_dir: Path, name: str | None, replace: bool) -> StoredAdapter:
+    def install(self, adapter_dir: Path, name: str | None, replace: bool) -> InstalledAdapter:
         """Validate an unpacked adapter and move it into place as the name's next version.
 
         `name` (from the request) overrides the manifest's. Without `replace`, an existing name is
@@ -173,7 +162,7 @@ class AdapterStore:
             self._step("install: renamed")
             _fsync_dir(self.root)
             self._step("install: done")
-        return StoredAdapter(dataclasses.replace(adapter, path=final), version)
+        return InstalledAdapter.at(dataclasses.replace(adapter, path=final), version)
 
     def remove_versions_before(self, name: str, version: int) -> None:
         """Delete the older versions of a name (once the new one is published)."""

@@ -16,10 +16,11 @@ from fastapi import UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from qadapter.adapters.archive import check_file_name, unpack
-from qadapter.adapters.store import AdapterStore, StoredAdapter, manifest_name
+from qadapter.adapters.identity import InstalledAdapter
+from qadapter.adapters.store import AdapterStore, manifest_name
 from qadapter.core.errors import AdapterNotFound, InvalidAdapter
 from qadapter.server.engine.interface import ServingEngine
-from qadapter.server.engine.registry import LoadAdapter, PublishedAdapter, UnloadAdapter
+from qadapter.server.engine.registry import LoadAdapter, UnloadAdapter
 from qadapter.server.engine.stats import by_adapter_name
 
 
@@ -35,7 +36,7 @@ class AdapterAdmin:
     def _lock(self, name: str) -> asyncio.Lock:
         return self._name_locks.setdefault(name, asyncio.Lock())
 
-    def describe(self, published: PublishedAdapter) -> dict[str, Any]:
+    def describe(self, published: InstalledAdapter) -> dict[str, Any]:
         adapter, manifest = published.adapter, published.adapter.manifest
         return {
             "name": adapter.name,
@@ -73,7 +74,7 @@ class AdapterAdmin:
             adapter_dir = await self._unpack(staging, files, archive)
             lock_name = name or await run_in_threadpool(manifest_name, adapter_dir) or ""
             async with self._lock(lock_name):
-                stored: StoredAdapter = await run_in_threadpool(self._store.install, adapter_dir, name, replace)
+                stored: InstalledAdapter = await run_in_threadpool(self._store.install, adapter_dir, name, replace)
                 try:
                     # Shielded: once installed, a client that goes away must not leave it half-published.
                     await asyncio.shield(

@@ -9,11 +9,11 @@ import logging
 from concurrent.futures import Future
 
 from qadapter.adapters.format import AdapterLimits, ValidatedAdapter, validate
-from qadapter.adapters.identity import AdapterId
+from qadapter.adapters.identity import AdapterId, InstalledAdapter
 from qadapter.adapters.store import AdapterStore
 from qadapter.core.base import BaseModelInfo
 from qadapter.core.errors import AdapterNotFound, InvalidAdapter
-from qadapter.server.engine.registry import AdapterChange, LoadAdapter, PublishedAdapter
+from qadapter.server.engine.registry import AdapterChange, LoadAdapter
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ class StoreView:
         self._store = store
         self._base = base
         self._limits = limits
-        self._published: dict[str, PublishedAdapter] = {}
+        self._published: dict[str, InstalledAdapter] = {}
         self._validated: dict[AdapterId, ValidatedAdapter] = {}  # each install is read once
         self._listed: int | None = None  # the store directory's mtime when last listed
 
@@ -31,15 +31,15 @@ class StoreView:
         self._refresh()
         return list(self._published)
 
-    def published(self, name: str) -> PublishedAdapter | None:
+    def published(self, name: str) -> InstalledAdapter | None:
         self._refresh()
         return self._published.get(name)
 
-    def snapshot(self) -> list[PublishedAdapter]:
+    def snapshot(self) -> list[InstalledAdapter]:
         self._refresh()
         return list(self._published.values())
 
-    def resolve(self, name: str) -> PublishedAdapter:
+    def resolve(self, name: str) -> InstalledAdapter:
         published = self.published(name)
         if published is None:
             raise AdapterNotFound.named(name)
@@ -73,6 +73,6 @@ class StoreView:
                 except InvalidAdapter as exc:  # the start quarantined what was broken; this is new
                     log.warning("not serving %s: %s", path.name, exc)
                     continue
-            published[name] = PublishedAdapter(adapter, install)
+            published[name] = InstalledAdapter(adapter, install)
         self._validated = {p.id: p.adapter for p in published.values()}
         self._published, self._listed = published, listed

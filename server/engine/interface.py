@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from typing import Protocol
 
-from qadapter.server.engine.registry import AdapterChange, PublishedAdapter
+from qadapter.adapters.identity import InstalledAdapter
+from qadapter.server.engine.registry import AdapterChange
 from qadapter.server.engine.request import GenerationRequest, TokenEvent
 from qadapter.server.engine.stats import EngineStats
 
@@ -18,11 +19,11 @@ class AdapterCatalog(Protocol):
 
     def names(self) -> list[str]: ...
 
-    def published(self, name: str) -> PublishedAdapter | None: ...
+    def published(self, name: str) -> InstalledAdapter | None: ...
 
-    def snapshot(self) -> list[PublishedAdapter]: ...
+    def snapshot(self) -> list[InstalledAdapter]: ...
 
-    def resolve(self, name: str) -> PublishedAdapter:
+    def resolve(self, name: str) -> InstalledAdapter:
         """The adapter new requests get; AdapterNotFound when there is none of that name."""
         ...
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from qadapter.adapters.format import ValidatedAdapter
-from qadapter.adapters.identity import AdapterId
+from qadapter.adapters.identity import AdapterId, InstalledAdapter
 from qadapter.core.errors import AdapterNotFound, InvalidAdapter
 from qadapter.server.engine.residency import Residency
 
@@ -44,22 +44,6 @@ class UnloadAdapter:
 AdapterChange = LoadAdapter | UnloadAdapter
 
 
-@dataclass(frozen=True)
-class PublishedAdapter:
-    """The version of an adapter that new requests get."""
-
-    adapter: ValidatedAdapter
-    id: AdapterId
-
-    @property
-    def key(self) -> str:
-        return self.id.key
-
-    @property
-    def version(self) -> int:
-        return self.id.version
-
-
 class AdapterRegistry:
     """Changes arrive from any thread (`apply`); the engine thread applies them between steps."""
 
@@ -67,7 +51,7 @@ class AdapterRegistry:
         self.residency = residency
         self._is_pinned = is_pinned
         self._wakeup = wakeup
-        self._published: dict[str, PublishedAdapter] = {}  # what new requests get, by name
+        self._published: dict[str, InstalledAdapter] = {}  # what new requests get, by name
         self._by_key: dict[str, ValidatedAdapter] = {}  # every version a request may still pin
         self._retiring: set[str] = set()  # versions (keys) replaced or removed, kept while pinned
         # Held while a request resolves and pins a version, and while a version is retired and freed,
@@ -87,11 +71,11 @@ class AdapterRegistry:
     def names(self) -> list[str]:
         return list(self._published)
 
-    def snapshot(self) -> list[PublishedAdapter]:
+    def snapshot(self) -> list[InstalledAdapter]:
         """Every served adapter's current version, at one moment."""
         return list(self._published.values())
 
-    def published(self, name: str) -> PublishedAdapter | None:
+    def published(self, name: str) -> InstalledAdapter | None:
         return self._published.get(name)
 
     def resident_keys(self) -> list[str]:
@@ -109,7 +93,7 @@ class AdapterRegistry:
         with self._lock:
             yield
 
-    def resolve(self, name: str) -> PublishedAdapter:
+    def resolve(self, name: str) -> InstalledAdapter:
         """The version a new request on `name` pins (call inside `pinning`)."""
         published = self._published.get(name)
         if published is None:
@@ -163,7 +147,7 @@ class AdapterRegistry:
             raise InvalidAdapter(
                 f"adapter {name!r} version {change.version} is not newer than the served version {current.version}"
             )
-        published = PublishedAdapter(change.adapter, change.id)
+        published = InstalledAdapter(change.adapter, change.id)
         self._retiring.discard(published.key)  # the very install unloaded and loaded again: it stays
         self._by_key[published.key] = change.adapter
         if self.residency.has_room:  # warm it while nothing else needs the slot

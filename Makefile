@@ -10,7 +10,7 @@ ADAPTERS_DIR ?= adapters-store
 # The example adapters are copied into ADAPTERS_DIR at start unless it already has adapters of their names.
 EXAMPLES_DIR := adapters/examples
 
-.PHONY: install serve test bench format docs
+.PHONY: install serve test test-quick bench format docs
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,10 @@ test: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# The unit tests without the slow ones: a quick check while working (CI runs `make test`).
+test-quick: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not e2e and not slow" tests/unit
 
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/startup.py --json

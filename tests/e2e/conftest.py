@@ -18,6 +18,14 @@ ADMIN_KEY = "admin-key"
 SMALL_UPLOAD_LIMIT = 8 * 2**20
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test here runs real servers or the embedded model: all marked e2e (`-m "not e2e"` skips them)."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
+
+
 def eventually(condition: Callable[[], bool], timeout_s: float) -> bool:
     """Whether `condition` holds within `timeout_s`, polled; timeouts are generous: CI machines can be slow."""
     deadline = time.monotonic() + timeout_s

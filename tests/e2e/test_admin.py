@@ -27,7 +27,6 @@ from qadapter.testing.server_process import ServerProcess
 from qadapter.testing.synthetic_adapters import random_adapter
 from tests.e2e.conftest import KEY, eventually
 
-pytestmark = pytest.mark.e2e
 ADMIN = "admin-key"
 LIMIT = 4 * 2**20
 FILES = (CONFIG_FILE, WEIGHTS_FILE, MANIFEST_FILE)

@@ -39,7 +39,6 @@ from qadapter.client import (
 from qadapter.testing.server_process import ServerProcess, free_port
 from tests.e2e.conftest import ADMIN_KEY, KEY, SMALL_UPLOAD_LIMIT, eventually
 
-pytestmark = pytest.mark.e2e
 BASE = "smollm2-135m-instruct"
 QUESTION = "What is the capital of France?"
 GREEDY = {"max_tokens": 12, "temperature": 0.0}

@@ -17,7 +17,6 @@ from qadapter.client import QAdapterClient
 from qadapter.testing.server_process import ServerProcess, free_port
 from tests.e2e.conftest import ADMIN_KEY, KEY
 
-pytestmark = pytest.mark.e2e
 CLIENT = str(Path(sys.executable).parent / "qadapter-client")
 BASE = "smollm2-135m-instruct"
 QUESTION = "What is the capital of France?"

@@ -22,7 +22,6 @@ from qadapter.testing.server_process import ServerProcess
 from qadapter.testing.synthetic_adapters import random_adapter
 from tests.e2e.conftest import ADMIN_KEY, KEY, eventually
 
-pytestmark = pytest.mark.e2e
 BASE = "smollm2-135m-instruct"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 AUTH = {"Authorization": f"Bearer {KEY}"}

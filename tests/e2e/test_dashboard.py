@@ -7,11 +7,9 @@ import re
 from pathlib import Path
 
 import httpx
-import pytest
 
 from qadapter.testing.server_process import ServerProcess
 
-pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -18,7 +18,6 @@ from qadapter.testing.synthetic_adapters import random_adapter
 
 QADAPTER = str(Path(sys.executable).parent / "qadapter")
 QUESTION = "What is the capital of France?"
-pytestmark = pytest.mark.e2e
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -20,7 +20,6 @@ from qadapter.testing.server_process import ServerProcess
 from qadapter.testing.synthetic_adapters import POISON_MAX_WEIGHT, poisoned_adapter, random_adapter
 from tests.e2e.conftest import KEY, eventually
 
-pytestmark = pytest.mark.e2e
 BASE = "smollm2-135m-instruct"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]

@@ -21,7 +21,6 @@ from qadapter.testing.server_process import ServerProcess
 from qadapter.testing.synthetic_adapters import POISON_MAX_WEIGHT, poisoned_adapter, random_adapter
 from tests.e2e.conftest import KEY
 
-pytestmark = pytest.mark.e2e
 T = TypeVar("T")
 AUTH = {"Authorization": f"Bearer {KEY}"}
 NORMAL = [

@@ -14,7 +14,6 @@ from qadapter.core.model import LoadedModel
 from qadapter.testing.server_process import ServerProcess
 from tests.e2e.conftest import KEY
 
-pytestmark = pytest.mark.e2e
 BASE = "smollm2-135m-instruct"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 

@@ -19,7 +19,6 @@ from qadapter.core.settings import Settings
 from qadapter.testing.server_process import ServerProcess
 from tests.e2e.conftest import KEY, eventually
 
-pytestmark = pytest.mark.e2e
 BASE = "smollm2-135m-instruct"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 

@@ -22,7 +22,6 @@ from schemathesis.checks import (
 from qadapter.testing.server_process import ServerProcess
 from tests.e2e.conftest import KEY
 
-pytestmark = pytest.mark.e2e
 SMALL = {"max_tokens": 4, "max_completion_tokens": 4, "n": 2}  # keep valid requests cheap on a CPU
 
 

@@ -10,7 +10,6 @@ from qadapter.core.knobs import Knobs
 from qadapter.testing.server_process import ServerProcess
 from tests.e2e.conftest import KEY
 
-pytestmark = pytest.mark.e2e
 BASE = "smollm2-135m-instruct"
 PROMPT = "My favourite thing about the sea is"
 

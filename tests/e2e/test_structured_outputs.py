@@ -15,7 +15,6 @@ import pytest
 from qadapter.testing.server_process import ServerProcess
 from tests.e2e.conftest import KEY
 
-pytestmark = pytest.mark.e2e
 BASE = "smollm2-135m-instruct"
 EXAMPLES = Path(__file__).resolve().parents[2] / "adapters" / "examples"
 ASK = [{"role": "user", "content": "Give the capital of France and its population as JSON."}]

@@ -12,7 +12,6 @@ import pytest
 
 from qadapter.testing.server_process import ServerProcess
 
-pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -13,7 +13,6 @@ import pytest
 from qadapter.testing.server_process import ServerProcess
 from tests.e2e.conftest import KEY
 
-pytestmark = pytest.mark.e2e
 BASE = "smollm2-135m-instruct"
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 WEATHER = {

@@ -77,6 +77,7 @@ def test_nothing_imports_a_generic_top_level_name() -> None:
     assert not wrong, "\n".join(wrong)
 
 
+@pytest.mark.slow
 def test_the_served_app_imports_neither_training_nor_peft() -> None:
     """Uploads are validated without peft; only the command line reaches training."""
     code = (

@@ -68,6 +68,7 @@ def crash(root: Path, operation: str, step: str, source: Path) -> None:
     assert done.returncode == -signal.SIGKILL, f"the worker was not killed at {step!r}: {done.stderr}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("operation", "step"), [(op, step) for op, steps in STEPS.items() for step in steps])
 def test_a_kill_at_any_step_leaves_a_store_that_starts_whole(
     tmp_path: Path, info: BaseModelInfo, operation: str, step: str
@@ -162,6 +163,7 @@ except AdapterExists:
 """
 
 
+@pytest.mark.slow
 def test_processes_racing_to_upload_one_name_have_one_winner(tmp_path: Path, info: BaseModelInfo) -> None:
     """The store's lock holds across processes (and, on a shared file system, hosts), not just threads."""
     root = tmp_path / "store"

@@ -88,9 +88,21 @@ def token_rewards(
     `actions[:, t]` (`[batch, seq]`) is the token taken there; `action_mask` marks response actions.
     The state after the last masked action is terminal, so its value is 0.
     """
-    mask = action_mask.float()
     q_taken = q_logits.float().gather(-1, actions.unsqueeze(-1)).squeeze(-1)  # [batch, seq]
     values = value(customised_logits(q_logits, base_logits, alpha, omega), alpha)  # [batch, seq]
+    return rewards_of(q_taken, values, action_mask, gamma, value_position)
+
+
+def rewards_of(
+    q_taken: torch.Tensor,
+    values: torch.Tensor,
+    action_mask: torch.Tensor,
+    gamma: float = DEFAULT_GAMMA,
+    value_position: ValuePosition = "same",
+) -> torch.Tensor:
+    """`token_rewards` from Q(s_t, a_t) and V(s_t), `[batch, seq]` each (what a caller that scores
+    only the response's states lays out on the grid)."""
+    mask = action_mask.float()
     if value_position == "same":
         subtracted = values
     else:

@@ -22,7 +22,7 @@ mkdir -p "$WORK" "$DATA"
 SHORT_RUN=(--data "$WORK/harmless-train.jsonl" --skip-bad --max-steps 100 --max-length 192 --lr 5e-4 --seed 0)
 # The longer runs and the shipped `harmless`: epochs over the train split less a validation split;
 # each run names its epochs, batch size, learning rate and seed.
-LONG_RUN=(--data "$WORK/harmless-fit.jsonl" --eval-data "$WORK/harmless-val.jsonl" --eval-every 50 --skip-bad
+LONG_RUN=(--data "$WORK/harmless-fit.jsonl" --eval-data "$WORK/harmless-val.jsonl" --skip-bad
           --grad-accum 1 --max-length 192 --dtype float32)
 # The Q-adapter objective of the longer runs: α 5, ω 4, a light χ² term; PER_TOKEN adds the
 # per-token reward (V at s_t, R divided by the response length) that the shipped `harmless` uses.

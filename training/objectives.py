@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from peft import PeftModel
 from transformers import PreTrainedModel
 
@@ -24,15 +23,12 @@ from qadapter.core.policy import (
     RewardNorm,
     ValuePosition,
     customised_logits,
-    preference_loss,
-    sequence_rewards,
     token_rewards,
 )
 from qadapter.training.data import EncodedPair
 from qadapter.training.scoring import (
     ResponseBatch,
     base_window_logits,
-    collate,
     taken_logprobs,
     window_logits,
 )
@@ -74,30 +70,6 @@ class StepFigures:
 def pair_rows(pairs: Sequence[EncodedPair]) -> list[tuple[list[int], list[int]]]:
     """Interleaved (prompt, chosen), (prompt, rejected) rows: even rows chosen, odd rows rejected."""
     return [row for p in pairs for row in ((p.prompt_ids, p.chosen_ids), (p.prompt_ids, p.rejected_ids))]
-
-
-def compute_step(model: Model, pairs: Sequence[EncodedPair], objective: Objective, pad_id: int) -> StepFigures:
-    """The method's loss on `pairs` (autograd through the adapter only) and its figures."""
-    device = next(model.parameters()).device
-    if objective.method == "sft":
-        batch = collate([(p.prompt_ids, p.chosen_ids) for p in pairs], pad_id, device)
-        logprobs = taken_logprobs(window_logits(model, batch), batch.actions)
-        loss = -(logprobs * batch.action_mask).sum() / batch.action_mask.sum()
-        return StepFigures(loss=loss, num_pairs=len(pairs), num_correct=None)
-    batch = collate(pair_rows(pairs), pad_id, device)
-    if objective.method == "qadapter":
-        rewards, mask = qadapter_token_rewards(model, batch, objective), batch.action_mask
-        figures = preference_loss(
-            rewards[0::2], mask[0::2], rewards[1::2], mask[1::2], objective.beta, objective.reward_norm
-        )
-        num_correct = int((margins(sequence_rewards(rewards.detach(), mask, objective.reward_norm)) > 0).sum())
-        return StepFigures(figures.loss, len(pairs), num_correct)
-    dpo_margins = objective.beta * margins(log_ratios(model, batch, PLAIN))
-    return StepFigures(
-        loss=-F.logsigmoid(dpo_margins).mean(),
-        num_pairs=len(pairs),
-        num_correct=int((dpo_margins > 0).sum()),
-    )
 
 
 def margins(row_rewards: torch.Tensor) -> torch.Tensor:

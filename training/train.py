@@ -34,7 +34,8 @@ from qadapter.core.knobs import Knobs
 from qadapter.core.model import LoadedModel
 from qadapter.training.checkpoints import Checkpoints
 from qadapter.training.data import EncodedPair, PreferenceData, encode_pair
-from qadapter.training.objectives import Objective, StepFigures, compute_step
+from qadapter.training.objectives import Objective, StepFigures
+from qadapter.training.step import BaseCache, compute_step
 
 RUNNING_WINDOW_PAIRS = 200  # the progress bar's accuracy is over the last this many pairs
 
@@ -163,6 +164,8 @@ def _optimise(
     num_steps = config.num_steps(len(pairs))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then_decay(num_steps, config.warmup_ratio))
     start = checkpoints.restore(model, optimizer, scheduler) if options.resume else 0
+    method, show = config.objective.method, options.show_progress
+    base = BaseCache.build(model, pairs, method, pad_id, config.batch_size, show) if start < num_steps else None
     running, final_eval = RunningFigures(), {}
     progress = tqdm(
         total=num_steps, initial=start, desc=f"train {options.name}", unit="step", disable=not options.show_progress
@@ -170,9 +173,9 @@ def _optimise(
     for step in range(start, num_steps):
         model.train()
         for micro in range(config.grad_accum):
-            figures = compute_step(
-                model, _micro_batch(pairs, config, step * config.grad_accum + micro), config.objective, pad_id
-            )
+            chosen = _micro_batch(len(pairs), config, step * config.grad_accum + micro)
+            rows = None if base is None else base.rows(chosen)
+            figures = compute_step(model, [pairs[i] for i in chosen], config.objective, pad_id, rows)
             (figures.loss / config.grad_accum).backward()
             running.add(figures)
         torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
@@ -192,14 +195,14 @@ def _optimise(
     return running, final_eval
 
 
-def _micro_batch(pairs: Sequence[EncodedPair], config: TrainConfig, index: int) -> list[EncodedPair]:
-    """The `index`-th micro-batch: epochs are reshuffled with seed+epoch, so it depends on nothing else."""
-    per_epoch = math.ceil(len(pairs) / config.batch_size)
+def _micro_batch(num_pairs: int, config: TrainConfig, index: int) -> list[int]:
+    """The pairs of the `index`-th micro-batch: epochs are reshuffled with seed+epoch, so it depends
+    on nothing else."""
+    per_epoch = math.ceil(num_pairs / config.batch_size)
     epoch, position = divmod(index, per_epoch)
-    order = list(range(len(pairs)))
+    order = list(range(num_pairs))
     random.Random(config.seed + epoch).shuffle(order)
-    chosen = order[position * config.batch_size : (position + 1) * config.batch_size]
-    return [pairs[i] for i in chosen]
+    return order[position * config.batch_size : (position + 1) * config.batch_size]
 
 
 def _warmup_then_decay(num_steps: int, warmup_ratio: float) -> Callable[[int], float]:

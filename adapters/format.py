@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -27,7 +27,7 @@ from qadapter.adapters.peft_files import (
     read_lora_weights,
 )
 from qadapter.core.base import BaseModelInfo
-from qadapter.core.errors import InvalidAdapter
+from qadapter.core.errors import InvalidAdapter, InvalidData
 from qadapter.core.knobs import DEFAULT_ALPHA, DEFAULT_OMEGA, MAX_ALPHA, MAX_OMEGA, MIN_ALPHA, Knobs
 from qadapter.core.lora import LoraWeights
 from qadapter.core.settings import DEFAULT_MAX_LORA_WEIGHT, DEFAULT_MAX_RANK, Settings
@@ -76,16 +76,34 @@ class LoraSpec:
     lora_alpha: int = 16
     dropout: float = 0.05
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    layers: tuple[int, ...] = ()  # the decoder layers adapted; () = every one
+
+    @property
+    def first_layer(self) -> int:
+        """The lowest adapted layer: the layers below it are the frozen base's alone."""
+        return min(self.layers, default=0)
+
+    def on_top(self, num_top: int, num_layers: int) -> LoraSpec:
+        """This LoRA on the top `num_top` of `num_layers` decoder layers (0: on every layer)."""
+        if num_top > num_layers:
+            raise InvalidData(f"the model has {num_layers} layers; --lora-top-layers {num_top} is more")
+        return replace(self, layers=tuple(range(num_layers - num_top, num_layers)) if num_top else ())
 
     def peft_config(self) -> dict[str, Any]:
-        """`adapter_config.json` as peft reads it (peft fills in what is left out); the server needs no peft."""
+        """`adapter_config.json` as peft reads it (peft fills in what is left out); the server needs no peft.
+        Some layers only: `target_modules` is a regex over full module names (peft's and the server's
+        rule), not `layers_to_transform`, which LoRA servers read differently."""
+        targets: list[str] | str = list(self.target_modules)
+        if self.layers:
+            numbers, names = "|".join(map(str, sorted(self.layers))), "|".join(map(re.escape, self.target_modules))
+            targets = rf".*\.layers\.({numbers})\.(.*\.)?({names})"
         return {
             "peft_type": "LORA",
             "task_type": "CAUSAL_LM",
             "r": self.r,
             "lora_alpha": self.lora_alpha,
             "lora_dropout": self.dropout,
-            "target_modules": list(self.target_modules),
+            "target_modules": targets,
             "bias": "none",
         }
 

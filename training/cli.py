@@ -6,6 +6,7 @@ import argparse
 import json
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from qadapter.adapters.format import LoraSpec
@@ -60,6 +61,7 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     group.add_argument("--lora-alpha", type=positive(int, False), default=LoraSpec.lora_alpha)
     group.add_argument("--lora-dropout", type=within(0.0, 0.9), default=LoraSpec.dropout)
     group.add_argument("--target-modules", default=",".join(LoraSpec.target_modules), help="comma-separated")
+    group.add_argument("--lora-top-layers", type=positive(int, True), default=0, help="adapt the top K layers (0: all)")
     parser.set_defaults(run=_run_train)
 
 
@@ -154,6 +156,7 @@ def _run_train(args: argparse.Namespace) -> int:
     check_options(config, options)  # before the slow model load
     check_output(args.out, options.name)
     loaded = load_base_model(settings_from(args))
+    config = replace(config, lora=config.lora.on_top(args.lora_top_layers, loaded.model.config.num_hidden_layers))
     if data.num_skipped:
         print(f"skipped {data.num_skipped} bad rows of {args.data}", file=sys.stderr)
     adapter = train(loaded, data, args.out, config, options, eval_data)

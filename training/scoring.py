@@ -61,6 +61,11 @@ def adapter_off(model: PreTrainedModel | PeftModel) -> Iterator[None]:
         yield
 
 
+def causal_lm(model: PreTrainedModel | PeftModel) -> PreTrainedModel:
+    """The transformers model (inside peft's wrapper, its LoRA layers in place)."""
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
 def window_logits(model: PreTrainedModel | PeftModel, batch: ResponseBatch) -> torch.Tensor:
     """Logits `[rows, window, vocab]` of the states that take the response actions."""
     out = model(

@@ -34,6 +34,7 @@ from qadapter.core.knobs import Knobs
 from qadapter.core.model import LoadedModel
 from qadapter.training.checkpoints import Checkpoints
 from qadapter.training.data import EncodedPair, PreferenceData, encode_pair
+from qadapter.training.lower_layers import LowerLayers
 from qadapter.training.objectives import Objective, StepFigures
 from qadapter.training.step import BaseCache, compute_step
 
@@ -164,8 +165,7 @@ def _optimise(
     num_steps = config.num_steps(len(pairs))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then_decay(num_steps, config.warmup_ratio))
     start = checkpoints.restore(model, optimizer, scheduler) if options.resume else 0
-    method, show = config.objective.method, options.show_progress
-    base = BaseCache.build(model, pairs, method, pad_id, config.batch_size, show) if start < num_steps else None
+    lower, base = _caches(model, pairs, config, pad_id, options.show_progress) if start < num_steps else (None, None)
     running, final_eval = RunningFigures(), {}
     progress = tqdm(
         total=num_steps, initial=start, desc=f"train {options.name}", unit="step", disable=not options.show_progress
@@ -175,7 +175,8 @@ def _optimise(
         for micro in range(config.grad_accum):
             chosen = _micro_batch(len(pairs), config, step * config.grad_accum + micro)
             rows = None if base is None else base.rows(chosen)
-            figures = compute_step(model, [pairs[i] for i in chosen], config.objective, pad_id, rows)
+            entering = None if lower is None else lower.rows(chosen, chosen_only=config.objective.method == "sft")
+            figures = compute_step(model, [pairs[i] for i in chosen], config.objective, pad_id, rows, entering)
             (figures.loss / config.grad_accum).backward()
             running.add(figures)
         torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
@@ -193,6 +194,16 @@ def _optimise(
     progress.close()
     model.eval()
     return running, final_eval
+
+
+def _caches(
+    model: PeftModel, pairs: Sequence[EncodedPair], config: TrainConfig, pad_id: int, show: bool
+) -> tuple[LowerLayers | None, BaseCache | None]:
+    """What every step would compute again, computed once: the stream entering the first adapted
+    layer (a LoRA on the top layers only), then the frozen base's side of each pair."""
+    first_layer, size = config.lora.first_layer, config.batch_size
+    lower = LowerLayers.build(model, pairs, first_layer, pad_id, size, show) if first_layer else None
+    return lower, BaseCache.build(model, pairs, config.objective.method, pad_id, size, show, lower)
 
 
 def _micro_batch(num_pairs: int, config: TrainConfig, index: int) -> list[int]:

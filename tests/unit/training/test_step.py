@@ -16,6 +16,7 @@ from qadapter.adapters.format import LoraSpec
 from qadapter.core.errors import InvalidData
 from qadapter.testing.reference_step import full_window_loss
 from qadapter.training.data import EncodedPair
+from qadapter.training.lower_layers import LowerLayers, residual_entering
 from qadapter.training.objectives import Objective, pair_rows
 from qadapter.training.scoring import collate, taken_logprobs, window_logits
 from qadapter.training.step import BaseCache, base_side, compute_step
@@ -30,9 +31,11 @@ OBJECTIVES = [
 ]
 
 
-def trained_looking_lora(seed: int = 0) -> PeftModel:
-    """The tiny model with a LoRA whose B is not zero, so the adapter changes the scores, in train mode."""
-    model = get_peft_model(tiny_model(seed), LoraConfig(**LoraSpec(r=4, dropout=0.0).peft_config()))
+def trained_looking_lora(seed: int = 0, layers: tuple[int, ...] = ()) -> PeftModel:
+    """The 4-layer tiny model with a LoRA whose B is not zero, so the adapter changes the scores, in
+    train mode; on `layers` only when given."""
+    spec = LoraSpec(r=4, dropout=0.0, layers=layers)
+    model = get_peft_model(tiny_model(seed, num_hidden_layers=4), LoraConfig(**spec.peft_config()))
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
@@ -58,16 +61,23 @@ def loss_and_grads(model: PeftModel, compute: Callable[[], torch.Tensor]) -> tup
     return float(loss), grads
 
 
+@pytest.mark.parametrize("layers", [(), (2, 3)], ids=["every-layer", "top-layers"])
 @pytest.mark.parametrize("objective", OBJECTIVES, ids=lambda o: f"{o.method}-{o.value_position}-{o.reward_norm}")
-def test_cached_and_uncached_steps_equal_the_full_window_loss_and_gradients(objective: Objective) -> None:
-    model, pairs = trained_looking_lora(), random_pairs(6)
-    cache = BaseCache.build(model, pairs, objective.method, PAD, batch_size=4, show=False)  # other batches
-    chosen = [4, 1, 3]
+def test_cached_and_uncached_steps_equal_the_full_window_loss_and_gradients(
+    objective: Objective, layers: tuple[int, ...]
+) -> None:
+    model, pairs = trained_looking_lora(layers=layers), random_pairs(6)
+    lower = LowerLayers.build(model, pairs, 2, PAD, batch_size=4, show=False) if layers else None
+    cache = BaseCache.build(model, pairs, objective.method, PAD, batch_size=4, show=False, lower=lower)
+    chosen = [4, 1, 3]  # in other batches than the caches were built with
     micro = [pairs[i] for i in chosen]
     expected, expected_grads = loss_and_grads(model, lambda: full_window_loss(model, micro, objective, PAD))
     rows = None if cache is None else cache.rows(chosen)
+    entering = None if lower is None else lower.rows(chosen, chosen_only=objective.method == "sft")
     for base in (rows, None):  # from the cache, and computed in the step
-        loss, grads = loss_and_grads(model, lambda base=base: compute_step(model, micro, objective, PAD, base).loss)
+        loss, grads = loss_and_grads(
+            model, lambda base=base: compute_step(model, micro, objective, PAD, base, entering).loss
+        )
         assert loss == pytest.approx(expected, rel=1e-5, abs=1e-6)
         for got, want in zip(grads, expected_grads, strict=True):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
@@ -81,6 +91,16 @@ def test_the_cache_gives_each_batchs_base_side_whatever_it_was_built_with() -> N
         batch = collate(pair_rows([pairs[6], pairs[0]]), PAD, torch.device("cpu"))
         torch.testing.assert_close(cache.rows([6, 0]), base_side(model, batch, method), rtol=1e-5, atol=1e-5)
     assert BaseCache.build(model, pairs, "sft", PAD, batch_size=3, show=False) is None  # SFT has no base side
+
+
+def test_the_lower_layers_give_each_batchs_stream_whatever_they_were_built_with() -> None:
+    model, pairs = trained_looking_lora(layers=(2, 3)), random_pairs(7)
+    lower = LowerLayers.build(model, pairs, 2, PAD, batch_size=3, show=False)
+    batch = collate(pair_rows([pairs[6], pairs[0]]), PAD, torch.device("cpu"))
+    real = batch.attention_mask.bool()
+    entering = lower.rows([6, 0]).hidden
+    torch.testing.assert_close(entering[real], residual_entering(model, batch, 2)[real], rtol=1e-5, atol=1e-5)
+    assert (entering[~real] == 0).all() and lower.rows([6, 0], chosen_only=True).hidden.shape[0] == 2
 
 
 def test_the_base_side_is_the_base_with_the_lora_off() -> None:

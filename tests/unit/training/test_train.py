@@ -11,7 +11,7 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from qadapter.adapters.format import WEIGHTS_FILE, ValidatedAdapter, validate
+from qadapter.adapters.format import WEIGHTS_FILE, LoraSpec, ValidatedAdapter, validate
 from qadapter.core.base import BaseModelInfo
 from qadapter.core.errors import InvalidData
 from qadapter.core.knobs import Knobs
@@ -41,13 +41,20 @@ def synthetic_pairs(count: int = 8) -> PreferenceData:
 
 
 def run(
-    embedded: LoadedModel, out: Path, method: str = "qadapter", steps: int = 30, seed: int = 0, **options: object
+    embedded: LoadedModel,
+    out: Path,
+    method: str = "qadapter",
+    steps: int = 30,
+    seed: int = 0,
+    lora: LoraSpec = LoraSpec(),
+    **options: object,
 ) -> tuple[ValidatedAdapter, torch.nn.Module]:
     """Train a fresh tiny model; return the adapter and the model with its LoRA still attached."""
     model = tiny_model(vocab_size=VOCAB)
     loaded = LoadedModel(model=model, tokenizer=embedded.tokenizer, info=BaseModelInfo.from_model(model, "tiny"))
     config = TrainConfig(
         objective=Objective(method=method, beta=TEST_BETA[method]),
+        lora=lora,
         max_steps=steps,
         batch_size=4,
         grad_accum=1,
@@ -92,6 +99,25 @@ def test_trained_adapter_is_valid_and_reloads_to_identical_logits(embedded: Load
     assert not torch.allclose(expected, base, atol=1e-3)  # training did change something
     assert torch.allclose(reloaded, expected, atol=1e-5)
 
+    host = AdapterHost(tiny_model(vocab_size=VOCAB))
+    host.load("colour", validate(adapter.path, info).read_weights())
+    served, _ = host.forward(ids, None, [adapter.name])
+    assert torch.allclose(served, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["qadapter", "sft"])
+def test_a_lora_on_the_top_layer_learns_and_serves_as_trained(
+    embedded: LoadedModel, tmp_path: Path, method: str
+) -> None:
+    top = LoraSpec(layers=(1,))  # the tiny model's upper layer: the lower one runs once, before the steps
+    before = run(embedded, tmp_path / "one", method, steps=1, lora=top)[0].manifest.training["final"]
+    adapter, trained = run(embedded, tmp_path / "many", method, steps=40, lora=top)
+    assert adapter.manifest.training["final"]["eval_loss"] < before["eval_loss"] - 0.1
+    assert {key.split(".layers.")[1].split(".")[0] for key in load_file(adapter.path / WEIGHTS_FILE)} == {"1"}
+    ids = torch.tensor([embedded.tokenizer("Pick a colour for item 3.").input_ids])
+    with torch.no_grad():
+        expected = trained(input_ids=ids).logits[:, -1]
+    info = BaseModelInfo.from_model(tiny_model(vocab_size=VOCAB), "tiny")
     host = AdapterHost(tiny_model(vocab_size=VOCAB))
     host.load("colour", validate(adapter.path, info).read_weights())
     served, _ = host.forward(ids, None, [adapter.name])

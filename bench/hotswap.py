@@ -40,10 +40,17 @@ def stream_tokens(url: str, model: str, max_tokens: int, stamps: list[float], fa
                 failures.append(f"{model}: {response.status_code}")
                 return
             for line in response.iter_lines():
-                if line.startswith("data: {") and '"content": "' in line:
+                if line.startswith("data: {") and _is_generated(json.loads(line[6:])):
                     stamps.append(time.perf_counter())
     except httpx.HTTPError as exc:
         failures.append(f"{model}: {exc!r}")
+
+
+def _is_generated(chunk: dict) -> bool:
+    """Whether a chunk comes from a generated token: it carries text or ends the choice (the first
+    chunk only announces the role, content "", before the prompt has even been run)."""
+    choices = chunk.get("choices", [])
+    return any(choice.get("delta", {}).get("content") or choice.get("finish_reason") for choice in choices)
 
 
 def main() -> None:

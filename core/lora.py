@@ -24,6 +24,7 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 
 from qadapter.core.errors import AdapterNotFound, InvalidAdapter
+from qadapter.core.few_rows import use_few_rows_linear
 from qadapter.core.memory import free_bytes
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class AdapterHost:
 
     def __init__(self, model: PreTrainedModel, num_slots: int = DEFAULT_SLOTS) -> None:
         self._model = model
+        use_few_rows_linear(model)  # decode steps run few rows
         self._row_slots = _RowSlots()
         self._layers: dict[str, LoraLinear] = {}  # module name → wrapped layer
         self._slot_of: dict[str, int] = {}  # adapter key → its slot (0: no adapter)

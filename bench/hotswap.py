@@ -4,7 +4,9 @@
 
 Prints `swap_to_first_token_ms` (upload start → first token served from the new adapter),
 `max_stream_stall_ms` (longest gap between two tokens of a running stream while the swap is under
-way) and `failed` (requests that did not complete).
+way, the first request on the new adapter joining the batch included), `upload_stall_ms` (the same
+while the upload alone is under way: validation, store, publish) and `failed` (requests that did not
+complete). The clients run in this process, beside the server: on 2 cores they compete with it.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ def main() -> None:
         uploaded = httpx.post(
             f"{url}/admin/adapters", files=files, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=120
         )
+        uploaded_at = time.perf_counter()
         if uploaded.status_code != 201:
             failures.append(f"upload: {uploaded.status_code} {uploaded.text}")
         first: list[float] = []
@@ -100,6 +103,7 @@ def main() -> None:
     report = {
         "swap_to_first_token_ms": round(1000 * (first[0] - swap_start), 1) if first else None,
         "max_stream_stall_ms": longest_gap(swap_start, swap_end),
+        "upload_stall_ms": longest_gap(swap_start, uploaded_at),
         "failed": len(failures),
         "failures": failures,
         **placement,

@@ -25,7 +25,8 @@ DEFAULT_BETA = 0.1
 # derivation, r = Q(s_t,a_t) - γ·V(s_{t+1}), which leaves a V(s_0) in the sequence's sum.
 ValuePosition = Literal["next", "same"]
 # How a sequence's summed reward is normalised: by its own response length (ours), or by the
-# padded length of the batch (the paper's public code).
+# micro-batch's longest response ("padded"; the paper's public code divides by the whole padded row,
+# prompt included: a per-batch constant as well, a larger one).
 RewardNorm = Literal["length", "padded"]
 
 

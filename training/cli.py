@@ -106,7 +106,7 @@ def _add_objective_options(group: argparse._ArgumentGroup) -> None:
         "--reward-norm",
         choices=["length", "padded"],
         default="length",
-        help="divide R(y) by the response length, or by the padded batch length (public code)",
+        help="divide R(y) by the response length, or by the micro-batch's longest response",
     )
     add_knob_options(
         group,

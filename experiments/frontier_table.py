@@ -14,7 +14,7 @@ import json
 import re
 from pathlib import Path
 
-from experiments.protocol import Report, item_outcomes, paired_interval
+from experiments.protocol import Report, paired_interval, seed_outcomes
 
 HEADER = (
     "| served | KL to base | policy accuracy (base {policy:g}) | refusals on harmful requests (base {refusal:.2f}) "
@@ -51,7 +51,7 @@ def frontier_table(frontier: dict, method: str = "qadapter") -> str:
 
 
 def _against_base(point: Report, base: Report, metric: str, digits: int) -> str:
-    mean, low, high = paired_interval(item_outcomes([point], metric), item_outcomes([base], metric))
+    mean, low, high = paired_interval(seed_outcomes([point], metric), seed_outcomes([base], metric))
     value = float(point[metric])  # type: ignore[arg-type]
     return f"{value:.{digits}f}, {mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 

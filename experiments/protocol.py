@@ -6,8 +6,8 @@ sweep, reported from the test sweep, as mean ± sd over seeds with paired bootst
 The choice uses the validation sweep alone: the target KL is the Q-adapter's at strength 1 (mean
 over its seeds), and every method is served at the strength of its validation curve whose KL is
 nearest the target (matched KL). The test sweep, run over the same fixed strengths, is only read at
-those chosen strengths. Intervals: per item, the outcome averaged over a method's seeds; items
-resampled with replacement (the same draw for both sides of a difference: paired), 95 % percentile.
+those chosen strengths. Intervals: two-level bootstrap, each side's seeds resampled, then the items
+(the same draw for both sides of a difference: paired), 95 % percentile.
 """
 
 from __future__ import annotations
@@ -52,27 +52,48 @@ def reports_at(test: dict, method: str, strength: float) -> list[Report]:
     return [r for runs in test["runs"].values() for r in runs if r["method"] == method and r["strength"] == strength]
 
 
-def item_outcomes(reports: Sequence[Report], metric: str) -> list[float]:
-    """Per item, the outcome behind `metric`, averaged over the reports (seeds); a pair counts 1 when
-    its margin ranks the chosen response first, ½ on a tie (the base's every pair)."""
+def seed_outcomes(reports: Sequence[Report], metric: str) -> list[list[float]]:
+    """Per report (seed), per item, the outcome behind `metric`; a pair counts 1 when its margin ranks
+    the chosen response first, ½ on a tie (the base's every pair)."""
     key = PAIRED[metric]
     rows = [r["per_item"][key] for r in reports]  # type: ignore[index]
     if key == "policy_margins":
-        rows = [[1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in row] for row in rows]
-    return [statistics.fmean(float(v) for v in column) for column in zip(*rows)]
+        return [[1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in row] for row in rows]
+    return [[float(v) for v in row] for row in rows]
+
+
+def item_outcomes(reports: Sequence[Report], metric: str) -> list[float]:
+    """Per item, the outcome behind `metric` averaged over the reports (seeds)."""
+    return [statistics.fmean(column) for column in zip(*seed_outcomes(reports, metric))]
 
 
 def paired_interval(
-    ours: Sequence[float], theirs: Sequence[float], draws: int = 2000, seed: int = 0
+    ours: Sequence[Sequence[float]], theirs: Sequence[Sequence[float]], draws: int = 2000, seed: int = 0
 ) -> tuple[float, float, float]:
-    """The mean difference ours − theirs over items and its 95 % paired percentile bootstrap interval."""
-    if len(ours) != len(theirs) or not ours:
+    """The mean difference ours − theirs (per seed, per item outcomes) and its 95 % two-level
+    percentile bootstrap interval: each draw resamples each side's seeds, then the items (the same
+    items for both sides: paired), so the interval holds the seeds' variance as well as the items'."""
+    if not ours or not theirs or len({len(row) for row in (*ours, *theirs)}) != 1 or not ours[0]:
         raise ValueError("paired outcomes need the same non-empty items on both sides")
-    differences = [a - b for a, b in zip(ours, theirs)]
     rng = random.Random(seed)
-    means = sorted(statistics.fmean(rng.choices(differences, k=len(differences))) for _ in range(draws))
+    num_items = len(ours[0])
+
+    def difference(
+        our_seeds: Sequence[Sequence[float]], their_seeds: Sequence[Sequence[float]], items: range | list[int]
+    ) -> float:
+        return statistics.fmean(
+            statistics.fmean(row[i] for row in our_seeds) - statistics.fmean(row[i] for row in their_seeds)
+            for i in items
+        )
+
+    def resampled(seeds: Sequence[Sequence[float]]) -> Sequence[Sequence[float]]:
+        return rng.choices(seeds, k=len(seeds)) if len(seeds) > 1 else seeds  # one seed: itself
+
+    means = sorted(
+        difference(resampled(ours), resampled(theirs), rng.choices(range(num_items), k=num_items)) for _ in range(draws)
+    )
     tail = int(0.025 * draws)
-    return statistics.fmean(differences), means[tail], means[draws - 1 - tail]
+    return difference(ours, theirs, range(num_items)), means[tail], means[draws - 1 - tail]
 
 
 def mean_sd(values: Sequence[float]) -> str:
@@ -108,7 +129,7 @@ def table(validation: dict, test: dict, against: str = "dpo") -> str:
 
 
 def _interval(ours: Sequence[Report], theirs: Sequence[Report], metric: str) -> str:
-    mean, low, high = paired_interval(item_outcomes(ours, metric), item_outcomes(theirs, metric))
+    mean, low, high = paired_interval(seed_outcomes(ours, metric), seed_outcomes(theirs, metric))
     return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 

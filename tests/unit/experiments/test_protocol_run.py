@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.protocol import check_sweeps, chosen_strengths, item_outcomes, paired_interval, reports_at, table
+from experiments.protocol import (
+    check_sweeps,
+    chosen_strengths,
+    item_outcomes,
+    paired_interval,
+    reports_at,
+    seed_outcomes,
+    table,
+)
 
 
 def point(strength: float, kl: float) -> dict[str, float]:
@@ -40,15 +48,27 @@ def test_a_pair_counts_one_half_or_nothing_and_seeds_average_per_item() -> None:
     seeds = [report("qadapter", 1.0, [1.0, 0.0, -2.0], [True]), report("qadapter", 1.0, [3.0, -1.0, -1.0], [False])]
     assert item_outcomes(seeds, "policy_accuracy") == [1.0, 0.25, 0.0]
     assert item_outcomes(seeds, "refusal_rate") == [0.5]
+    assert seed_outcomes(seeds, "policy_accuracy") == [[1.0, 0.5, 0.0], [1.0, 0.0, 0.0]]
 
 
 def test_the_paired_interval_holds_the_mean_difference_and_is_zero_width_for_a_constant_one() -> None:
-    ours, theirs = [1.0, 1.0, 0.0, 1.0, 0.0, 1.0], [0.5] * 6
+    ours, theirs = [[1.0, 1.0, 0.0, 1.0, 0.0, 1.0]], [[0.5] * 6]
     mean, low, high = paired_interval(ours, theirs, draws=500)
     assert mean == pytest.approx(4 / 6 - 0.5) and low < mean < high
-    assert paired_interval([1.0, 0.0], [0.0, -1.0], draws=100) == (1.0, 1.0, 1.0)  # every difference is 1
+    assert paired_interval([[1.0, 0.0]] * 3, [[0.0, -1.0]], draws=100) == (1.0, 1.0, 1.0)  # every difference 1
     with pytest.raises(ValueError, match="same"):
-        paired_interval([1.0], [1.0, 0.0])
+        paired_interval([[1.0]], [[1.0, 0.0]])
+
+
+def test_seeds_that_disagree_widen_the_interval_that_items_alone_would_give() -> None:
+    items = 40
+    disagreeing = [[1.0] * items, [0.0] * items, [1.0] * items]  # what a seed gets decides everything
+    averaged = [[2 / 3] * items]  # the same per-item means, as if the seeds agreed
+    base = [[0.5] * items]
+    _, low, high = paired_interval(disagreeing, base, draws=1000)
+    _, averaged_low, averaged_high = paired_interval(averaged, base, draws=1000)
+    assert averaged_low == averaged_high  # no item varies: a zero-width interval
+    assert low < 0 < high  # with the seeds resampled, no difference is shown
 
 
 def test_the_table_reads_the_test_sweep_at_the_validation_choice_only() -> None:

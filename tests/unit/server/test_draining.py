@@ -6,29 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 
 import pytest
 
-from qadapter.core.base import BaseModelInfo
-from qadapter.core.lora import AdapterHost
-from qadapter.core.model import LoadedModel
-from qadapter.core.settings import Settings
 from qadapter.server.draining import Drain
 from qadapter.server.engine.engine import Engine
 from qadapter.server.engine.request import FinishReason, GenerationRequest, SamplingParams, TokenEvent
-from qadapter.testing.synthetic_base import synthetic_tokenizer
-from tests.conftest import tiny_model
 
 
 @pytest.fixture
-def engine() -> Iterator[Engine]:
-    model = tiny_model()
-    loaded = LoadedModel(model, synthetic_tokenizer(512), BaseModelInfo.from_model(model, "tiny-llama"))
-    engine = Engine(loaded, AdapterHost(model), Settings())
-    engine.start()
-    yield engine
-    engine.shutdown()
+def engine(tiny_engine: Engine) -> Engine:
+    return tiny_engine
 
 
 async def run_while_draining(engine: Engine, drain: Drain, max_tokens: int, done: threading.Event) -> list[TokenEvent]:

@@ -9,7 +9,6 @@ import asyncio
 import io
 import tarfile
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,27 +20,18 @@ from qadapter.adapters.store_lock import STAGING_PREFIX
 from qadapter.core.base import BaseModelInfo
 from qadapter.core.errors import AdapterExists, AdapterNotFound, InvalidAdapter
 from qadapter.core.knobs import Knobs
-from qadapter.core.lora import AdapterHost
-from qadapter.core.model import LoadedModel
-from qadapter.core.settings import Settings
 from qadapter.server.api.admin_service import AdapterAdmin
 from qadapter.server.engine.engine import Engine
 from qadapter.server.engine.registry import LoadAdapter
 from qadapter.testing.synthetic_adapters import random_adapter
-from qadapter.testing.synthetic_base import synthetic_tokenizer
 from tests.conftest import tiny_model
 
 MAX_UPLOAD_BYTES = 2**20
 
 
 @pytest.fixture
-def engine() -> Iterator[Engine]:
-    model = tiny_model()
-    loaded = LoadedModel(model, synthetic_tokenizer(512), BaseModelInfo.from_model(model, "tiny-llama"))
-    engine = Engine(loaded, AdapterHost(model), Settings())
-    engine.start()
-    yield engine
-    engine.shutdown()
+def engine(tiny_engine: Engine) -> Engine:
+    return tiny_engine
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from qadapter.adapters.format import (
     validate,
 )
 from qadapter.core.base import BaseModelInfo
-from qadapter.core.errors import InvalidAdapter
+from qadapter.core.errors import InvalidAdapter, InvalidData
 from qadapter.testing.synthetic_adapters import random_adapter
 from tests.conftest import tiny_model
 
@@ -305,3 +306,15 @@ def test_validation_leaves_the_directory_untouched(adapter_dir: Path, tiny_info:
     before = {p.name: p.read_bytes() for p in adapter_dir.iterdir()}
     validate(adapter_dir, tiny_info)
     assert {p.name: p.read_bytes() for p in adapter_dir.iterdir()} == before
+
+
+def test_a_lora_on_the_top_layers_names_them_and_more_layers_than_the_model_has_are_refused() -> None:
+    spec = LoraSpec().on_top(2, num_layers=30)
+    assert spec.layers == (28, 29) and spec.first_layer == 28
+    targets = spec.peft_config()["target_modules"]
+    assert re.fullmatch(targets, "model.layers.29.self_attn.q_proj")
+    assert not re.fullmatch(targets, "model.layers.9.self_attn.q_proj")
+    assert not re.fullmatch(targets, "model.layers.129.self_attn.q_proj")
+    assert LoraSpec().on_top(0, num_layers=30) == LoraSpec()
+    with pytest.raises(InvalidData, match="has 30 layers"):
+        LoraSpec().on_top(31, num_layers=30)

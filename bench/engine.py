@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from qadapter.adapters.format import ValidatedAdapter
+from qadapter.adapters.format import LoraSpec, ValidatedAdapter
 from qadapter.core.chat import user_prompt_ids
 from qadapter.core.cli_options import add_model_options, settings_from
 from qadapter.core.lora import AdapterHost
@@ -70,9 +70,13 @@ def make_prompts(loaded: LoadedModel, count: int, num_tokens: int) -> list[tuple
     return prompts
 
 
-def make_adapters(loaded: LoadedModel, root: Path, count: int) -> list[ValidatedAdapter]:
-    """Random LoRA adapters of the paper's shape (weights do not change speed)."""
-    return [random_adapter(root / f"bench-{i}", loaded.info, f"bench-{i}", b_std=0.02, seed=i) for i in range(count)]
+def make_adapters(loaded: LoadedModel, root: Path, count: int, lora: LoraSpec = LoraSpec()) -> list[ValidatedAdapter]:
+    """Random LoRA adapters of the paper's shape, or `lora`'s (weights do not change speed)."""
+    prefix = "bench" if lora == LoraSpec() else "bench-top"
+    return [
+        random_adapter(root / f"{prefix}-{i}", loaded.info, f"{prefix}-{i}", b_std=0.02, lora=lora, seed=i)
+        for i in range(count)
+    ]
 
 
 def naive_tps(host: AdapterHost, adapter: str, prompts: list[tuple[int, ...]], max_tokens: int) -> float:
@@ -180,10 +184,12 @@ def main() -> None:
     engine.start()
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as root:
-        adapters = make_adapters(loaded, Path(root), 8)
+        num_layers = loaded.model.config.num_hidden_layers
+        top = make_adapters(loaded, Path(root), 1, LoraSpec().on_top(num_layers // 4, num_layers))[0]
+        adapters = [*make_adapters(loaded, Path(root), 8), top]
         for adapter in adapters:
             engine.adapters.apply(LoadAdapter(adapter)).result()
-        names: list[str | None] = [adapter.name for adapter in adapters]
+        names: list[str | None] = [adapter.name for adapter in adapters[:-1]]
         asyncio.run(engine_run(engine, list(prompts[:8]), names, 1))  # every adapter resident; the engine idles
         # The baseline drives the same model and weights directly while the engine idles.
         naive_key = engine.adapters.resolve(adapters[0].name).key
@@ -202,6 +208,7 @@ def main() -> None:
         figures["engine_tps_c32"] = run(32, four).tps
         figures["base_tps_c1"] = run(1, [None]).tps
         figures["base_tps_c8"] = run(8, [None]).tps
+        figures["top_quarter_tps_c1"] = run(1, [top.name]).tps  # its LoRA on the top quarter of the layers
         figures["same_adapter_tps_c8"] = run(8, [names[0]]).tps
         figures["distinct_adapters_tps_c8"] = run(8, names).tps
         many = make_prompts(loaded, work.num_arrivals, work.prompt_tokens)
@@ -216,6 +223,7 @@ def main() -> None:
         "c8_over_naive": round(figures["engine_tps_c8"] / figures["naive_tps"], 2),
         "c32_over_naive": round(figures["engine_tps_c32"] / figures["naive_tps"], 2),
         "c1_over_base_c1": round(figures["engine_tps_c1"] / figures["base_tps_c1"], 2),
+        "top_quarter_c1_over_base_c1": round(figures["top_quarter_tps_c1"] / figures["base_tps_c1"], 2),
         "distinct_over_same_c8": round(figures["distinct_adapters_tps_c8"] / figures["same_adapter_tps_c8"], 2),
         "max_tokens": work.max_tokens,
         "prompt_tokens": work.prompt_tokens,

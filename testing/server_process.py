@@ -1,4 +1,5 @@
-"""A real `qadapter serve` process on a free port, for end-to-end tests and the benchmarks that need one."""
+"""A real server process on a free port (`qadapter serve`, or a peer such as vLLM), for end-to-end tests and
+the benchmarks that need one."""
 
 from __future__ import annotations
 
@@ -22,25 +23,33 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class ServerProcess:
-    """Starts the server, waits for /ready, stops it; its log is kept for failed tests."""
+class ServedProcess:
+    """Starts a server program on a free port, waits until `ready_path` answers 200, stops it; its log
+    is kept for failed tests. `args` is the command with `{port}` where the port goes."""
 
-    def __init__(self, adapters_dir: Path, log_path: Path, *flags: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path,
+        ready_path: str = "/ready",
+        env: dict[str, str] | None = None,
+        timeout_s: float = 180,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(log_path, "w")  # noqa: SIM115 (the server writes to it until stop())
-        args = [QADAPTER, "serve", "--port", str(self.port), "--adapters-dir", str(adapters_dir), *flags]
+        command = [arg.replace("{port}", str(self.port)) for arg in args]
         environment = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=environment)
-        self._wait_ready(log_path)
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=environment)
+        self._wait_ready(log_path, ready_path, timeout_s)
 
-    def _wait_ready(self, log_path: Path, timeout_s: float = 180) -> None:
+    def _wait_ready(self, log_path: Path, ready_path: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{log_path.read_text()}")
             try:
-                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}{ready_path}", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -68,6 +77,12 @@ class ServerProcess:
         self._log.close()
         return self.process.returncode
 
+    def __enter__(self) -> ServedProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def metric(self, name: str, **labels: str) -> float:
         """The sum of a Prometheus metric's samples that carry these labels (0 when there is none): with
         no labels, e.g. across every replica."""
@@ -77,3 +92,11 @@ class ServerProcess:
                 if sample.name == name and labels.items() <= sample.labels.items():
                     total += sample.value
         return total
+
+
+class ServerProcess(ServedProcess):
+    """`qadapter serve` with these flags, on a free port, its adapters in `adapters_dir`."""
+
+    def __init__(self, adapters_dir: Path, log_path: Path, *flags: str, env: dict[str, str] | None = None) -> None:
+        args = [QADAPTER, "serve", "--port", "{port}", "--adapters-dir", str(adapters_dir), *flags]
+        super().__init__(args, log_path, env=env)

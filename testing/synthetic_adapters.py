@@ -18,10 +18,9 @@ def random_lora_weights(
 ) -> dict[str, torch.Tensor]:
     """LoRA tensors for every targeted base layer: A ~ N(0, 1/r); B zero (b_std=0) or N(0, b_std)."""
     generator = torch.Generator().manual_seed(seed)
-    targets = set(lora.target_modules)
     weights = {}
     for module, (out_features, in_features) in sorted(base.linear_modules().items()):
-        if module.rsplit(".", 1)[-1] not in targets:
+        if not lora.adapts(module):
             continue
         weights[tensor_key(module, "A")] = torch.randn(lora.r, in_features, generator=generator) / lora.r**0.5
         weights[tensor_key(module, "B")] = torch.randn(out_features, lora.r, generator=generator) * b_std

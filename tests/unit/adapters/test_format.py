@@ -318,3 +318,15 @@ def test_a_lora_on_the_top_layers_names_them_and_more_layers_than_the_model_has_
     assert LoraSpec().on_top(0, num_layers=30) == LoraSpec()
     with pytest.raises(InvalidData, match="has 30 layers"):
         LoraSpec().on_top(31, num_layers=30)
+
+
+def test_a_lora_adapts_the_modules_its_peft_config_targets() -> None:
+    modules = [f"model.layers.{n}.{kind}" for n in (9, 28, 29, 129) for kind in ("self_attn.q_proj", "mlp.up_proj")]
+    for spec in (LoraSpec(), LoraSpec().on_top(2, num_layers=30)):
+        targets = spec.peft_config()["target_modules"]
+        if isinstance(targets, list):  # peft's rule for a list: the name ends in one of them
+            expected = [m for m in modules if m.rsplit(".", 1)[-1] in targets]
+        else:
+            expected = [m for m in modules if re.fullmatch(targets, m)]
+        assert [m for m in modules if spec.adapts(m)] == expected
+    assert LoraSpec().on_top(2, num_layers=30).adapts("model.layers.28.self_attn.q_proj")

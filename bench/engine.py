@@ -7,7 +7,9 @@
 Baseline (`naive_tps`): the Q-Adapter paper's public code decodes one request at a time with two
 forwards per token (adapter on, adapter off), each with its own KV cache. Every figure uses the
 same ~100-token prompts and greedy decoding of exactly `max_tokens` tokens (EOS ignored); each
-figure follows an untimed warm-up of the same shape.
+figure follows an untimed warm-up of the same shape. `top_quarter_*`: an adapter whose LoRA is on
+the top quarter of the layers, which shares the other three with its base row (core/shared_rows.py;
+`--no-share-lower-layers` for the A/B).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 
 from qadapter.adapters.format import LoraSpec, ValidatedAdapter
 from qadapter.core.chat import user_prompt_ids
-from qadapter.core.cli_options import add_model_options, settings_from
+from qadapter.core.cli_options import add_model_options, add_settings_options, settings_from
 from qadapter.core.lora import AdapterHost
 from qadapter.core.model import LoadedModel, load_base_model
 from qadapter.core.policy import customised_logits
@@ -167,19 +169,38 @@ def percentile_ms(values: list[float], q: int) -> float:
     return round(1000 * statistics.quantiles(values, n=100, method="inclusive")[q - 1], 1)
 
 
+def report_of(figures: dict[str, float], c8: RunResult, work: Workload) -> dict[str, float | int]:
+    """The figures, c8's latencies and the ratios that compare them."""
+    return {key: round(value, 2) for key, value in figures.items()} | {
+        "ttft_p50_ms": percentile_ms(c8.ttfts_s, 50),
+        "ttft_p95_ms": percentile_ms(c8.ttfts_s, 95),
+        "itl_p50_ms": percentile_ms(c8.itls_s, 50),
+        "itl_p95_ms": percentile_ms(c8.itls_s, 95),
+        "c8_over_naive": round(figures["engine_tps_c8"] / figures["naive_tps"], 2),
+        "c32_over_naive": round(figures["engine_tps_c32"] / figures["naive_tps"], 2),
+        "c1_over_base_c1": round(figures["engine_tps_c1"] / figures["base_tps_c1"], 2),
+        "top_quarter_c1_over_base_c1": round(figures["top_quarter_tps_c1"] / figures["base_tps_c1"], 2),
+        "top_quarter_c8_over_base_c8": round(figures["top_quarter_tps_c8"] / figures["base_tps_c8"], 2),
+        "distinct_over_same_c8": round(figures["distinct_adapters_tps_c8"] / figures["same_adapter_tps_c8"], 2),
+        "max_tokens": work.max_tokens,
+        "prompt_tokens": work.prompt_tokens,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
     parser.add_argument("--quick", action="store_true", help="shrink the workload for a smoke run")
     parser.add_argument("--arrivals-per-s", type=float, help="the arrivals workload's rate (default: ~24 running)")
     add_model_options(parser)
+    add_settings_options(parser, ["share_lower_layers"])  # --no-share-lower-layers: the A/B
     parser.set_defaults(max_running=64)  # every request of the largest run decodes at once
     args = parser.parse_args()
     work = Workload(8, num_naive=2, num_arrivals=8) if args.quick else Workload(64, num_naive=8, num_arrivals=64)
     settings = settings_from(args)
     loaded = load_base_model(settings)
     prompts = make_prompts(loaded, 32, work.prompt_tokens)
-    host = AdapterHost(loaded.model, settings.max_resident_adapters + 1)
+    host = AdapterHost(loaded.model, settings.max_resident_adapters + 1, settings.share_lower_layers)
     engine = Engine(loaded, host, settings)
     engine.start()
     figures: dict[str, float] = {}
@@ -209,27 +230,13 @@ def main() -> None:
         figures["base_tps_c1"] = run(1, [None]).tps
         figures["base_tps_c8"] = run(8, [None]).tps
         figures["top_quarter_tps_c1"] = run(1, [top.name]).tps  # its LoRA on the top quarter of the layers
+        figures["top_quarter_tps_c8"] = run(8, [top.name]).tps
         figures["same_adapter_tps_c8"] = run(8, [names[0]]).tps
         figures["distinct_adapters_tps_c8"] = run(8, names).tps
         many = make_prompts(loaded, work.num_arrivals, work.prompt_tokens)
         figures |= arrivals(engine, many, four, work, figures["engine_tps_c32"], args.arrivals_per_s)
     engine.shutdown()
-    report: dict[str, float | int | bool] = {key: round(value, 2) for key, value in figures.items()}
-    report |= {
-        "ttft_p50_ms": percentile_ms(c8.ttfts_s, 50),
-        "ttft_p95_ms": percentile_ms(c8.ttfts_s, 95),
-        "itl_p50_ms": percentile_ms(c8.itls_s, 50),
-        "itl_p95_ms": percentile_ms(c8.itls_s, 95),
-        "c8_over_naive": round(figures["engine_tps_c8"] / figures["naive_tps"], 2),
-        "c32_over_naive": round(figures["engine_tps_c32"] / figures["naive_tps"], 2),
-        "c1_over_base_c1": round(figures["engine_tps_c1"] / figures["base_tps_c1"], 2),
-        "top_quarter_c1_over_base_c1": round(figures["top_quarter_tps_c1"] / figures["base_tps_c1"], 2),
-        "distinct_over_same_c8": round(figures["distinct_adapters_tps_c8"] / figures["same_adapter_tps_c8"], 2),
-        "max_tokens": work.max_tokens,
-        "prompt_tokens": work.prompt_tokens,
-        "quick": args.quick,
-        **loaded.placement,
-    }
+    report = report_of(figures, c8, work) | {"quick": args.quick, **loaded.placement}
     print(json.dumps(report))
 
 

@@ -35,8 +35,10 @@ class RowModel(Protocol):
         row_adapters: Sequence[str | None],
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        partners: Sequence[int | None] | None = None,
     ) -> tuple[torch.Tensor, Cache]:
-        """Next-token logits `[rows, vocab]` and the updated cache."""
+        """Next-token logits `[rows, vocab]` and the updated cache; an adapter row may share the layers
+        below its adapter's with row partners[i], its base row."""
         ...
 
 
@@ -114,6 +116,9 @@ def decode_steps(
     first_rows = [row_output.index(i) for i in range(len(outputs))]
     knobs = [streams[s].knobs if streams[s].adapter else None for _, s in outputs]
     base_rows = [row + 1 if k is not None else row for row, k in zip(first_rows, knobs)]
+    partners: list[int | None] = [None] * len(row_adapters)
+    for row, base_row in zip(first_rows, base_rows):
+        partners[row] = base_row if base_row != row else None
     device = model.device
     seeds = [None if params.seed is None else params.seed + first_prompt + p for p, _ in outputs]
     generators = [new_generator(seed, device) for seed in seeds]
@@ -122,7 +127,7 @@ def decode_steps(
     cache = None
     finished = [False] * len(outputs)
     for _ in range(params.max_tokens):
-        logits, cache = model.forward(input_ids, cache, row_adapters, mask, positions)  # [rows, vocab]
+        logits, cache = model.forward(input_ids, cache, row_adapters, mask, positions, partners=partners)
         tokens = _pick(stream_scores(logits, first_rows, base_rows, knobs), params.temperature, generators)
         step: list[list[int | None]] = [[None] * len(streams) for _ in prompts]
         for i, ((p, s), token) in enumerate(zip(outputs, tokens)):

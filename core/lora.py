@@ -26,6 +26,7 @@ from transformers.cache_utils import Cache
 from qadapter.core.errors import AdapterNotFound, InvalidAdapter
 from qadapter.core.few_rows import use_few_rows_linear
 from qadapter.core.memory import free_bytes
+from qadapter.core.shared_rows import LayerRows, SharedRows, row_plan
 
 log = logging.getLogger(__name__)
 DEFAULT_SLOTS = 4  # slot 0 (zeros) and room for three adapters before the first growth
@@ -47,20 +48,13 @@ class LoraWeights:
         return LoraWeights({m: (a.pin_memory(), b.pin_memory()) for m, (a, b) in self.modules.items()})
 
 
-class _RowSlots:
-    """The adapter slot of every batch row in the forward under way (None: no LoRA at all)."""
-
-    def __init__(self) -> None:
-        self.slots: torch.Tensor | None = None  # [rows] long
-
-
 class LoraLinear(nn.Module):
     """A frozen linear layer plus, per batch row, the LoRA delta of that row's adapter."""
 
-    def __init__(self, base: nn.Linear, row_slots: _RowSlots, num_slots: int, rank: int) -> None:
+    def __init__(self, base: nn.Linear, rows: SharedRows, num_slots: int, rank: int) -> None:
         super().__init__()
         self.base = base
-        self.row_slots = row_slots
+        self.rows = rows
         out_features, in_features = base.weight.shape
         like = {"dtype": base.weight.dtype, "device": base.weight.device}
         self.lora_a = torch.zeros((num_slots, rank, in_features), **like)  # type: ignore[arg-type]
@@ -68,7 +62,7 @@ class LoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [rows, seq, in]
         out = self.base(x)
-        slots = self.row_slots.slots
+        slots = self.rows.slots()  # of the rows this layer runs
         if slots is None:
             return out
         a, b = self.lora_a[slots], self.lora_b[slots]  # [rows, rank, in], [rows, out, rank]
@@ -96,12 +90,16 @@ class LoraLinear(nn.Module):
 class AdapterHost:
     """Owns the base model and the slot pool of every loaded adapter's LoRA weights."""
 
-    def __init__(self, model: PreTrainedModel, num_slots: int = DEFAULT_SLOTS) -> None:
+    def __init__(self, model: PreTrainedModel, num_slots: int = DEFAULT_SLOTS, share_lower_layers: bool = True) -> None:
         self._model = model
         use_few_rows_linear(model)  # decode steps run few rows
-        self._row_slots = _RowSlots()
+        decoder = _decoder_layers(model)
+        self._layer_prefix = f"{decoder[0]}." if decoder else None  # `model.layers.`: none, no sharing
+        self._rows = SharedRows(decoder[1] if decoder else nn.ModuleList())
+        self._share = share_lower_layers and decoder is not None
         self._layers: dict[str, LoraLinear] = {}  # module name → wrapped layer
         self._slot_of: dict[str, int] = {}  # adapter key → its slot (0: no adapter)
+        self._first_layer: dict[str, int] = {}  # adapter key → its lowest adapted decoder layer
         self._num_slots = max(2, num_slots)
         self._rank = 0
 
@@ -147,7 +145,7 @@ class AdapterHost:
             self._num_slots, self._rank = num_slots, rank
             log.info("LoRA slot pool: %d slots × rank %d, %.1f MiB", num_slots, rank, self.lora_bytes / 2**20)
         for module in new_modules:
-            self._install(module, LoraLinear(self._base_linear(module), self._row_slots, num_slots, rank))
+            self._install(module, LoraLinear(self._base_linear(module), self._rows, num_slots, rank))
         if new_modules:
             log.info(
                 "LoRA slot pool: %d slots × rank %d over %d layers, %.1f MiB",
@@ -160,11 +158,21 @@ class AdapterHost:
         for module, layer in self._layers.items():
             layer.write(slot, weights.modules.get(module))
         self._slot_of[key] = slot
+        self._first_layer[key] = min(map(self._decoder_layer, weights.modules), default=0)
 
     def unload(self, key: str) -> None:
         """Free an adapter's slot (no running row may still use it); nothing else moves."""
         if self._slot_of.pop(key, None) is None:
             raise AdapterNotFound(f"adapter {key!r} is not loaded")
+        del self._first_layer[key]
+
+    def row_plan(self, row_adapters: Sequence[str | None], partners: Sequence[int | None]) -> list[LayerRows] | None:
+        """The rows each decoder layer runs when row i shares the layers below its adapter's lowest
+        adapted one with row partners[i] (its base row; None: shares nothing). None: every row, every
+        layer (no row shares, or sharing is off)."""
+        if not self._share:
+            return None
+        return row_plan([self._first_layer.get(name, 0) if name else 0 for name in row_adapters], partners)
 
     @torch.inference_mode()
     def forward(
@@ -175,18 +183,21 @@ class AdapterHost:
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         all_positions: bool = False,
+        partners: Sequence[int | None] | None = None,
     ) -> tuple[torch.Tensor, Cache]:
         """Next-token logits `[rows, vocab]` (last position only) and the updated cache; with
         `all_positions`, the logits of every input position `[rows, columns, vocab]`.
 
-        Row i uses adapter row_adapters[i], or none. By default only the last position's logits are
-        computed: the vocabulary projection over a whole prompt would cost more than the rest of a prefill.
+        Row i uses adapter row_adapters[i], or none; with `partners`, an adapter row and its base row
+        share the layers below the adapter's (`row_plan`). By default only the last position's logits
+        are computed: the vocabulary projection over a whole prompt would cost more than the rest of a prefill.
         """
         unknown = {name for name in row_adapters if name is not None and name not in self._slot_of}
         if unknown:
             raise AdapterNotFound(f"adapters {sorted(unknown)} are not loaded")
         slots = [0 if name is None else self._slot_of[name] for name in row_adapters]
-        self._row_slots.slots = torch.tensor(slots, device=self.device) if any(slots) else None
+        plan = None if partners is None else self.row_plan(row_adapters, partners)
+        self._rows.begin(plan, slots, self.device)
         try:
             out = self._model(
                 input_ids=input_ids,
@@ -197,7 +208,7 @@ class AdapterHost:
                 logits_to_keep=0 if all_positions else 1,
             )
         finally:
-            self._row_slots.slots = None
+            self._rows.end()
         return (out.logits if all_positions else out.logits[:, -1, :]), out.cache
 
     def _check_room(self, new_modules: list[str], num_slots: int, rank: int) -> None:
@@ -217,6 +228,12 @@ class AdapterHost:
                 "or --max-lora-rank, or serve adapters of a smaller rank"
             )
 
+    def _decoder_layer(self, module: str) -> int:
+        """The decoder layer a module is in; 0 for one outside them (nothing below it is shared)."""
+        if self._layer_prefix is None or not module.startswith(self._layer_prefix):
+            return 0
+        return int(module[len(self._layer_prefix) :].split(".", 1)[0])
+
     def _base_linear(self, module: str) -> nn.Linear:
         base = self._model.get_submodule(module)
         assert isinstance(base, nn.Linear), f"{module} is not a linear layer"  # validate() checked
@@ -226,3 +243,12 @@ class AdapterHost:
         parent, _, child = module.rpartition(".")
         setattr(self._model.get_submodule(parent), child, layer)
         self._layers[module] = layer
+
+
+def _decoder_layers(model: PreTrainedModel) -> tuple[str, nn.ModuleList] | None:
+    """The model's decoder layers and their name (`model.layers`): the module list of that many."""
+    count = getattr(model.config, "num_hidden_layers", None)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return name, module
+    return None

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
         "only drive the served scores to inf.",
     )
     max_running: int = Field(default=32, gt=0, description="Requests decoded together in one step.")
+    share_lower_layers: bool = Field(
+        default=True,
+        description="Run a Q-adapter request's adapter row and base row as one row in the layers below the "
+        "adapter's lowest adapted layer (the same output; an adapter on the top layers costs one row there).",
+    )
     max_waiting: int = Field(default=256, ge=1, description="Queued requests before new ones get 503.")
     max_prefill_tokens: int = Field(
         default=4096, gt=0, description="Prompt tokens (summed over batch rows) of the requests admitted together."

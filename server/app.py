@@ -40,7 +40,9 @@ class LocalEngine:
 
     def start(self, settings: Settings) -> tuple[LoadedModel, Engine]:
         loaded = load_base_model(settings)
-        self._engine = Engine(loaded, AdapterHost(loaded.model, settings.max_resident_adapters + 1), settings)
+        self._engine = Engine(
+            loaded, AdapterHost(loaded.model, settings.max_resident_adapters + 1, settings.share_lower_layers), settings
+        )
         self._engine.start()
         return loaded, self._engine
 

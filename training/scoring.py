@@ -109,6 +109,7 @@ class ModelRows:
         row_adapters: Sequence[str | None],
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        partners: Sequence[int | None] | None = None,  # every row runs every layer here (peft's rows)
     ) -> tuple[torch.Tensor, Cache]:
         if isinstance(self._model, PeftModel):
             selected = {"adapter_names": [name or "__base__" for name in row_adapters]}

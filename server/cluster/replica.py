@@ -62,7 +62,9 @@ class EngineReplica:
         replica = serve.get_replica_context().replica_tag
         self._loaded = load_base_model(self._settings)
         self._store = AdapterStore(self._settings.adapters_dir, self._loaded.info, AdapterLimits.of(self._settings))
-        host = AdapterHost(self._loaded.model, self._settings.max_resident_adapters + 1)
+        host = AdapterHost(
+            self._loaded.model, self._settings.max_resident_adapters + 1, self._settings.share_lower_layers
+        )
         self._engine = Engine(self._loaded, host, self._settings, replica_id=replica)
         self._engine.start()
         self._hub = ray.get_actor(HUB_NAME)

@@ -103,14 +103,28 @@ class SlotCache(Cache):
         width = max(self.lengths) + 1
         return self._keys[layer_idx][: self.num_rows, :, :width], self._values[layer_idx][: self.num_rows, :, :width]
 
+    def update_rows(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`update` for a layer that runs some rows only (the others share it: core/shared_rows.py);
+        their keys and values, copied out."""
+        assert self._write_at is not None, "step_inputs() comes before the forward"
+        keys, values = self._keys[layer_idx], self._values[layer_idx]
+        keys[rows, :, self._write_at[rows]] = key_states[:, :, 0]
+        values[rows, :, self._write_at[rows]] = value_states[:, :, 0]
+        width = max(self.lengths) + 1
+        return keys[rows, :, :width], values[rows, :, :width]
+
     def advance(self) -> None:
         """After a decode step: every row holds one more token."""
         self.lengths = [n + 1 for n in self.lengths]
         self._write_at = None
 
     @torch.inference_mode()  # the buffers are inference tensors: written in inference mode only
-    def add_rows(self, prefilled: Cache, mask: torch.Tensor) -> None:
-        """Append the rows of a left-padded prefill cache (`mask` `[rows, width]` marks real tokens)."""
+    def add_rows(self, prefilled: Cache, mask: torch.Tensor, layer_rows: list[tuple[int, ...]] | None = None) -> None:
+        """Append the rows of a left-padded prefill cache (`mask` `[rows, width]` marks real tokens);
+        with `layer_rows`, its layer i holds only those rows (the others shared it, and their slots
+        stay unused there)."""
         counts = mask.sum(dim=1).tolist()
         if not self._keys:
             first = prefilled.layers[0].keys
@@ -118,12 +132,14 @@ class SlotCache(Cache):
             self._values = [t.clone() for t in self._keys]
         start = self.num_rows
         self._ensure_capacity(start + len(counts), max(counts) + 1)
-        width = mask.shape[1]
+        width, every_row = mask.shape[1], tuple(range(len(counts)))
         for layer, (keys, values) in enumerate(zip(self._keys, self._values)):
             source = prefilled.layers[layer]
-            for row, count in enumerate(counts):  # one copy per joining row: only its real tokens
-                keys[start + row, :, :count] = source.keys[row, :, width - count :]
-                values[start + row, :, :count] = source.values[row, :, width - count :]
+            rows = layer_rows[layer] if layer_rows and layer < len(layer_rows) else every_row
+            for held, row in enumerate(rows):  # one copy per joining row: only its real tokens
+                count = counts[row]
+                keys[start + row, :, :count] = source.keys[held, :, width - count :]
+                values[start + row, :, :count] = source.values[held, :, width - count :]
         self.lengths += counts
 
     @torch.inference_mode()

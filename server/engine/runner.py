@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from qadapter.core.lora import AdapterHost
+from qadapter.core.shared_rows import LayerRows
 from qadapter.server.engine.kv_cache import GrowableCache, GrowableLayer, SlotCache
 from qadapter.server.engine.logprobs import Row, record_prompt_logprobs
 from qadapter.server.engine.request import Sequence
@@ -44,14 +45,25 @@ class _PrefillGroup:
     mask: torch.Tensor  # [rows, width] 1 = real token
     positions: torch.Tensor  # [rows, width]
     cache: GrowableCache
+    plan: list[LayerRows] | None  # the rows each layer runs (and its cache holds); None: every row
     done: int = 0
 
-    def keep(self, index: torch.Tensor, rows: list[Row]) -> None:
-        self.rows = rows
+    @property
+    def layer_rows(self) -> list[tuple[int, ...]] | None:
+        return None if self.plan is None else [layer.rows for layer in self.plan]
+
+    def keep(self, kept: list[int], plan: list[LayerRows] | None) -> None:
+        """Only the rows `kept` (whole sequences), and the plan of those rows."""
+        index = torch.tensor(kept, device=self.ids.device)
+        self.rows = [self.rows[i] for i in kept]
         self.ids, self.mask, self.positions = self.ids[index], self.mask[index], self.positions[index]
-        for layer in self.cache.layers:
+        held_rows = self.layer_rows or []
+        for number, layer in enumerate(self.cache.layers):
             if isinstance(layer, GrowableLayer) and layer.is_initialized:
-                layer.replace(layer.keys[index], layer.values[index])
+                held = held_rows[number] if number < len(held_rows) else range(len(layer.keys))
+                still = torch.tensor([p for p, row in enumerate(held) if row in kept], device=index.device)
+                layer.replace(layer.keys[still], layer.values[still])
+        self.plan = plan
 
 
 class BatchRunner:
@@ -82,7 +94,8 @@ class BatchRunner:
         """One token for every decoding row (each row's last output token); logits `[rows, vocab]`."""
         tokens = torch.tensor([[seq.output_ids[-1]] for seq, _ in self.rows], device=self._host.device)  # [rows, 1]
         mask, positions = self._cache.step_inputs(self._host.dtype, self._host.uses_additive_masks)
-        logits, _ = self._host.forward(tokens, self._cache, [name for _, name in self.rows], mask, positions)
+        names, partners = [name for _, name in self.rows], _partners(self.rows)
+        logits, _ = self._host.forward(tokens, self._cache, names, mask, positions, partners=partners)
         self._cache.advance()
         return logits
 
@@ -99,7 +112,8 @@ class BatchRunner:
             ids[i, width - n :] = torch.tensor(seq.request.prompt_ids, device=device)
             mask[i, width - n :] = 1
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        self._prefills.append(_PrefillGroup(rows, ids, mask, positions, GrowableCache()))
+        plan = self._host.row_plan([name for _, name in rows], _partners(rows))
+        self._prefills.append(_PrefillGroup(rows, ids, mask, positions, GrowableCache(), plan))
 
     def prefill_chunk(self) -> torch.Tensor | None:
         """Run the next chunk of a prefill group, the oldest's and the newest's in turn; after its last
@@ -121,6 +135,7 @@ class BatchRunner:
             group.mask[:, :end],
             group.positions[:, group.done : end],
             all_positions=scores_prompt,
+            partners=_partners(group.rows),
         )
         if scores_prompt:  # every column's logits, for the prompt's log-probabilities; the last one samples
             record_prompt_logprobs(logits, group.rows, group.ids, group.done)
@@ -129,9 +144,17 @@ class BatchRunner:
         if end < group.ids.shape[1]:
             return None
         self._prefills.remove(group)
-        self._cache.add_rows(group.cache, group.mask)
+        self._cache.add_rows(group.cache, group.mask, group.layer_rows)
         self.rows += group.rows
         return logits
+
+    def _without(self, group: _PrefillGroup, leaving: set[int]) -> _PrefillGroup | None:
+        """The group without the rows of the leaving sequences (by id); None when no row is left."""
+        kept = [i for i, (seq, _) in enumerate(group.rows) if id(seq) not in leaving]
+        if len(kept) < len(group.rows) and kept:
+            rows = [group.rows[i] for i in kept]
+            group.keep(kept, self._host.row_plan([name for _, name in rows], _partners(rows)))
+        return group if kept else None
 
     def reset(self) -> None:
         """Drop every row (after a failed step, whose state is unknown)."""
@@ -142,16 +165,14 @@ class BatchRunner:
         leaving = set(map(id, seqs))
         if not leaving:  # the engine's every step asks to remove its aborted rows, mostly none
             return
-        self._prefills = [kept for group in self._prefills if (kept := _without(group, leaving)) is not None]
+        self._prefills = [kept for group in self._prefills if (kept := self._without(group, leaving)) is not None]
         gone = [i for i, (seq, _) in enumerate(self.rows) if id(seq) in leaving]
         if gone:
             order = self._cache.remove_rows(gone)
             self.rows = [self.rows[i] for i in order]
 
 
-def _without(group: _PrefillGroup, leaving: set[int]) -> _PrefillGroup | None:
-    """The group without the rows of the leaving sequences (by id); None when no row is left."""
-    keep = [i for i, (seq, _) in enumerate(group.rows) if id(seq) not in leaving]
-    if len(keep) < len(group.rows) and keep:
-        group.keep(torch.tensor(keep, device=group.ids.device), [group.rows[i] for i in keep])
-    return group if keep else None
+def _partners(rows: list[Row]) -> list[int | None]:
+    """Per row, the row it may share lower layers with: an adapter row's base row (None for base rows)."""
+    base_row = {id(seq): i for i, (seq, name) in enumerate(rows) if name is None}
+    return [None if name is None else base_row.get(id(seq)) for seq, name in rows]

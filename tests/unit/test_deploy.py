@@ -136,7 +136,8 @@ def test_the_configuration_docs_are_made_from_the_settings_and_every_serve_flag_
     assert settings_table() in (ROOT / "docs" / "configuration.md").read_text(), "run `make docs`"
     serve = next(action for action in build_parser()._subparsers._group_actions).choices["serve"]  # type: ignore[union-attr]
     flags = {flag for action in serve._actions for flag in action.option_strings if flag.startswith("--")}
-    expected = {"--" + name.replace("_", "-") for name in Settings.model_fields} | {"--help", "--no-metrics-need-key"}
+    expected = {"--" + name.replace("_", "-") for name in Settings.model_fields} | {"--help"}
+    expected |= {"--no-" + name.replace("_", "-") for name, f in Settings.model_fields.items() if f.annotation is bool}
     assert flags == expected
 
 

@@ -1,0 +1,76 @@
+"""Shared lower layers (core/shared_rows.py): an adapter row and its base row run as one below the
+adapter's lowest layer, and nothing a request gets changes — logits, greedy tokens, batch invariance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache
+
+from qadapter.adapters.format import LoraSpec
+from qadapter.core.base import BaseModelInfo
+from qadapter.core.decode import DecodeParams, Stream, decode
+from qadapter.core.knobs import Knobs
+from qadapter.core.lora import AdapterHost
+from qadapter.core.shared_rows import LayerRows, row_plan
+from qadapter.testing.synthetic_adapters import random_adapter
+from tests.conftest import tiny_model
+
+NUM_LAYERS = 4
+PROMPTS = [[5, 17, 42, 99, 3, 250, 7], [11, 12, 13], [300, 301, 302, 303, 304]]
+# name → the LoRA's layers: the top two, the top one, every layer
+SHAPES = {"top": LoraSpec().on_top(2, NUM_LAYERS), "last": LoraSpec().on_top(1, NUM_LAYERS), "every": LoraSpec()}
+
+
+def host(tmp_path: Path, share: bool) -> AdapterHost:
+    """A four-layer tiny model with the SHAPES adapters loaded (large random weights: they change tokens)."""
+    model = tiny_model(num_hidden_layers=NUM_LAYERS)
+    info = BaseModelInfo.from_model(model, "tiny-llama")
+    adapter_host = AdapterHost(model, share_lower_layers=share)
+    for i, (name, lora) in enumerate(SHAPES.items()):
+        adapter = random_adapter(tmp_path / f"{name}-{share}", info, name, b_std=1.0, lora=lora, seed=i)
+        adapter_host.load(name, adapter.read_weights())
+    return adapter_host
+
+
+def test_a_plan_runs_each_layer_on_the_rows_that_differ_there() -> None:
+    # row 0: an adapter from layer 2 on, sharing with row 1 (its base row); row 2: a plain base row
+    plan = row_plan([2, 0, 0], [1, None, None])
+    assert plan == [
+        LayerRows((1, 2), (1, 2)),  # layer 0: the base rows only
+        LayerRows((1, 2), None),
+        LayerRows((0, 1, 2), (0, 0, 1)),  # layer 2: the adapter row starts from its base row's state
+    ]
+    assert row_plan([0, 0], [1, None]) is None  # an adapter on every layer shares nothing
+    assert row_plan([3, 0], [None, None]) is None  # no partner, nothing shared
+
+
+def test_shared_rows_give_the_logits_of_unshared_ones_over_a_prefill_and_decode_steps(tmp_path: Path) -> None:
+    rows = ["top", None, "last", None, "every", None, None]
+    partners = [1, None, 3, None, 5, None, None]
+    prompts = [PROMPTS[0]] * 2 + [PROMPTS[1]] * 2 + [PROMPTS[2]] * 3  # left-padded: a 4-D mask per row
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    shared, unshared = host(tmp_path, share=True), host(tmp_path, share=False)
+    assert shared.row_plan(rows, partners) is not None
+    caches = [DynamicCache(), DynamicCache()]
+    for step in range(4):
+        got, _ = shared.forward(ids, caches[0], rows, mask, positions, partners=partners)
+        want, _ = unshared.forward(ids, caches[1], rows, mask, positions, partners=partners)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        ids = torch.tensor([[7 + step]] * len(rows))
+        mask, positions = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1), positions[:, -1:] + 1
+    assert not torch.allclose(got[0], got[1])  # the adapter acts: the test can fail
+
+
+def test_greedy_decoding_is_the_same_shared_or_not_and_whatever_decodes_beside(tmp_path: Path) -> None:
+    streams = [Stream("top", Knobs(0.7, 0.1)), Stream("last"), Stream("every"), Stream(None)]
+    params = DecodeParams(max_tokens=10)
+    shared = decode(host(tmp_path, share=True), PROMPTS, streams, params, frozenset())
+    assert shared == decode(host(tmp_path, share=False), PROMPTS, streams, params, frozenset())
+    alone = decode(host(tmp_path, share=True), PROMPTS[:1], streams[:1], params, frozenset())
+    assert alone[0][0] == shared[0][0]
+    assert shared[0][0] != shared[0][3]  # the adapter changed the answer: the test can fail

@@ -8,8 +8,8 @@ Baseline (`naive_tps`): the Q-Adapter paper's public code decodes one request at
 forwards per token (adapter on, adapter off), each with its own KV cache. Every figure uses the
 same ~100-token prompts and greedy decoding of exactly `max_tokens` tokens (EOS ignored); each
 figure follows an untimed warm-up of the same shape. `top_quarter_*`: an adapter whose LoRA is on
-the top quarter of the layers, which shares the other three with its base row (core/shared_rows.py;
-`--no-share-lower-layers` for the A/B).
+the top quarter of the layers, which shares the other three with its base row (core/shared_rows.py),
+and the same with sharing off (`top_quarter_unshared_tps_c8`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 
 from qadapter.adapters.format import LoraSpec, ValidatedAdapter
 from qadapter.core.chat import user_prompt_ids
-from qadapter.core.cli_options import add_model_options, add_settings_options, settings_from
+from qadapter.core.cli_options import add_model_options, settings_from
 from qadapter.core.lora import AdapterHost
 from qadapter.core.model import LoadedModel, load_base_model
 from qadapter.core.policy import customised_logits
@@ -181,6 +181,7 @@ def report_of(figures: dict[str, float], c8: RunResult, work: Workload) -> dict[
         "c1_over_base_c1": round(figures["engine_tps_c1"] / figures["base_tps_c1"], 2),
         "top_quarter_c1_over_base_c1": round(figures["top_quarter_tps_c1"] / figures["base_tps_c1"], 2),
         "top_quarter_c8_over_base_c8": round(figures["top_quarter_tps_c8"] / figures["base_tps_c8"], 2),
+        "shared_over_unshared_c8": round(figures["top_quarter_tps_c8"] / figures["top_quarter_unshared_tps_c8"], 2),
         "distinct_over_same_c8": round(figures["distinct_adapters_tps_c8"] / figures["same_adapter_tps_c8"], 2),
         "max_tokens": work.max_tokens,
         "prompt_tokens": work.prompt_tokens,
@@ -193,14 +194,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shrink the workload for a smoke run")
     parser.add_argument("--arrivals-per-s", type=float, help="the arrivals workload's rate (default: ~24 running)")
     add_model_options(parser)
-    add_settings_options(parser, ["share_lower_layers"])  # --no-share-lower-layers: the A/B
     parser.set_defaults(max_running=64)  # every request of the largest run decodes at once
     args = parser.parse_args()
     work = Workload(8, num_naive=2, num_arrivals=8) if args.quick else Workload(64, num_naive=8, num_arrivals=64)
     settings = settings_from(args)
     loaded = load_base_model(settings)
     prompts = make_prompts(loaded, 32, work.prompt_tokens)
-    host = AdapterHost(loaded.model, settings.max_resident_adapters + 1, settings.share_lower_layers)
+    host = AdapterHost(loaded.model, settings.max_resident_adapters + 1)
     engine = Engine(loaded, host, settings)
     engine.start()
     figures: dict[str, float] = {}
@@ -231,6 +231,9 @@ def main() -> None:
         figures["base_tps_c8"] = run(8, [None]).tps
         figures["top_quarter_tps_c1"] = run(1, [top.name]).tps  # its LoRA on the top quarter of the layers
         figures["top_quarter_tps_c8"] = run(8, [top.name]).tps
+        host.share_lower_layers = False  # the A/B: its rows run every layer, as any adapter's
+        figures["top_quarter_unshared_tps_c8"] = run(8, [top.name]).tps
+        host.share_lower_layers = True
         figures["same_adapter_tps_c8"] = run(8, [names[0]]).tps
         figures["distinct_adapters_tps_c8"] = run(8, names).tps
         many = make_prompts(loaded, work.num_arrivals, work.prompt_tokens)

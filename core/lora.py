@@ -26,7 +26,7 @@ from transformers.cache_utils import Cache
 from qadapter.core.errors import AdapterNotFound, InvalidAdapter
 from qadapter.core.few_rows import use_few_rows_linear
 from qadapter.core.memory import free_bytes
-from qadapter.core.shared_rows import LayerRows, SharedRows, row_plan
+from qadapter.core.shared_rows import LayerRows, SharedRows, row_plan, shareable_decoder_layers
 
 log = logging.getLogger(__name__)
 DEFAULT_SLOTS = 4  # slot 0 (zeros) and room for three adapters before the first growth
@@ -93,10 +93,10 @@ class AdapterHost:
     def __init__(self, model: PreTrainedModel, num_slots: int = DEFAULT_SLOTS, share_lower_layers: bool = True) -> None:
         self._model = model
         use_few_rows_linear(model)  # decode steps run few rows
-        decoder = _decoder_layers(model)
+        decoder = shareable_decoder_layers(model)
         self._layer_prefix = f"{decoder[0]}." if decoder else None  # `model.layers.`: none, no sharing
         self._rows = SharedRows(decoder[1] if decoder else nn.ModuleList())
-        self._share = share_lower_layers and decoder is not None
+        self.share_lower_layers = share_lower_layers
         self._layers: dict[str, LoraLinear] = {}  # module name → wrapped layer
         self._slot_of: dict[str, int] = {}  # adapter key → its slot (0: no adapter)
         self._first_layer: dict[str, int] = {}  # adapter key → its lowest adapted decoder layer
@@ -115,6 +115,15 @@ class AdapterHost:
     def uses_additive_masks(self) -> bool:
         """Whether the model's attention adds its mask to the scores (eager) rather than taking booleans."""
         return getattr(self._model.config, "_attn_implementation", "sdpa") == "eager"
+
+    @property
+    def share_lower_layers(self) -> bool:
+        return self._share
+
+    @share_lower_layers.setter
+    def share_lower_layers(self, share: bool) -> None:
+        """Switched only while no row runs (a decoding row's cached keys depend on it): the benches' A/B."""
+        self._share = share and self._rows.num_layers > 0
 
     @property
     def adapter_names(self) -> list[str]:
@@ -243,12 +252,3 @@ class AdapterHost:
         parent, _, child = module.rpartition(".")
         setattr(self._model.get_submodule(parent), child, layer)
         self._layers[module] = layer
-
-
-def _decoder_layers(model: PreTrainedModel) -> tuple[str, nn.ModuleList] | None:
-    """The model's decoder layers and their name (`model.layers`): the module list of that many."""
-    count = getattr(model.config, "num_hidden_layers", None)
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == count:
-            return name, module
-    return None

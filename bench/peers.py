@@ -28,6 +28,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import httpx
+from engine import FILLER, TOPICS  # bench/engine.py, beside this script
 
 from qadapter.core.chat import user_prompt_ids
 from qadapter.core.model import LoadedModel, load_base_model
@@ -37,11 +38,6 @@ from qadapter.testing.server_process import QADAPTER, ServedProcess, ServerProce
 ADAPTER = "concise"
 EXAMPLES = Path(__file__).resolve().parent.parent / "adapters" / "examples"
 CONCURRENCY = (1, 4, 16)
-TOPICS = ["the ocean", "mountains", "city life", "gardening", "astronomy", "cooking", "music", "history"]
-FILLER = (
-    " Please answer in detail, with examples, and explain the reasons behind each point you make so"
-    " that a curious reader who knows little about the subject can follow along easily."
-)
 
 
 def make_prompts(loaded: LoadedModel, count: int, num_tokens: int) -> list[list[int]]:

@@ -19,6 +19,7 @@ from transformers.cache_utils import Cache
 from qadapter.core.knobs import Knobs
 from qadapter.core.policy import stream_scores
 from qadapter.core.sampling import new_generator, pick_token
+from qadapter.core.shared_rows import LayerRows
 from qadapter.core.temperature import is_greedy
 
 
@@ -35,10 +36,14 @@ class RowModel(Protocol):
         row_adapters: Sequence[str | None],
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        partners: Sequence[int | None] | None = None,
+        plan: list[LayerRows] | None = None,
     ) -> tuple[torch.Tensor, Cache]:
-        """Next-token logits `[rows, vocab]` and the updated cache; an adapter row may share the layers
-        below its adapter's with row partners[i], its base row."""
+        """Next-token logits `[rows, vocab]` and the updated cache; `plan`: the rows each layer runs."""
+        ...
+
+    def row_plan(self, row_adapters: Sequence[str | None], partners: Sequence[int | None]) -> list[LayerRows] | None:
+        """Which rows each layer runs when an adapter row shares the layers below its adapter's with
+        row partners[i], its base row (None: every row, every layer)."""
         ...
 
 
@@ -119,6 +124,7 @@ def decode_steps(
     partners: list[int | None] = [None] * len(row_adapters)
     for row, base_row in zip(first_rows, base_rows):
         partners[row] = base_row if base_row != row else None
+    plan = model.row_plan(row_adapters, partners)  # the rows stay the same to the end
     device = model.device
     seeds = [None if params.seed is None else params.seed + first_prompt + p for p, _ in outputs]
     generators = [new_generator(seed, device) for seed in seeds]
@@ -127,7 +133,7 @@ def decode_steps(
     cache = None
     finished = [False] * len(outputs)
     for _ in range(params.max_tokens):
-        logits, cache = model.forward(input_ids, cache, row_adapters, mask, positions, partners=partners)
+        logits, cache = model.forward(input_ids, cache, row_adapters, mask, positions, plan=plan)
         tokens = _pick(stream_scores(logits, first_rows, base_rows, knobs), params.temperature, generators)
         step: list[list[int | None]] = [[None] * len(streams) for _ in prompts]
         for i, ((p, s), token) in enumerate(zip(outputs, tokens)):

@@ -192,20 +192,19 @@ class AdapterHost:
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         all_positions: bool = False,
-        partners: Sequence[int | None] | None = None,
+        plan: list[LayerRows] | None = None,
     ) -> tuple[torch.Tensor, Cache]:
         """Next-token logits `[rows, vocab]` (last position only) and the updated cache; with
         `all_positions`, the logits of every input position `[rows, columns, vocab]`.
 
-        Row i uses adapter row_adapters[i], or none; with `partners`, an adapter row and its base row
-        share the layers below the adapter's (`row_plan`). By default only the last position's logits
+        Row i uses adapter row_adapters[i], or none; `plan` (from `row_plan` over the same rows) says
+        which rows each decoder layer runs (None: every row). By default only the last position's logits
         are computed: the vocabulary projection over a whole prompt would cost more than the rest of a prefill.
         """
         unknown = {name for name in row_adapters if name is not None and name not in self._slot_of}
         if unknown:
             raise AdapterNotFound(f"adapters {sorted(unknown)} are not loaded")
         slots = [0 if name is None else self._slot_of[name] for name in row_adapters]
-        plan = None if partners is None else self.row_plan(row_adapters, partners)
         self._rows.begin(plan, slots, self.device)
         try:
             out = self._model(

@@ -60,17 +60,20 @@ def row_plan(shared_below: Sequence[int], partners: Sequence[int | None]) -> lis
     return plan
 
 
+def decoder_layers(model: PreTrainedModel) -> nn.ModuleList | None:
+    """A causal LM's decoder layers, its decoder's `layers` list (as Llama's); None for another shape."""
+    layers = getattr(model.get_decoder(), "layers", None)
+    return layers if isinstance(layers, nn.ModuleList) else None
+
+
 def shareable_decoder_layers(model: PreTrainedModel) -> tuple[str, nn.ModuleList] | None:
     """The model's decoder layers and their name (`model.layers`), when its family and attention
     (sdpa or eager: a tensor mask) let their rows be cut; None otherwise."""
-    config = model.config
-    attention = getattr(config, "_attn_implementation", None) or "sdpa"
-    if config.model_type not in SHAREABLE_MODEL_TYPES or attention not in ("sdpa", "eager"):
+    attention = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    layers = decoder_layers(model)
+    if model.config.model_type not in SHAREABLE_MODEL_TYPES or attention not in ("sdpa", "eager") or layers is None:
         return None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == config.num_hidden_layers:
-            return name, module
-    return None
+    return next(name for name, module in model.named_modules() if module is layers), layers
 
 
 @runtime_checkable

@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from qadapter.core.errors import InvalidData
+from qadapter.core.shared_rows import decoder_layers
 from qadapter.training.data import EncodedPair
 from qadapter.training.objectives import Model, pair_rows
 from qadapter.training.scoring import ResponseBatch, causal_lm, collate
@@ -103,7 +104,7 @@ def from_layer(model: Model, first_layer: int) -> Iterator[None]:
 
 
 def _layers(model: Model) -> torch.nn.ModuleList:
-    layers = getattr(causal_lm(model).get_decoder(), "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList):
+    layers = decoder_layers(causal_lm(model))
+    if layers is None:
         raise InvalidData("LoRA on some layers needs a decoder whose layers are its `layers` list (as Llama's)")
     return layers

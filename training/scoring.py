@@ -15,6 +15,8 @@ from peft import PeftModel
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 
+from qadapter.core.shared_rows import LayerRows
+
 
 @dataclass(frozen=True)
 class ResponseBatch:
@@ -101,6 +103,10 @@ class ModelRows:
     def device(self) -> torch.device:
         return next(self._model.parameters()).device
 
+    def row_plan(self, row_adapters: Sequence[str | None], partners: Sequence[int | None]) -> list[LayerRows] | None:
+        """None: peft runs every row through every layer."""
+        return None
+
     @torch.inference_mode()
     def forward(
         self,
@@ -109,7 +115,7 @@ class ModelRows:
         row_adapters: Sequence[str | None],
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        partners: Sequence[int | None] | None = None,  # every row runs every layer here (peft's rows)
+        plan: list[LayerRows] | None = None,  # always None here (row_plan)
     ) -> tuple[torch.Tensor, Cache]:
         if isinstance(self._model, PeftModel):
             selected = {"adapter_names": [name or "__base__" for name in row_adapters]}

@@ -96,11 +96,7 @@ class SlotCache(Cache):
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: object, **kwargs: object
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write one token per row (`[rows, heads, 1, dim]`) at its row's length; the rows' views."""
-        assert self._write_at is not None, "step_inputs() comes before the forward"
-        rows = torch.arange(self.num_rows, device=key_states.device)
-        self._keys[layer_idx][rows, :, self._write_at] = key_states[:, :, 0]
-        self._values[layer_idx][rows, :, self._write_at] = value_states[:, :, 0]
-        width = max(self.lengths) + 1
+        width = self._write(key_states, value_states, layer_idx, torch.arange(self.num_rows, device=key_states.device))
         return self._keys[layer_idx][: self.num_rows, :, :width], self._values[layer_idx][: self.num_rows, :, :width]
 
     def update_rows(
@@ -108,12 +104,15 @@ class SlotCache(Cache):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`update` for a layer that runs some rows only (the others share it: core/shared_rows.py);
         their keys and values, copied out."""
+        width = self._write(key_states, value_states, layer_idx, rows)
+        return self._keys[layer_idx][rows, :, :width], self._values[layer_idx][rows, :, :width]
+
+    def _write(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, rows: torch.Tensor) -> int:
+        """Write these rows' new token at each one's length; the width the step's attention spans."""
         assert self._write_at is not None, "step_inputs() comes before the forward"
-        keys, values = self._keys[layer_idx], self._values[layer_idx]
-        keys[rows, :, self._write_at[rows]] = key_states[:, :, 0]
-        values[rows, :, self._write_at[rows]] = value_states[:, :, 0]
-        width = max(self.lengths) + 1
-        return keys[rows, :, :width], values[rows, :, :width]
+        self._keys[layer_idx][rows, :, self._write_at[rows]] = key_states[:, :, 0]
+        self._values[layer_idx][rows, :, self._write_at[rows]] = value_states[:, :, 0]
+        return max(self.lengths) + 1
 
     def advance(self) -> None:
         """After a decode step: every row holds one more token."""

@@ -94,8 +94,9 @@ class BatchRunner:
         """One token for every decoding row (each row's last output token); logits `[rows, vocab]`."""
         tokens = torch.tensor([[seq.output_ids[-1]] for seq, _ in self.rows], device=self._host.device)  # [rows, 1]
         mask, positions = self._cache.step_inputs(self._host.dtype, self._host.uses_additive_masks)
-        names, partners = [name for _, name in self.rows], _partners(self.rows)
-        logits, _ = self._host.forward(tokens, self._cache, names, mask, positions, partners=partners)
+        names = [name for _, name in self.rows]
+        plan = self._host.row_plan(names, _partners(self.rows))
+        logits, _ = self._host.forward(tokens, self._cache, names, mask, positions, plan=plan)
         self._cache.advance()
         return logits
 
@@ -135,7 +136,7 @@ class BatchRunner:
             group.mask[:, :end],
             group.positions[:, group.done : end],
             all_positions=scores_prompt,
-            partners=_partners(group.rows),
+            plan=group.plan,  # the rows its cache's layers hold
         )
         if scores_prompt:  # every column's logits, for the prompt's log-probabilities; the last one samples
             record_prompt_logprobs(logits, group.rows, group.ids, group.done)

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel
 
 from qadapter.adapters.format import LoraSpec
 from qadapter.core.base import BaseModelInfo
 from qadapter.core.decode import DecodeParams, Stream, decode
 from qadapter.core.knobs import Knobs
 from qadapter.core.lora import AdapterHost
-from qadapter.core.shared_rows import LayerRows, row_plan
+from qadapter.core.shared_rows import LayerRows, decoder_layers, row_plan, shareable_decoder_layers
 from qadapter.testing.synthetic_adapters import random_adapter
 from tests.conftest import tiny_model
 
@@ -45,6 +45,8 @@ def test_a_plan_runs_each_layer_on_the_rows_that_differ_there() -> None:
     ]
     assert row_plan([0, 0], [1, None]) is None  # an adapter on every layer shares nothing
     assert row_plan([3, 0], [None, None]) is None  # no partner, nothing shared
+    with pytest.raises(AssertionError, match="a partner shares nothing itself"):
+        row_plan([2, 2], [1, 0])  # two adapter rows each other's partner: no base row to start from
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])  # a boolean mask, an additive one
@@ -60,11 +62,12 @@ def test_shared_rows_give_the_logits_of_unshared_ones_over_a_prefill_and_decode_
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
     shared = host(tmp_path, share=True, attn_implementation=attention)
     unshared = host(tmp_path, share=False, attn_implementation=attention)
-    assert shared.row_plan(rows, partners) is not None and shared.uses_additive_masks == (attention == "eager")
+    assert shared.row_plan(rows, partners) is not None and unshared.row_plan(rows, partners) is None
+    assert shared.uses_additive_masks == (attention == "eager")
     caches = [DynamicCache(), DynamicCache()]
     for step in range(4):
-        got, _ = shared.forward(ids, caches[0], rows, mask, positions, partners=partners)
-        want, _ = unshared.forward(ids, caches[1], rows, mask, positions, partners=partners)
+        got, _ = shared.forward(ids, caches[0], rows, mask, positions, plan=shared.row_plan(rows, partners))
+        want, _ = unshared.forward(ids, caches[1], rows, mask, positions, plan=unshared.row_plan(rows, partners))
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
         ids = torch.tensor([[7 + step]] * len(rows))
         mask, positions = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1), positions[:, -1:] + 1
@@ -90,3 +93,11 @@ def test_a_model_whose_layers_the_hook_cannot_cut_runs_every_row_in_every_layer(
     assert not unknown.share_lower_layers and unknown.row_plan(["top", None], [1, None]) is None
     unknown.share_lower_layers = True  # nor can it be switched on
     assert not unknown.share_lower_layers
+
+
+def test_the_decoder_layers_are_found_by_the_decoders_layers_list_and_another_shape_has_none() -> None:
+    model = tiny_model(num_hidden_layers=NUM_LAYERS)
+    assert decoder_layers(model) is model.model.layers
+    assert shareable_decoder_layers(model) == ("model.layers", model.model.layers)
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=64))  # its blocks are `h`
+    assert decoder_layers(gpt2) is None and shareable_decoder_layers(gpt2) is None
